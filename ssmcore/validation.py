@@ -1,0 +1,156 @@
+"""Input validation with one error style for every public op.
+
+Every public function validates and normalises its inputs here, once, before any
+kernel runs; kernels never validate. Messages always name the function, the
+argument, what was expected and what came, e.g.::
+
+    discretize: A has shape (3, 4); expected (..., N, N) (square in the last two axes)
+
+Bad shapes raise :class:`ValueError`, bad types and dtypes raise :class:`TypeError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "as_float_array",
+    "check_alpha",
+    "check_choice",
+    "check_dt",
+    "check_int",
+    "common_float_dtype",
+    "shape_error",
+    "sum_to_shape",
+]
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def shape_error(fn: str, name: str, shape: Sequence[int], expected: str) -> ValueError:
+    """Build the project's standard shape error (return it; the caller raises)."""
+    return ValueError(f"{fn}: {name} has shape {_fmt_shape(shape)}; expected {expected}")
+
+
+def as_float_array(
+    fn: str,
+    name: str,
+    x: Any,
+    *,
+    complex_ok: bool = True,
+    integer_ok: bool = False,
+    min_ndim: int = 0,
+    expected: str | None = None,
+) -> np.ndarray:
+    """Convert ``x`` to a floating (or complex) NumPy array, refusing other dtypes.
+
+    Python scalars and lists holding integers are promoted to float64 (they carry
+    no dtype intent). NumPy arrays of integer or boolean dtype are refused unless
+    ``integer_ok`` (used by the ``scipy.signal`` drop-ins, which accept them).
+    float16 is upcast to float32. Object and string dtypes are always refused.
+    """
+    typed_input = isinstance(x, np.ndarray) or (hasattr(x, "dtype") and not isinstance(x, (list, tuple)))
+    if x is None:
+        raise TypeError(f"{fn}: {name} is None; expected an array")
+    try:
+        arr = np.asarray(x)
+    except Exception as exc:  # ragged lists and other non-array-likes
+        raise TypeError(f"{fn}: {name} could not be converted to an array ({exc})") from None
+    kind = arr.dtype.kind
+    if kind in "iub":
+        if typed_input and not integer_ok and arr.ndim > 0:
+            raise TypeError(
+                f"{fn}: {name} has dtype {arr.dtype}; expected a floating dtype "
+                f"(float32/float64{'/complex64/complex128' if complex_ok else ''}); "
+                f"cast it explicitly, e.g. {name}.astype(np.float64)"
+            )
+        arr = arr.astype(np.float64)
+    elif kind == "f":
+        if arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        elif arr.dtype not in (np.float32, np.float64):
+            arr = arr.astype(np.float64)  # longdouble: compute in float64
+    elif kind == "c":
+        if not complex_ok:
+            raise TypeError(f"{fn}: {name} has dtype {arr.dtype}; expected a real floating dtype")
+        if arr.dtype not in (np.complex64, np.complex128):
+            arr = arr.astype(np.complex128)
+    else:
+        raise TypeError(
+            f"{fn}: {name} has dtype {arr.dtype}; expected a floating"
+            f"{' or complex' if complex_ok else ''} numeric dtype"
+        )
+    if arr.ndim < min_ndim:
+        raise shape_error(fn, name, arr.shape, expected or f"at least {min_ndim} dimensions")
+    return arr
+
+
+def common_float_dtype(*arrays: np.ndarray | None) -> np.dtype:
+    """The floating/complex dtype all ``arrays`` promote to (None entries ignored)."""
+    dts = [a.dtype for a in arrays if a is not None]
+    return np.result_type(*dts) if dts else np.dtype(np.float64)
+
+
+def check_choice(fn: str, name: str, value: Any, choices: Iterable[str]) -> str:
+    """Return ``value`` lower-cased if it is one of ``choices``, else raise ValueError."""
+    choices = tuple(choices)
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise ValueError(f"{fn}: unknown {name} {value!r}; expected one of {', '.join(map(repr, choices))}")
+    return value.lower()
+
+
+def check_dt(fn: str, dt: Any, *, name: str = "dt", allow_zero: bool = False) -> np.ndarray:
+    """Validate a step size: real, finite and positive (or >= 0 with ``allow_zero``)."""
+    arr = as_float_array(fn, name, dt, complex_ok=False)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{fn}: {name} must be finite; got non-finite values")
+    bad = arr < 0 if allow_zero else arr <= 0
+    if np.any(bad):
+        rel = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{fn}: {name} must be {rel}; got min {float(np.min(arr))!r}")
+    return arr
+
+
+def check_alpha(fn: str, alpha: Any) -> float:
+    """Validate the generalised-bilinear weight alpha in [0, 1]."""
+    if alpha is None:
+        raise ValueError(f"{fn}: method 'gbt' needs alpha in [0, 1]; got alpha=None")
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError):
+        raise TypeError(f"{fn}: alpha must be a real number in [0, 1]; got {type(alpha).__name__}") from None
+    if not 0.0 <= a <= 1.0:
+        raise ValueError(f"{fn}: alpha must be in [0, 1]; got {a!r}")
+    return a
+
+
+def check_int(fn: str, name: str, value: Any, *, minimum: int = 1) -> int:
+    """Validate an integer size argument (e.g. the state size N >= 1)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{fn}: {name} must be an integer; got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}; got {int(value)}")
+    return int(value)
+
+
+def sum_to_shape(g: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Reduce a gradient computed on a broadcast shape back to an input's ``shape``.
+
+    The adjoint of NumPy broadcasting: sum over the leading axes that broadcasting
+    added and over the axes where the input had length 1.
+    """
+    shape = tuple(shape)
+    if g.shape == shape:
+        return g
+    lead = g.ndim - len(shape)
+    if lead > 0:
+        g = g.sum(axis=tuple(range(lead)))
+    axes = tuple(i for i, (gs, s) in enumerate(zip(g.shape, shape)) if s == 1 and gs != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g.reshape(shape)
