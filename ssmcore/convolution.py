@@ -1,0 +1,853 @@
+"""Convolution mode of linear time-invariant SSMs: kernels K_l = C Ad^l Bd and FFT convolution.
+
+For an LTI SSM in the SSM convention (x_l = Ad x_{l-1} + Bd u_l, y_l = C x_l + D u_l,
+x_{-1} = 0) the output is a causal convolution, y = K * u + D u with
+K_l = C Ad^l Bd, l = 0 .. L-1. This module computes K for three structures of the
+state matrix and applies it by FFT:
+
+* :func:`ssm_kernel_diag` -- diagonal A (S4D, S5, LRU, Mamba-style modes): a
+  Vandermonde product, discretised inside (``zoh``, ``bilinear``, ``zoh_euler``).
+* :func:`ssm_kernel_dplr` -- S4's diagonal-plus-low-rank A = diag(Lambda) - P P^*:
+  bilinear discretisation, Cauchy kernel at the roots of unity, Woodbury, inverse FFT.
+* :func:`ssm_kernel_dense` -- any dense discrete (Ad, Bd, C) by repeated mat-vec.
+* :func:`fft_conv` -- causal (or two-sided) FFT convolution with a D skip term.
+
+Every function is a registered op (``ssmcore.vjp("ssm_kernel_diag", ...)``) with a
+hand-written pullback; complex parameters follow JAX's convention (transpose of
+the linearisation, no conjugation). NumPy arrays run on the Numba kernels of
+``ssmcore.backends.numba.convolution``; ``backend="numpy"`` runs the materialised
+reference ``ssmcore.reference.convolution``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .dispatch import kernels, select_backend
+from .registry import register_op
+from .validation import as_float_array, check_choice, check_dt, check_int, shape_error, sum_to_shape
+
+__all__ = ["dplr_c_tilde", "fft_conv", "ssm_kernel_dense", "ssm_kernel_diag", "ssm_kernel_dplr"]
+
+DIAG_METHODS = ("zoh", "bilinear", "zoh_euler")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _phi_series(x: np.ndarray, k: int) -> np.ndarray:
+    """phi_k(x) = sum_j x^j / (j + k)!  by Horner (accurate for |x| < 1: 26 terms reach 1e-27)."""
+    from math import factorial
+
+    out = np.full_like(x, 1.0 / factorial(25 + k))
+    for j in range(24, -1, -1):
+        out = out * x + 1.0 / factorial(j + k)
+    return out
+
+
+def _expm1c(x: np.ndarray) -> np.ndarray:
+    """exp(x) - 1 for complex x without cancellation: expm1(a) cos b - 2 sin^2(b/2) + i e^a sin b."""
+    a, b = x.real, x.imag
+    with np.errstate(over="ignore", invalid="ignore"):
+        re = np.expm1(a) * np.cos(b) - 2.0 * np.sin(0.5 * b) ** 2
+        im = np.exp(a) * np.sin(b)
+    return re + 1j * im
+
+
+def phi1(x: np.ndarray) -> np.ndarray:
+    """(exp(x) - 1) / x with phi1(0) = 1, stable for complex x near 0 (series for |x| < 1)."""
+    x = np.asarray(x, np.complex128)
+    small = ~(np.abs(x) >= 1.0)  # NaN goes to the series and stays NaN
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        big = _expm1c(x) / x
+    return np.where(small, _phi_series(np.where(small, x, 0), 1), big)
+
+
+def phi2(x: np.ndarray) -> np.ndarray:
+    """(exp(x) - 1 - x) / x^2 with phi2(0) = 1/2 (so that phi1'(x) = phi1(x) - phi2(x))."""
+    x = np.asarray(x, np.complex128)
+    small = ~(np.abs(x) >= 1.0)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        big = (_expm1c(x) - x) / (x * x)
+    return np.where(small, _phi_series(np.where(small, x, 0), 2), big)
+
+
+def _real_dtype(*arrays: Any) -> np.dtype:
+    """float32 if every given ndarray is single precision, else float64 (Python scalars don't count)."""
+    dts = [a.dtype for a in arrays if isinstance(a, np.ndarray)]
+    if dts and all(d in (np.float32, np.complex64) for d in dts):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def _check_L(fn: str, L: Any) -> int:
+    return check_int(fn, "L", L, minimum=0)
+
+
+def _grad_like(g: np.ndarray, x: np.ndarray, canon_shape: tuple[int, ...]) -> np.ndarray:
+    """Reduce a broadcast gradient to the input's canonical shape, then its own shape and dtype."""
+    g = sum_to_shape(g, canon_shape).reshape(x.shape)
+    if x.dtype.kind != "c":
+        g = g.real
+    return np.asarray(g, dtype=x.dtype)
+
+
+def _lead_h(fn: str, sizes: list[tuple[str, tuple[int, ...], int]]) -> int:
+    """The common channel count H from (name, shape, H) candidates (1 broadcasts)."""
+    H = max([h for _, _, h in sizes] + [1])
+    if any(h not in (1, H) for _, _, h in sizes):
+        have = ", ".join(f"{n} {s} has H={h}" for n, s, h in sizes)
+        raise ValueError(f"{fn}: mismatched channel axis: {have}; expected one H (or 1) shared by all")
+    return H
+
+
+# --------------------------------------------------------------------------- diagonal kernel
+
+
+def _diag_prepare(fn, A, B, C, dt, L, method, conj_sym, backend):
+    A = as_float_array(fn, "A", A, min_ndim=1, expected="(N,) or (H, N)")
+    B = as_float_array(fn, "B", B, min_ndim=1, expected="(N,) or (H, N)")
+    C = as_float_array(fn, "C", C, min_ndim=1, expected="(N,), (H, N) or (C_out, H, N)")
+    dt_in = dt
+    dt = check_dt(fn, dt)
+    L = _check_L(fn, L)
+    method = check_choice(fn, "method", method, DIAG_METHODS)
+    if A.ndim > 2:
+        raise shape_error(fn, "A", A.shape, "(N,) or (H, N)")
+    if B.ndim > 2:
+        raise shape_error(fn, "B", B.shape, "(N,) or (H, N)")
+    if C.ndim > 3:
+        raise shape_error(fn, "C", C.shape, "(N,), (H, N) or (C_out, H, N)")
+    if dt.ndim > 2:
+        raise shape_error(fn, "dt", dt.shape, "a scalar, (H,) or (H, N)")
+    N = A.shape[-1]
+    for name, x in (("B", B), ("C", C)):
+        if x.shape[-1] != N:
+            raise shape_error(fn, name, x.shape, f"last axis N={N} like A {A.shape}")
+    if dt.ndim == 2 and dt.shape[-1] not in (1, N):
+        raise shape_error(fn, "dt", dt.shape, f"(H, N) with N={N} like A {A.shape}, or (H,) per channel")
+    cands = []
+    if A.ndim == 2:
+        cands.append(("A", A.shape, A.shape[0]))
+    if B.ndim == 2:
+        cands.append(("B", B.shape, B.shape[0]))
+    if C.ndim >= 2:
+        cands.append(("C", C.shape, C.shape[-2]))
+    if dt.ndim >= 1:
+        cands.append(("dt", dt.shape, dt.shape[0]))
+    H = _lead_h(fn, cands)
+    backend = select_backend(fn, A, B, C, dt_in if isinstance(dt_in, np.ndarray) else None, backend=backend)
+    out_dtype = _real_dtype(A, B, C, dt_in)
+    if C.ndim == 3:
+        out_shape = (C.shape[0], H, L)
+    elif cands:
+        out_shape = (H, L)
+    else:
+        out_shape = (L,)
+    # canonical shapes: A, B (1|H, N); C (1|Co, 1|H, N); dt (1|H, 1|N)
+    canon = {
+        "A": (1,) * (2 - A.ndim) + A.shape,
+        "B": (1,) * (2 - B.ndim) + B.shape,
+        "C": (1,) * (3 - C.ndim) + C.shape,
+        "dt": dt.shape + (1,) * (2 - dt.ndim) if dt.ndim else (1, 1),
+    }
+    Co = canon["C"][0]
+    a = np.broadcast_to(A.reshape(canon["A"]), (H, N)).astype(np.complex128)
+    b = np.broadcast_to(B.reshape(canon["B"]), (H, N)).astype(np.complex128)
+    c = np.broadcast_to(C.reshape(canon["C"]), (Co, H, N)).astype(np.complex128)
+    d = np.broadcast_to(dt.reshape(canon["dt"]), (H, N)).astype(np.float64)
+    return dict(
+        A=A, B=B, C=C, dt=dt, a=a, b=b, c=c, d=d, L=L, method=method, scale=2.0 if conj_sym else 1.0,
+        backend=backend, out_dtype=out_dtype, out_shape=out_shape, canon=canon,
+    )  # fmt: skip
+
+
+def _discretize_diag(a: np.ndarray, b: np.ndarray, d: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(log Ad, Bd) elementwise in complex128 -- the formulas of REFERENCE.md section 1."""
+    x = d * a
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if method == "zoh":
+            return x, d * phi1(x) * b
+        if method == "bilinear":
+            return np.log(1 + 0.5 * x) - np.log(1 - 0.5 * x), d * b / (1 - 0.5 * x)
+        return x, d * b  # zoh_euler: Ad = exp(dt A), Bd = dt B (Mamba)
+
+
+def _ssm_kernel_diag_fwd(A, B, C, dt, L, *, method="zoh", conj_sym=True, backend=None):
+    p = _diag_prepare("ssm_kernel_diag", A, B, C, dt, L, method, conj_sym, backend)
+    log_ad, bd = _discretize_diag(p["a"], p["b"], p["d"], p["method"])
+    W = p["scale"] * p["c"] * bd
+    k = kernels(p["backend"], "convolution")
+    K = k.vandermonde_kernel(log_ad, W, p["L"], p["out_dtype"])
+    return K.reshape(p["out_shape"]), (p, log_ad, bd, W)
+
+
+def _ssm_kernel_diag_bwd(res, ct):
+    p, log_ad, bd, W = res
+    Co, H, N = W.shape
+    G = np.asarray(ct, np.float64).real.reshape(Co, H, p["L"])
+    k = kernels(p["backend"], "convolution")
+    W_bar, ad_bar = k.vandermonde_kernel_bwd(log_ad, W, G)
+    s, a, b, d, c = p["scale"], p["a"], p["b"], p["d"], p["c"]
+    C_bar = s * W_bar * bd
+    bd_bar = s * np.sum(W_bar * c, axis=0)
+    x = d * a
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if p["method"] == "zoh":
+            ad = np.exp(x)
+            f1 = phi1(x)
+            x_bar = ad_bar * ad + bd_bar * b * d * (f1 - phi2(x))
+            dt_bar = bd_bar * b * f1
+            B_bar = bd_bar * d * f1
+        elif p["method"] == "bilinear":
+            m = 1.0 / (1.0 - 0.5 * x)
+            x_bar = ad_bar * m * m + bd_bar * d * b * m * m * 0.5
+            dt_bar = bd_bar * b * m
+            B_bar = bd_bar * d * m
+        else:
+            x_bar = ad_bar * np.exp(x)
+            dt_bar = bd_bar * b
+            B_bar = bd_bar * d
+    A_bar = x_bar * d
+    dt_bar = (dt_bar + x_bar * a).real
+    cn = p["canon"]
+    return (
+        _grad_like(A_bar, p["A"], cn["A"]),
+        _grad_like(B_bar, p["B"], cn["B"]),
+        _grad_like(C_bar, p["C"], cn["C"]),
+        _grad_like(dt_bar, p["dt"], cn["dt"]),
+    )
+
+
+@register_op("ssm_kernel_diag", fwd=_ssm_kernel_diag_fwd, bwd=_ssm_kernel_diag_bwd, inputs=("A", "B", "C", "dt"))
+def ssm_kernel_diag(
+    A: Any,
+    B: Any,
+    C: Any,
+    dt: Any,
+    L: int,
+    *,
+    method: str = "zoh",
+    conj_sym: bool = True,
+    backend: str | None = None,
+) -> np.ndarray:
+    r"""Convolution kernel of a diagonal SSM (S4D): a Vandermonde product.
+
+    With x = dt A elementwise, the discretisation ``method`` gives
+
+    * ``"zoh"``: Ad = exp(x), Bd = dt phi1(x) B with phi1(x) = (e^x - 1)/x
+      (a series near 0, so A -> 0 and A = 0 are exact);
+    * ``"bilinear"``: Ad = (1 + x/2)/(1 - x/2), Bd = dt B / (1 - x/2) (S4/S5; C unchanged);
+    * ``"zoh_euler"``: Ad = exp(x), Bd = dt B (Mamba's discretisation),
+
+    and the kernel is, for l = 0 .. L-1,
+
+    .. math:: K_l = s \, \mathrm{Re} \sum_n C_n \bar B_n \bar A_n^l,
+
+    with s = 2 when ``conj_sym`` (each stored mode stands for a conjugate pair:
+    S4D, S5, Mamba with complex A) and s = 1 otherwise (S4D's ``dss``, LRU).
+    This is the impulse response of x_l = Ad x_{l-1} + Bd u_l, y_l = s Re(C x_l).
+
+    Parameters
+    ----------
+    A : array_like, (N,) or (H, N)
+        Continuous-time diagonal state matrix, complex or real.
+    B : array_like, (N,) or (H, N)
+        Input vector(s).
+    C : array_like, (N,), (H, N) or (C_out, H, N)
+        Output vector(s); a leading C_out axis gives C_out kernels per channel.
+    dt : float or array_like, () , (H,) or (H, N)
+        Positive finite step: one per channel (H,) or per channel and mode (H, N).
+    L : int
+        Kernel length (>= 0).
+    method : {"zoh", "bilinear", "zoh_euler"}
+        Discretisation.
+    conj_sym : bool
+        Factor 2 (True) or 1 (False) in front of the real part; applied to real
+        inputs too (pass False for real modes that are not conjugate pairs).
+    backend : {None, "numba", "numpy"}
+        ``None`` picks the Numba kernel for NumPy arrays; ``"numpy"`` runs the
+        materialised reference.
+
+    Returns
+    -------
+    K : ndarray, (C_out, H, L), (H, L) or (L,)
+        Real kernel; float32 when every array input is float32/complex64, else
+        float64. The leading axes follow C (and H is present as soon as any
+        input has a channel axis).
+
+    Notes
+    -----
+    The Numba kernel never materialises the (H, N, L) Vandermonde matrix: memory is
+    O(H (N + L)); it computes in float64 with a 64-step table of powers, an exact
+    block multiplier exp(64 log Ad) and an exact re-anchor exp(l log Ad) every 4096
+    steps, so long kernels of slowly decaying modes stay as accurate as the
+    exp(l log Ad) formula. The pullback (op ``"ssm_kernel_diag"``, inputs A, B, C,
+    dt) is a reverse Horner pass of the same memory.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssmcore.convolution import ssm_kernel_diag
+    >>> A = np.array([-0.5 + 1j, -0.5 + 3j]); B = np.ones(2); C = np.array([1.0, 0.5j])
+    >>> K = ssm_kernel_diag(A, B, C, 0.1, 4)
+    >>> K.shape
+    (4,)
+    >>> Ad = np.exp(0.1 * A); Bd = (Ad - 1) / A * B   # direct ZOH for comparison
+    >>> ref = [2 * np.real(np.sum(C * Bd * Ad**l)) for l in range(4)]
+    >>> np.allclose(K, ref)
+    True
+    """
+    return _ssm_kernel_diag_fwd(A, B, C, dt, L, method=method, conj_sym=conj_sym, backend=backend)[0]
+
+
+# --------------------------------------------------------------------------- DPLR kernel
+
+
+def _dplr_prepare(fn, Lambda, P, B, C, dt, L, backend):
+    lam = as_float_array(fn, "Lambda", Lambda, min_ndim=1, expected="(N,) or (H, N)")
+    P = as_float_array(fn, "P", P, min_ndim=2, expected="(rank, N) or (rank, H, N)")
+    B = as_float_array(fn, "B", B, min_ndim=1, expected="(N,) or (H, N)")
+    C = as_float_array(fn, "C", C, min_ndim=1, expected="(N,), (H, N) or (C_out, H, N)")
+    dt_in = dt
+    dt = check_dt(fn, dt)
+    L = _check_L(fn, L)
+    if lam.ndim > 2:
+        raise shape_error(fn, "Lambda", lam.shape, "(N,) or (H, N)")
+    if P.ndim > 3:
+        raise shape_error(fn, "P", P.shape, "(rank, N) or (rank, H, N)")
+    if B.ndim > 2:
+        raise shape_error(fn, "B", B.shape, "(N,) or (H, N)")
+    if C.ndim > 3:
+        raise shape_error(fn, "C", C.shape, "(N,), (H, N) or (C_out, H, N)")
+    if dt.ndim > 1:
+        raise shape_error(fn, "dt", dt.shape, "a scalar or (H,) (one step per channel)")
+    N = lam.shape[-1]
+    for name, x in (("P", P), ("B", B), ("C", C)):
+        if x.shape[-1] != N:
+            raise shape_error(fn, name, x.shape, f"last axis N={N} like Lambda {lam.shape}")
+    cands = []
+    if lam.ndim == 2:
+        cands.append(("Lambda", lam.shape, lam.shape[0]))
+    if P.ndim == 3:
+        cands.append(("P", P.shape, P.shape[1]))
+    if B.ndim == 2:
+        cands.append(("B", B.shape, B.shape[0]))
+    if C.ndim >= 2:
+        cands.append(("C", C.shape, C.shape[-2]))
+    if dt.ndim == 1:
+        cands.append(("dt", dt.shape, dt.shape[0]))
+    H = _lead_h(fn, cands)
+    backend = select_backend(fn, lam, P, B, C, dt_in if isinstance(dt_in, np.ndarray) else None, backend=backend)
+    out_dtype = _real_dtype(lam, P, B, C, dt_in)
+    r = P.shape[0]
+    canon = {
+        "Lambda": (1,) * (2 - lam.ndim) + lam.shape,
+        "P": (r,) + (1,) * (3 - P.ndim) + P.shape[1:],
+        "B": (1,) * (2 - B.ndim) + B.shape,
+        "C": (1,) * (3 - C.ndim) + C.shape,
+        "dt": (1,) * (1 - dt.ndim) + dt.shape,
+    }
+    Co = canon["C"][0]
+    if C.ndim == 3:
+        out_shape = (Co, H, L)
+    elif cands:
+        out_shape = (H, L)
+    else:
+        out_shape = (L,)
+    return dict(
+        Lambda=lam, P=P, B=B, C=C, dt=dt, L=L, H=H, N=N, r=r, Co=Co, backend=backend,
+        out_dtype=out_dtype, out_shape=out_shape, canon=canon,
+        lam=np.broadcast_to(lam.reshape(canon["Lambda"]), (H, N)).astype(np.complex128),
+        p=np.broadcast_to(P.reshape(canon["P"]), (r, H, N)).astype(np.complex128),
+        b=np.broadcast_to(B.reshape(canon["B"]), (H, N)).astype(np.complex128),
+        c=np.broadcast_to(C.reshape(canon["C"]), (Co, H, N)).astype(np.complex128),
+        d=np.broadcast_to(dt.reshape(canon["dt"]), (H,)).astype(np.float64),
+    )  # fmt: skip
+
+
+def _nodes(L: int) -> tuple[np.ndarray, np.ndarray]:
+    """1 - w_k and 1 + w_k for w_k = exp(-2 pi i k / L), k = 0 .. L//2, without cancellation."""
+    th = 2.0 * np.pi * np.arange(L // 2 + 1) / max(L, 1)
+    s = np.sin(th)
+    return 2.0 * np.sin(0.5 * th) ** 2 + 1j * s, 2.0 * np.cos(0.5 * th) ** 2 - 1j * s
+
+
+def _dplr_forward(p):
+    """Cauchy sums + Woodbury; returns the half spectrum Khat (Co, H, F) and what the VJP needs."""
+    H, N, r, Co, L = p["H"], p["N"], p["r"], p["Co"], p["L"]
+    d = p["d"]
+    mu = 0.5 * d[:, None] * p["lam"]  # dt Lambda / 2
+    X = np.concatenate([p["c"], np.conj(p["p"])], axis=0)  # (Co + r, H, N): rows C~, P^*
+    Y = np.concatenate([p["b"][None], p["p"]], axis=0)  # (1 + r, H, N): columns B, P
+    num = (X[:, None] * Y[None]).transpose(2, 0, 1, 3).reshape(H, (Co + r) * (1 + r), N)
+    omw, opw = _nodes(L)
+    F = omw.shape[0]
+    k = kernels(p["backend"], "convolution")
+    S = k.cauchy_sums(num, mu, omw, opw).reshape(H, Co + r, 1 + r, F)
+    g = 0.5 * d[:, None] * opw[None, :]  # (H, F): (1 + w) dt / 2
+    s00 = S[:, :Co, 0]  # (H, Co, F)
+    s01 = S[:, :Co, 1:]  # (H, Co, r, F)
+    s10 = S[:, Co:, 0]  # (H, r, F)
+    s11 = S[:, Co:, 1:]  # (H, r, r, F)
+    if r == 0:
+        w = np.zeros((H, 0, F), complex)
+        v = np.zeros((H, Co, 0, F), complex)
+    elif r == 1:
+        den = 1.0 + g * s11[:, 0, 0]
+        w = s10 / den[:, None]
+        v = s01 / den[:, None, None]
+    else:  # w = M^-1 s10, v = s01 M^-1 with M = I + g s11, batched over (H, F)
+        M = np.eye(r) + g[:, :, None, None] * s11.transpose(0, 3, 1, 2)
+        w = np.linalg.solve(M, s10.transpose(0, 2, 1)[..., None])[..., 0].transpose(0, 2, 1)
+        v = np.linalg.solve(np.swapaxes(M, -1, -2), s01.transpose(0, 3, 2, 1)).transpose(0, 3, 2, 1)
+    Q = s00 - g[:, None] * np.einsum("hcjf,hjf->hcf", s01, w)
+    Khat = (d[:, None, None] * Q).transpose(1, 0, 2)  # (Co, H, F)
+    return Khat, dict(mu=mu, X=X, Y=Y, num=num, omw=omw, opw=opw, g=g, S=S, w=w, v=v, Q=Q)
+
+
+def _ssm_kernel_dplr_fwd(Lambda, P, B, C, dt, L, *, backend=None):
+    from scipy import fft
+
+    p = _dplr_prepare("ssm_kernel_dplr", Lambda, P, B, C, dt, L, backend)
+    if p["L"] == 0:
+        return np.zeros(p["out_shape"], p["out_dtype"]), (p, None)
+    Khat, aux = _dplr_forward(p)
+    K = fft.irfft(Khat, n=p["L"], axis=-1)
+    return K.astype(p["out_dtype"]).reshape(p["out_shape"]), (p, aux)
+
+
+def _ssm_kernel_dplr_bwd(res, ct):
+    from scipy import fft
+
+    p, aux = res
+    H, N, r, Co, L = p["H"], p["N"], p["r"], p["Co"], p["L"]
+    cn = p["canon"]
+    names = ("Lambda", "P", "B", "C", "dt")
+    if aux is None:
+        return tuple(np.zeros_like(p[n]) for n in names)
+    G = np.asarray(ct, np.float64).real.reshape(Co, H, L)
+    # transpose of irfft: Khat_bar_k = c_k / L conj(rfft(G))_k, c_k = 1 at k = 0 and Nyquist, else 2
+    F = L // 2 + 1
+    ck = np.full(F, 2.0)
+    ck[0] = 1.0
+    if L % 2 == 0:
+        ck[-1] = 1.0
+    Kb = (ck / L * np.conj(fft.rfft(G, axis=-1))).transpose(1, 0, 2)  # (H, Co, F)
+    d = p["d"]
+    g, w, v, Q, S = aux["g"], aux["w"], aux["v"], aux["Q"], aux["S"]
+    s10, s11 = S[:, Co:, 0], S[:, Co:, 1:]
+    dt_bar = np.sum((Kb * Q).real, axis=(1, 2))
+    KbD = Kb * d[:, None, None]  # Khat_bar * dt
+    Sb = np.zeros_like(S)
+    Sb[:, :Co, 0] = KbD
+    Sb[:, :Co, 1:] = -(KbD * g[:, None])[:, :, None] * w[:, None]
+    Sb[:, Co:, 0] = -np.einsum("hcf,hcjf->hjf", KbD * g[:, None], v)
+    Sb[:, Co:, 1:] = np.einsum("hcf,hcjf,hkf->hjkf", KbD * g[:, None] ** 2, v, w)
+    vs10 = np.einsum("hcjf,hjf->hcf", v, s10)
+    vs11w = np.einsum("hcjf,hjkf,hkf->hcf", v, s11, w)
+    g_bar = np.sum(KbD * (-vs10 + g[:, None] * vs11w), axis=1)  # (H, F)
+    dt_bar += np.sum((g_bar * aux["opw"][None, :]).real, axis=1) * 0.5
+    k = kernels(p["backend"], "convolution")
+    num_bar, mu_bar = k.cauchy_sums_bwd(aux["num"], aux["mu"], aux["omw"], aux["opw"], Sb.reshape(H, -1, F))
+    lam_bar = 0.5 * d[:, None] * mu_bar
+    dt_bar += 0.5 * np.sum((mu_bar * p["lam"]).real, axis=1)
+    nb = num_bar.reshape(H, Co + r, 1 + r, N).transpose(1, 2, 0, 3)  # (Co + r, 1 + r, H, N)
+    X_bar = np.einsum("xyhn,yhn->xhn", nb, aux["Y"])
+    Y_bar = np.einsum("xyhn,xhn->yhn", nb, aux["X"])
+    C_bar = X_bar[:Co]
+    P_bar = np.conj(X_bar[Co:]) + Y_bar[1:]  # rows use conj(P): their cotangent enters conjugated
+    B_bar = Y_bar[0]
+    return (
+        _grad_like(lam_bar, p["Lambda"], cn["Lambda"]),
+        _grad_like(P_bar, p["P"], cn["P"]),
+        _grad_like(B_bar, p["B"], cn["B"]),
+        _grad_like(C_bar, p["C"], cn["C"]),
+        _grad_like(dt_bar, p["dt"], cn["dt"]),
+    )
+
+
+@register_op(
+    "ssm_kernel_dplr", fwd=_ssm_kernel_dplr_fwd, bwd=_ssm_kernel_dplr_bwd, inputs=("Lambda", "P", "B", "C", "dt")
+)
+def ssm_kernel_dplr(
+    Lambda: Any,
+    P: Any,
+    B: Any,
+    C: Any,
+    dt: Any,
+    L: int,
+    *,
+    backend: str | None = None,
+) -> np.ndarray:
+    r"""Convolution kernel of S4's DPLR SSM (Cauchy kernel + Woodbury + inverse FFT).
+
+    The state matrix is A = diag(Lambda) - P P^* on the conjugate-extended state
+    of size 2N: only one mode of each conjugate pair is stored (Lambda, the rows of
+    P, B and C have N entries; the other half is their conjugate). Bilinear
+    discretisation Ad = (I - dt A/2)^-1 (I + dt A/2), Bd = (I - dt A/2)^-1 dt B, and
+
+    .. math:: K_l = \tilde C_{full} \bar A^l \bar B, \quad l = 0..L-1 \quad
+              \text{with}\ \ \tilde C = C (I - \bar A^L),
+
+    computed from the truncated generating function at the L roots of unity
+    w_k = exp(-2 pi i k / L), k = 0 .. L//2:
+
+    .. math:: \hat K(w) = \tilde C (I - \bar A w)^{-1} \bar B
+              = dt\,[s_{CB} - g\, s_{CP} (I + g\, s_{PP})^{-1} s_{PB}],
+
+    where g = (1 + w) dt / 2, s_{xy} = sum over both halves of x_i y_i / d_i and
+    d_i = (1 - w) - (1 + w) dt Lambda_i / 2 (a Cauchy kernel; rows x in
+    {C~, P^*}, columns y in {B, P}). Then K = irfft(K_hat, n=L). This form has no
+    pole at w = -1 (S4's 2/(1 + w) factor is absorbed).
+
+    Parameters
+    ----------
+    Lambda : array_like, complex, (N,) or (H, N)
+        Diagonal part (one mode per conjugate pair).
+    P : array_like, (rank, N) or (rank, H, N)
+        Low-rank factor; the leading axis is always the rank (S4 layout).
+    B : array_like, (N,) or (H, N)
+    C : array_like, (N,), (H, N) or (C_out, H, N)
+        **C-tilde**, S4's learned parameter C~ = C (I - Ad^L) (transpose, not
+        conjugate transpose) for this L. Use :func:`dplr_c_tilde` to convert an
+        ordinary C once (S4 does it once, without gradient).
+    dt : float or array_like (H,)
+        Positive finite step, one per channel.
+    L : int
+        Kernel length (also the FFT length that the truncation refers to).
+    backend : {None, "numba", "numpy"}
+
+    Returns
+    -------
+    K : ndarray, (C_out, H, L), (H, L) or (L,)
+        Real kernel; float32 when every array input is single precision.
+
+    Notes
+    -----
+    Registered as op ``"ssm_kernel_dplr"`` with inputs (Lambda, P, B, C, dt); the
+    pullback is the transposed Cauchy sums plus the Woodbury and irfft adjoints.
+    The Cauchy sums (the O(H N L rank^2) part) run in Numba, prange over channels
+    and frequency blocks; memory O(H L (rank + 1)^2 C_out) for the Cauchy values.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssmcore.convolution import ssm_kernel_dplr
+    >>> lam = np.array([-0.5 + 1j, -0.5 + 4j]); P = np.array([[0.3, 0.2j]])
+    >>> B = np.array([1.0, 0.5]); Ct = np.array([0.2 - 0.1j, 0.4j]); dt, L = 0.1, 8
+    >>> K = ssm_kernel_dplr(lam, P, B, Ct, dt, L)
+    >>> # the same kernel from the dense conjugate-extended matrix
+    >>> Af = np.diag(np.r_[lam, lam.conj()]) - np.outer(np.r_[P[0], P[0].conj()], np.r_[P[0], P[0].conj()].conj())
+    >>> I = np.eye(4); Ad = np.linalg.solve(I - dt / 2 * Af, I + dt / 2 * Af)
+    >>> Bd = np.linalg.solve(I - dt / 2 * Af, dt * np.r_[B, B.conj()])
+    >>> Cf = np.linalg.solve((I - np.linalg.matrix_power(Ad, L)).T, np.r_[Ct, Ct.conj()])
+    >>> ref = [(Cf @ np.linalg.matrix_power(Ad, l) @ Bd).real for l in range(L)]
+    >>> np.allclose(K, ref)
+    True
+    """
+    return _ssm_kernel_dplr_fwd(Lambda, P, B, C, dt, L, backend=backend)[0]
+
+
+def dplr_c_tilde(Lambda: Any, P: Any, C: Any, dt: Any, L: int, *, inverse: bool = False) -> np.ndarray:
+    r"""Convert S4's output vector: C~ = C (I - Ad^L), or back with ``inverse=True``.
+
+    Ad is the bilinear discretisation of the conjugate-extended
+    A = diag(Lambda) - P P^* (see :func:`ssm_kernel_dplr`); C and C~ hold one entry
+    per conjugate pair and the product is taken on the full 2N state (C~ stays
+    conjugate-symmetric). This is a setup step, like S4's ``_setup_C``: dense
+    (2N x 2N) float64 algebra per channel, O(H N^3 log L), and not a registered op
+    (no gradient).
+
+    Parameters
+    ----------
+    Lambda : (N,) or (H, N); P : (rank, N) or (rank, H, N); C : (N,), (H, N) or (C_out, H, N)
+    dt : float or (H,)
+    L : int
+        The kernel length the C~ is meant for.
+    inverse : bool
+        If True, ``C`` is C~ and the ordinary C = C~ (I - Ad^L)^-1 is returned.
+
+    Returns
+    -------
+    ndarray, complex128, C's shape broadcast with the channel axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssmcore.convolution import dplr_c_tilde
+    >>> lam = np.array([-0.5 + 1j]); P = np.array([[0.3]]); C = np.array([1.0 + 0.5j])
+    >>> Ct = dplr_c_tilde(lam, P, C, 0.1, 16)
+    >>> np.allclose(dplr_c_tilde(lam, P, Ct, 0.1, 16, inverse=True), C)
+    True
+    """
+    fn = "dplr_c_tilde"
+    p = _dplr_prepare(fn, Lambda, P, np.zeros(np.shape(Lambda)[-1:]), C, dt, L, "numpy")
+    H, N, Co = p["H"], p["N"], p["Co"]
+    lam, pp, d = p["lam"], p["p"], p["d"]
+    Pf = np.concatenate([pp, np.conj(pp)], axis=-1)  # (r, H, 2N)
+    Af = np.zeros((H, 2 * N, 2 * N), complex)
+    idx = np.arange(2 * N)
+    Af[:, idx, idx] = np.concatenate([lam, np.conj(lam)], axis=-1)
+    Af -= np.einsum("rhi,rhj->hij", Pf, np.conj(Pf))
+    eye = np.eye(2 * N)
+    h = 0.5 * d[:, None, None]
+    Ad = np.linalg.solve(eye - h * Af, eye + h * Af)
+    T = eye - np.linalg.matrix_power(Ad, p["L"])  # (H, 2N, 2N)
+    Cf = np.concatenate([p["c"], np.conj(p["c"])], axis=-1)  # (Co, H, 2N)
+    if inverse:  # C = C~ T^-1  <=>  T^T C^T = C~^T
+        out = np.linalg.solve(np.swapaxes(T, -1, -2)[None], Cf[..., None])[..., 0]
+    else:
+        out = np.einsum("chi,hij->chj", Cf, T)
+    out = out[..., :N]
+    shape = p["out_shape"][:-1] + (N,)
+    return out.reshape(shape)
+
+
+# --------------------------------------------------------------------------- dense kernel
+
+
+def _dense_prepare(fn, A, B, C, L, backend):
+    A = as_float_array(fn, "A", A, min_ndim=2, expected="(..., N, N)")
+    B = as_float_array(fn, "B", B, min_ndim=1, expected="(..., N)")
+    C = as_float_array(fn, "C", C, min_ndim=1, expected="(..., N)")
+    L = _check_L(fn, L)
+    N = A.shape[-1]
+    if A.shape[-2] != N:
+        raise shape_error(fn, "A", A.shape, "(..., N, N) (square in the last two axes)")
+    for name, x in (("B", B), ("C", C)):
+        if x.shape[-1] != N:
+            raise shape_error(fn, name, x.shape, f"(..., N) with N={N} like A {A.shape}")
+    try:
+        lead = np.broadcast_shapes(A.shape[:-2], B.shape[:-1], C.shape[:-1])
+    except ValueError:
+        raise ValueError(
+            f"{fn}: leading (batch) axes do not broadcast: A {A.shape}, B {B.shape}, C {C.shape}; "
+            "expected A (..., N, N), B (..., N), C (..., N)"
+        ) from None
+    backend = select_backend(fn, A, B, C, backend=backend)
+    dt = np.result_type(A, B, C)
+    S = int(np.prod(lead))
+    a = np.broadcast_to(A, lead + (N, N)).reshape(S, N, N).astype(dt)
+    b = np.broadcast_to(B, lead + (N,)).reshape(S, N).astype(dt)
+    c = np.broadcast_to(C, lead + (N,)).reshape(S, N).astype(dt)
+    return dict(A=A, B=B, C=C, a=a, b=b, c=c, L=L, lead=lead, N=N, backend=backend)
+
+
+def _ssm_kernel_dense_fwd(A, B, C, L, *, backend=None):
+    p = _dense_prepare("ssm_kernel_dense", A, B, C, L, backend)
+    k = kernels(p["backend"], "convolution")
+    K = k.dense_kernel(p["a"], p["b"], p["c"], p["L"])
+    return K.reshape(p["lead"] + (p["L"],)), p
+
+
+def _ssm_kernel_dense_bwd(p, ct):
+    G = np.asarray(ct).reshape(p["a"].shape[0], p["L"])
+    if p["a"].dtype.kind != "c":
+        G = G.real
+    k = kernels(p["backend"], "convolution")
+    A_bar, B_bar, C_bar = k.dense_kernel_bwd(p["a"], p["b"], p["c"], G.astype(p["a"].dtype))
+    N, lead = p["N"], p["lead"]
+    out = []
+    for g, x, tail in ((A_bar, p["A"], (N, N)), (B_bar, p["B"], (N,)), (C_bar, p["C"], (N,))):
+        out.append(_grad_like(g.reshape(lead + tail), x, x.shape))
+    return tuple(out)
+
+
+@register_op("ssm_kernel_dense", fwd=_ssm_kernel_dense_fwd, bwd=_ssm_kernel_dense_bwd, inputs=("A", "B", "C"))
+def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = None) -> np.ndarray:
+    r"""Kernel K_l = C Ad^l Bd of dense discrete systems by repeated mat-vec.
+
+    .. math:: x_0 = \bar B,\quad x_{l+1} = \bar A x_l,\quad K_l = C x_l,\quad l = 0..L-1.
+
+    O(N^2 L) time and O(N + L) memory per system (no matrix powers); the pullback
+    (op ``"ssm_kernel_dense"``, inputs A, B, C) runs the adjoint recursion
+    lam_l = C^T G_l + A^T lam_{l+1} over checkpointed states (O(N^2 + N sqrt(L))).
+
+    Parameters
+    ----------
+    A : array_like, (..., N, N)
+        Discrete state matrix Ad (discretise first, e.g. with ``ssmcore.discretize``).
+    B : array_like, (..., N)
+        Discrete input vector Bd.
+    C : array_like, (..., N)
+        Output vector.
+    L : int
+        Kernel length.
+    backend : {None, "numba", "numpy"}
+
+    Returns
+    -------
+    K : ndarray, (..., L)
+        Leading axes are the broadcast of A's, B's and C's; dtype is their common
+        dtype (complex systems give complex kernels; no real part is taken).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssmcore.convolution import ssm_kernel_dense
+    >>> Ad = np.array([[0.9, 0.1], [0.0, 0.5]]); Bd = np.array([1.0, 1.0]); C = np.array([1.0, 2.0])
+    >>> ssm_kernel_dense(Ad, Bd, C, 3)
+    array([3.  , 2.  , 1.45])
+    """
+    return _ssm_kernel_dense_fwd(A, B, C, L, backend=backend)[0]
+
+
+# --------------------------------------------------------------------------- FFT convolution
+
+
+def _conv_prepare(fn, u, K, D, bidirectional, workers, backend):
+    u = as_float_array(fn, "u", u, complex_ok=False, min_ndim=1, expected="(..., H, L)")
+    K = as_float_array(fn, "K", K, complex_ok=False, min_ndim=1, expected="(L_k,), (H, L_k) or (C_out, H, L_k)")
+    if K.ndim > 3:
+        raise shape_error(fn, "K", K.shape, "(L_k,), (H, L_k) or (C_out, H, L_k)")
+    Dn = None
+    if D is not None:
+        Dn = as_float_array(fn, "D", D, complex_ok=False)
+    dtype = np.result_type(u.dtype, K.dtype)  # D is cast to it (a float64 D keeps float32 activations float32)
+    L = u.shape[-1]
+    Lk = K.shape[-1]
+    if bidirectional:
+        if K.ndim != 3 or K.shape[0] % 2:
+            raise shape_error(
+                fn, "K", K.shape, "(2 C_out, H, L_k) with bidirectional=True (C_out causal, then C_out anti-causal)"
+            )
+    hless = K.ndim == 1
+    if hless:
+        H = 1
+        uu = u.reshape(int(np.prod(u.shape[:-1])), 1, L)
+    else:
+        H = K.shape[-2]
+        if u.ndim < 2 or u.shape[-2] != H:
+            raise shape_error(fn, "u", u.shape, f"(..., H, L) with H={H} like K {K.shape}")
+        uu = u.reshape(int(np.prod(u.shape[:-2])), H, L)
+    if Lk > L:
+        raise ValueError(f"{fn}: K has length L_k={Lk} (shape {K.shape}) but u has L={L}; expected L_k <= L")
+    K3 = K.reshape((1,) * (3 - K.ndim) + K.shape)
+    C2 = K3.shape[0]
+    Co = C2 // 2 if bidirectional else C2
+    Dc = None
+    if Dn is not None:
+        if Dn.ndim > 2:
+            raise shape_error(fn, "D", Dn.shape, f"a scalar, (H,) or (C_out, H) with C_out={Co}, H={H}")
+        try:
+            Dc = np.broadcast_to(Dn.reshape((1,) * (2 - Dn.ndim) + Dn.shape), (Co, H)).astype(dtype)
+        except ValueError:
+            raise shape_error(fn, "D", Dn.shape, f"a scalar, (H,) or (C_out, H) with C_out={Co}, H={H}") from None
+    if workers is None:
+        workers = -1
+    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+        raise TypeError(f"{fn}: workers must be an int or None; got {type(workers).__name__}")
+    backend = select_backend(fn, u, K, D if isinstance(D, np.ndarray) else None, backend=backend)
+    if hless:
+        out_shape = u.shape
+    else:
+        out_shape = u.shape[:-2] + (Co * H, L)
+    return dict(
+        u=u, K=K, D=Dn, uu=np.ascontiguousarray(uu, dtype=dtype),
+        k0=np.ascontiguousarray(K3[:Co], dtype=dtype),
+        k1=np.ascontiguousarray(K3[Co:], dtype=dtype) if bidirectional else None,
+        Dc=Dc, dtype=dtype, L=L, Lk=Lk, H=H, Co=Co, out_shape=out_shape, workers=int(workers), backend=backend,
+    )  # fmt: skip
+
+
+def _fft_conv_fwd(u, K, D=None, *, bidirectional=False, workers=None, backend=None):
+    p = _conv_prepare("fft_conv", u, K, D, bidirectional, workers, backend)
+    Bt = p["uu"].shape[0]
+    if p["L"] == 0 or p["Lk"] == 0 or Bt == 0:
+        y = np.zeros((Bt, p["Co"], p["H"], p["L"]), p["dtype"])
+        if p["Dc"] is not None:
+            y += p["Dc"][None, :, :, None] * p["uu"][:, None]
+    else:
+        k = kernels(p["backend"], "convolution")
+        y = k.causal_conv(p["uu"], p["k0"], p["k1"], p["Dc"], p["workers"])
+    return np.asarray(y, p["dtype"]).reshape(p["out_shape"]), p
+
+
+def _fft_conv_bwd(p, ct):
+    Bt, H, L = p["uu"].shape
+    Co, Lk = p["Co"], p["Lk"]
+    G = np.ascontiguousarray(np.asarray(ct).real.reshape(Bt, Co, H, L), dtype=p["dtype"])
+    if L == 0 or Lk == 0 or Bt == 0:
+        u_bar = np.zeros((Bt, H, L))
+        if p["Dc"] is not None:
+            u_bar += np.einsum("ch,bcht->bht", p["Dc"], G)
+        K_bar = np.zeros_like(p["k0"])
+        Ka_bar = None if p["k1"] is None else np.zeros_like(p["k1"])
+        D_bar = None if p["Dc"] is None else np.einsum("bcht,bht->ch", G, p["uu"])
+    else:
+        k = kernels(p["backend"], "convolution")
+        u_bar, K_bar, Ka_bar, D_bar = k.causal_conv_bwd(p["uu"], p["k0"], p["k1"], p["Dc"], G, p["workers"])
+    if Ka_bar is not None:
+        K_bar = np.concatenate([K_bar, Ka_bar], axis=0)
+    gu = np.asarray(u_bar, p["u"].dtype).reshape(p["u"].shape)
+    gK = np.asarray(K_bar, p["K"].dtype).reshape(p["K"].shape)
+    gD = None
+    if p["D"] is not None:
+        Dn = p["D"]
+        gD = _grad_like(D_bar, Dn, (1,) * (2 - Dn.ndim) + Dn.shape)
+    return gu, gK, gD
+
+
+@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"))
+def fft_conv(
+    u: Any,
+    K: Any,
+    D: Any = None,
+    *,
+    bidirectional: bool = False,
+    workers: int | None = None,
+    backend: str | None = None,
+) -> np.ndarray:
+    r"""Causal convolution of inputs with per-channel kernels by FFT, plus a skip term.
+
+    .. math:: y[..., c, h, t] = \sum_{j=0}^{L_k-1} K[c, h, j]\, u[..., h, t-j] + D[c, h]\, u[..., h, t]
+
+    (u is zero before t = 0). With ``bidirectional=True`` the first C_out kernels are
+    causal and the next C_out are anti-causal, S4's layout (``FFTConv``):
+
+    .. math:: y_t \mathrel{+}= \sum_j K[C_{out} + c, h, j]\, u[..., h, t + 1 + j]
+
+    (lag -1 - j: the anti-causal half starts one step in the future, so lag 0 is not
+    counted twice). Output channels are flattened as (c h) -> c * H + h, like S4.
+    FFT length n = next_fast_len(L + L_k): no circular wrap-around in either direction.
+
+    Parameters
+    ----------
+    u : array_like, real, (..., H, L)
+        Inputs, time last; any leading batch axes. With a 1-D kernel, (..., L).
+    K : array_like, real, (L_k,), (H, L_k) or (C_out, H, L_k)
+        Kernels with L_k <= L (shorter kernels are zero beyond L_k);
+        ``(2 C_out, H, L_k)`` when bidirectional.
+    D : array_like, optional, scalar, (H,) or (C_out, H)
+        Skip (feed-through) weights.
+    bidirectional : bool
+        Two-sided kernel as above.
+    workers : int, optional
+        Threads for scipy.fft; None uses all cores (-1), 1 is single-threaded.
+    backend : {None, "numba", "numpy"}
+        ``"numpy"`` uses the direct O(L L_k) reference convolution.
+
+    Returns
+    -------
+    y : ndarray, (..., C_out * H, L) (or u's shape for a 1-D kernel)
+        In the common dtype of u and K (float32 stays float32); D is cast to it.
+
+    Notes
+    -----
+    Op ``"fft_conv"`` with inputs (u, K, D): the pullback is two FFT correlations,
+    u_bar = sum_c corr(G, K), K_bar = sum_batch corr(G, u), and D_bar = sum G u.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssmcore.convolution import fft_conv
+    >>> u = np.array([[1.0, 2.0, 3.0, 4.0]]); K = np.array([[1.0, 0.5]])
+    >>> np.round(fft_conv(u, K, D=np.array([0.1])), 12)
+    array([[1.1, 2.7, 4.3, 5.9]])
+    >>> np.allclose(fft_conv(u, K), np.convolve(u[0], K[0])[:4])
+    True
+    """
+    return _fft_conv_fwd(u, K, D, bidirectional=bidirectional, workers=workers, backend=backend)[0]
