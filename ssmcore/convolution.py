@@ -27,6 +27,7 @@ import numpy as np
 
 from .dispatch import kernels, select_backend
 from .registry import register_op
+from .reference.discretization import phi_functions
 from .validation import as_float_array, check_choice, check_dt, check_int, shape_error, sum_to_shape
 
 __all__ = ["dplr_c_tilde", "fft_conv", "ssm_kernel_dense", "ssm_kernel_diag", "ssm_kernel_dplr"]
@@ -37,41 +38,14 @@ DIAG_METHODS = ("zoh", "bilinear", "zoh_euler")
 # --------------------------------------------------------------------------- helpers
 
 
-def _phi_series(x: np.ndarray, k: int) -> np.ndarray:
-    """phi_k(x) = sum_j x^j / (j + k)!  by Horner (accurate for |x| < 1: 26 terms reach 1e-27)."""
-    from math import factorial
-
-    out = np.full_like(x, 1.0 / factorial(25 + k))
-    for j in range(24, -1, -1):
-        out = out * x + 1.0 / factorial(j + k)
-    return out
-
-
-def _expm1c(x: np.ndarray) -> np.ndarray:
-    """exp(x) - 1 for complex x without cancellation: expm1(a) cos b - 2 sin^2(b/2) + i e^a sin b."""
-    a, b = x.real, x.imag
-    with np.errstate(over="ignore", invalid="ignore"):
-        re = np.expm1(a) * np.cos(b) - 2.0 * np.sin(0.5 * b) ** 2
-        im = np.exp(a) * np.sin(b)
-    return re + 1j * im
-
-
 def phi1(x: np.ndarray) -> np.ndarray:
-    """(exp(x) - 1) / x with phi1(0) = 1, stable for complex x near 0 (series for |x| < 1)."""
-    x = np.asarray(x, np.complex128)
-    small = ~(np.abs(x) >= 1.0)  # NaN goes to the series and stays NaN
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        big = _expm1c(x) / x
-    return np.where(small, _phi_series(np.where(small, x, 0), 1), big)
+    """(exp(x) - 1) / x with phi1(0) = 1, stable for complex x near 0 (shared with discretisation)."""
+    return phi_functions(np.asarray(x, np.complex128))[1]
 
 
 def phi2(x: np.ndarray) -> np.ndarray:
     """(exp(x) - 1 - x) / x^2 with phi2(0) = 1/2 (so that phi1'(x) = phi1(x) - phi2(x))."""
-    x = np.asarray(x, np.complex128)
-    small = ~(np.abs(x) >= 1.0)
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        big = (_expm1c(x) - x) / (x * x)
-    return np.where(small, _phi_series(np.where(small, x, 0), 2), big)
+    return phi_functions(np.asarray(x, np.complex128))[2]
 
 
 def _real_dtype(*arrays: Any) -> np.dtype:
