@@ -14,4 +14,67 @@ __version__ = "0.1.0"
 
 from .registry import get_op, list_ops, vjp
 
-__all__ = ["__version__", "get_op", "list_ops", "vjp"]
+# Importing an area registers its ops; none of these imports SciPy or Numba.
+from .convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
+from .discretization import cont2discrete, discretize, discretize_diag
+from .hippo import (
+    dplr,
+    hippo,
+    hippo_basis,
+    hippo_online_coefficients,
+    hippo_reconstruct,
+    nplr,
+    nplr_to_dense,
+    rank_correction,
+)
+from .initializers import (
+    dt_init,
+    inverse_softplus,
+    lru_lambda,
+    lru_ring_init,
+    mamba2_A_log,
+    mamba_A_log,
+    mamba_dt_bias,
+    s4d_inv,
+    s4d_legs,
+    s4d_lin,
+    s4d_real,
+)
+
+__all__ = [
+    "__version__",
+    # gradients
+    "get_op",
+    "list_ops",
+    "vjp",
+    # discretisation
+    "cont2discrete",
+    "discretize",
+    "discretize_diag",
+    # HiPPO and initialisation
+    "dplr",
+    "dt_init",
+    "hippo",
+    "hippo_basis",
+    "hippo_online_coefficients",
+    "hippo_reconstruct",
+    "inverse_softplus",
+    "lru_lambda",
+    "lru_ring_init",
+    "mamba2_A_log",
+    "mamba_A_log",
+    "mamba_dt_bias",
+    "nplr",
+    "nplr_to_dense",
+    "rank_correction",
+    "s4d_inv",
+    "s4d_legs",
+    "s4d_lin",
+    "s4d_real",
+    # convolution mode
+    "dplr_c_tilde",
+    "fft_conv",
+    "ssm_kernel_dense",
+    "ssm_kernel_diag",
+    "ssm_kernel_dplr",
+]
