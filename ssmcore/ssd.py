@@ -1,0 +1,284 @@
+"""Mamba-2 SSD (state space duality): the chunked scan with a scalar decay per head.
+
+Front door of the op ``"ssd"``: validation, the dt pre-processing (bias,
+softplus, clamp), the ``silu(z)`` gate and the hand-written VJP. The recurrence
+itself runs in ``ssmcore.backends.numba.ssd`` (chunked, parallel over batch and
+heads) or, with ``backend="numpy"``, in the float64 specification
+``ssmcore.reference.ssd``.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from .dispatch import kernels, select_backend
+from .registry import register_op
+from .validation import as_float_array, check_int, shape_error
+
+__all__ = ["ssd"]
+
+_FN = "ssd"
+_SOFTPLUS_LINEAR_ABOVE = 20.0  # mamba's softplus is the identity above 20 (torch's default threshold)
+
+
+def _sigmoid(v: np.ndarray) -> np.ndarray:
+    # tanh form: no overflow warning for large |v|
+    return 0.5 * (1.0 + np.tanh(0.5 * v))
+
+
+def _check_dt_limit(dt_limit: Any) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in dt_limit)
+    except (TypeError, ValueError):
+        raise TypeError(f"{_FN}: dt_limit must be a pair of floats (min, max); got {dt_limit!r}") from None
+    if math.isnan(lo) or math.isnan(hi) or lo > hi:
+        raise ValueError(f"{_FN}: dt_limit must satisfy min <= max; got {dt_limit!r}")
+    return lo, hi
+
+
+def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx, backend):
+    """Validate and normalise every argument once; return what the kernels need."""
+    chunk_size = check_int(_FN, "chunk_size", chunk_size, minimum=1)
+    lo, hi = _check_dt_limit(dt_limit)
+    x = as_float_array(_FN, "x", x, complex_ok=False)
+    if x.ndim != 4:
+        raise shape_error(_FN, "x", x.shape, "(batch, L, heads, headdim) = 4 dimensions")
+    nb, L, H, P = x.shape
+    dt = as_float_array(_FN, "dt", dt, complex_ok=False)
+    if dt.shape != (nb, L, H):
+        raise shape_error(_FN, "dt", dt.shape, f"(batch, L, heads) = ({nb}, {L}, {H}) from x")
+    A = as_float_array(_FN, "A", A, complex_ok=False)
+    if A.shape != (H,):
+        raise shape_error(_FN, "A", A.shape, f"(heads,) = ({H},): one real scalar per head")
+    B = as_float_array(_FN, "B", B, complex_ok=False)
+    if B.ndim != 4 or B.shape[:2] != (nb, L) or B.shape[2] == 0:
+        raise shape_error(_FN, "B", B.shape, f"(batch, L, groups >= 1, N) with batch={nb}, L={L} from x")
+    G, N = B.shape[2], B.shape[3]
+    if H % G:
+        raise ValueError(f"{_FN}: B has {G} groups, which does not divide the {H} heads of x; "
+                         f"expected heads % groups == 0")
+    C = as_float_array(_FN, "C", C, complex_ok=False)
+    if C.shape != B.shape:
+        raise shape_error(_FN, "C", C.shape, f"the shape of B, (batch, L, groups, N) = {B.shape}")
+    if D is not None:
+        D = as_float_array(_FN, "D", D, complex_ok=False)
+        if D.shape not in ((H,), (H, P)):
+            raise shape_error(_FN, "D", D.shape, f"(heads,) = ({H},) or (heads, headdim) = ({H}, {P})")
+    if z is not None:
+        z = as_float_array(_FN, "z", z, complex_ok=False)
+        if z.shape != x.shape:
+            raise shape_error(_FN, "z", z.shape, f"the shape of x, {x.shape}")
+    if dt_bias is not None:
+        dt_bias = as_float_array(_FN, "dt_bias", dt_bias, complex_ok=False)
+        if dt_bias.shape != (H,):
+            raise shape_error(_FN, "dt_bias", dt_bias.shape, f"(heads,) = ({H},)")
+    if initial_states is not None:
+        initial_states = as_float_array(_FN, "initial_states", initial_states, complex_ok=False)
+        if initial_states.shape != (nb, H, P, N):
+            raise shape_error(_FN, "initial_states", initial_states.shape,
+                              f"(batch, heads, headdim, N) = ({nb}, {H}, {P}, {N})")
+    reset = np.zeros((nb, L), dtype=np.bool_)
+    if seq_idx is not None:
+        seq = np.asarray(seq_idx)
+        if seq.dtype.kind not in "iu":
+            raise TypeError(f"{_FN}: seq_idx has dtype {seq.dtype}; expected an integer dtype")
+        if seq.shape != (nb, L):
+            raise shape_error(_FN, "seq_idx", seq.shape, f"(batch, L) = ({nb}, {L})")
+        # the state is replaced wherever the index changes; the initial state belongs to index 0
+        prev = np.concatenate([np.zeros((nb, 1), dtype=seq.dtype), seq[:, :-1]], axis=1)
+        reset = np.ascontiguousarray(seq != prev)
+    name = select_backend(_FN, x, dt, A, B, C, D, z, dt_bias, initial_states, backend=backend)
+
+    # Compute in the data's precision (float32 or float64); parameters follow it.
+    dtype = np.result_type(*(a.dtype for a in (x, dt, B, C, z, initial_states) if a is not None))
+    cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+    raw_dt = cast(dt)
+    pre = raw_dt + cast(dt_bias) if dt_bias is not None else raw_dt
+    if dt_softplus:
+        capped = np.minimum(pre, _SOFTPLUS_LINEAR_ABOVE)  # exp never overflows
+        soft = np.where(pre > _SOFTPLUS_LINEAR_ABOVE, pre, np.log1p(np.exp(capped)))
+    else:
+        soft = pre
+    dt_eff = np.ascontiguousarray(np.clip(soft, lo, hi), dtype=dtype)
+    D2 = np.zeros((H, P), dtype=dtype)
+    if D is not None:
+        D2[...] = D[:, None] if D.ndim == 1 else D  # (H,) -> every column; fresh and writable (one kernel type)
+    h0 = np.zeros((nb, H, P, N), dtype=dtype) if initial_states is None else cast(initial_states)
+    return SimpleNamespace(
+        backend=name, chunk_size=chunk_size, lo=lo, hi=hi, softplus=bool(dt_softplus), dtype=dtype,
+        x=cast(x), dt=dt_eff, A=cast(A), B=cast(B), C=cast(C), D=D2, h0=h0, reset=reset,
+        z=None if z is None else cast(z), pre=pre, soft=soft,
+        inputs=dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states),
+    )
+
+
+def _ssd_fwd(x, dt, A, B, C, *, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+             dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, return_final_states=False,
+             backend=None):
+    """Forward of op ``"ssd"``: ``(out, residuals)``."""
+    r = _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states,
+                 seq_idx, backend)
+    k = kernels(r.backend, "ssd")
+    y, states = k.ssd_forward(r.x, r.dt, r.A, r.B, r.C, r.D, r.h0, r.reset, r.chunk_size)
+    out = y if r.z is None else y * (r.z * _sigmoid(r.z))
+    final = states[:, :, -1]
+    r.y = y
+    r.states = states
+    r.return_final_states = bool(return_final_states)
+    return ((out, np.ascontiguousarray(final)) if return_final_states else out), r
+
+
+def _ssd_bwd(r, cotangent):
+    """Backward of op ``"ssd"``: gradients for (x, dt, A, B, C, D, z, dt_bias, initial_states)."""
+    if r.return_final_states:
+        gout, gfinal = cotangent
+    else:
+        gout, gfinal = cotangent, None
+    gout = np.asarray(gout, dtype=r.dtype)
+    gfinal = (np.zeros(r.h0.shape, dtype=r.dtype) if gfinal is None
+              else np.ascontiguousarray(gfinal, dtype=r.dtype))
+    gz = None
+    if r.z is not None:
+        sig = _sigmoid(r.z)
+        gy = gout * (r.z * sig)
+        gz = gout * r.y * (sig * (1.0 + r.z * (1.0 - sig)))  # d silu(z)/dz
+    else:
+        gy = gout
+    k = kernels(r.backend, "ssd")
+    gx, gdt_eff, gA, gB, gC, gD2, gh0 = k.ssd_backward(
+        r.x, r.dt, r.A, r.B, r.C, r.D, r.reset, r.states, np.ascontiguousarray(gy), gfinal, r.chunk_size)
+    # dt chain: clamp passes the gradient only inside [lo, hi]; softplus multiplies by sigmoid
+    gpre = np.where((r.soft >= r.lo) & (r.soft <= r.hi), gdt_eff, 0.0)
+    if r.softplus:
+        gpre = gpre * np.where(r.pre > _SOFTPLUS_LINEAR_ABOVE, 1.0, _sigmoid(r.pre))
+    inp = r.inputs
+    D = inp["D"]
+    gD = None if D is None else (gD2.sum(axis=1) if D.ndim == 1 else gD2)
+    grads = dict(
+        x=gx, dt=gpre, A=gA, B=gB, C=gC, D=gD, z=gz,
+        dt_bias=None if inp["dt_bias"] is None else gpre.sum(axis=(0, 1)),
+        initial_states=None if inp["initial_states"] is None else gh0,
+    )
+    return tuple(
+        None if inp[name] is None or grads[name] is None else np.asarray(grads[name], dtype=inp[name].dtype)
+        for name in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+    )
+
+
+@register_op("ssd", fwd=_ssd_fwd, bwd=_ssd_bwd,
+             inputs=("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"))
+def ssd(
+    x: np.ndarray,
+    dt: np.ndarray,
+    A: np.ndarray,
+    B: np.ndarray,
+    C: np.ndarray,
+    *,
+    chunk_size: int = 64,
+    D: np.ndarray | None = None,
+    z: np.ndarray | None = None,
+    dt_bias: np.ndarray | None = None,
+    dt_softplus: bool = False,
+    dt_limit: tuple[float, float] = (0.0, math.inf),
+    initial_states: np.ndarray | None = None,
+    seq_idx: np.ndarray | None = None,
+    return_final_states: bool = False,
+    backend: str | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    r"""Mamba-2 SSD scan (``mamba_chunk_scan_combined`` semantics) on NumPy arrays.
+
+    Per batch b and head h (group g = h // (H / G)), with a (P, N) state::
+
+        dt_t  = clamp(softplus?(dt_t + dt_bias_h), dt_limit)
+        h_t   = exp(dt_t A_h) h_{t-1} + dt_t x_t B_t^T          (h_{-1} = initial_states)
+        y_t   = h_t C_t + D_h * x_t
+        out_t = y_t * silu(z_t)                                  (if z is given)
+
+    softplus is ``log(1 + e^v)`` for v <= 20 and v above (mamba's threshold).
+    The clamp to ``dt_limit`` is **always** applied, as in mamba's Triton path;
+    with the default (0, inf) a negative dt becomes 0. (mamba's
+    ``ssd_chunk_scan_combined_ref`` does not clamp.)
+
+    The Numba backend evaluates the recurrence in chunks of ``chunk_size``
+    steps: an intra-chunk masked quadratic form with weights
+    ``exp(sum_{s<i<=l} a_i) <= 1`` plus state passing between chunks. Any L
+    works (the last chunk is shorter). The result does not depend on
+    ``chunk_size`` beyond rounding.
+
+    Parameters
+    ----------
+    x : ndarray, shape (batch, L, H, P)
+        Input, H heads of head dimension P. float32 or float64.
+    dt : ndarray, shape (batch, L, H)
+        Step size per position and head (before bias/softplus/clamp).
+    A : ndarray, shape (H,)
+        Real decay rate per head (negative in Mamba: ``A = -exp(A_log)``).
+    B, C : ndarray, shape (batch, L, G, N)
+        Input and output projections, G groups with ``H % G == 0``.
+    chunk_size : int, default 64
+        Chunk length Q of the chunked algorithm (>= 1). Also the granularity of
+        the states kept for the backward pass.
+    D : ndarray, shape (H,) or (H, P), optional
+        Skip connection.
+    z : ndarray, shape (batch, L, H, P), optional
+        Gate: ``out = y * silu(z)``.
+    dt_bias : ndarray, shape (H,), optional
+        Added to dt before softplus.
+    dt_softplus : bool, default False
+        Apply softplus to ``dt + dt_bias``.
+    dt_limit : (float, float), default (0, inf)
+        Clamp of the processed dt.
+    initial_states : ndarray, shape (batch, H, P, N), optional
+        State before step 0 (zeros by default).
+    seq_idx : ndarray of int, shape (batch, L), optional
+        Packed-sequence index. The state is reset to zero at every step whose
+        index differs from the previous step's; the initial state belongs to
+        index 0, so ``initial_states`` reaches only a leading run of index 0.
+        For non-decreasing ``seq_idx`` (the packed-sequence case) this is
+        exactly mamba's behaviour.
+    return_final_states : bool, default False
+        Also return the state after the last step.
+    backend : {None, "numba", "numpy"}, optional
+        Kernel choice; default by array type (NumPy arrays -> Numba).
+
+    Returns
+    -------
+    out : ndarray, shape (batch, L, H, P)
+        In the compute dtype: the result dtype of x, dt, B, C, z and
+        initial_states (A, D and dt_bias are cast to it).
+    final_states : ndarray, shape (batch, H, P, N)
+        Only with ``return_final_states=True``.
+
+    Notes
+    -----
+    Differentiable as op ``"ssd"`` (``ssmcore.vjp("ssd", ...)``) with respect to
+    x, dt, A, B, C, D, z, dt_bias and initial_states. The dt gradient is zero
+    where the clamp is active and is multiplied by ``sigmoid(dt + dt_bias)``
+    through the softplus. The backward keeps only the chunk-entry states and
+    recomputes the states inside each chunk.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssmcore.ssd import ssd
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((1, 5, 2, 3)); dt = np.full((1, 5, 2), 0.5)
+    >>> A = np.array([-1.0, -2.0]); B = rng.standard_normal((1, 5, 1, 4)); C = B.copy()
+    >>> out, final = ssd(x, dt, A, B, C, chunk_size=2, return_final_states=True)
+    >>> out.shape, final.shape
+    ((1, 5, 2, 3), (1, 2, 3, 4))
+
+    A single step from zero state is ``dt (C . B) x``:
+
+    >>> y = ssd(x[:, :1], dt[:, :1], A, B[:, :1], C[:, :1])
+    >>> bool(np.allclose(y[0, 0], 0.5 * (C[0, 0, 0] @ B[0, 0, 0]) * x[0, 0]))
+    True
+    """
+    out, _ = _ssd_fwd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
+                      dt_softplus=dt_softplus, dt_limit=dt_limit, initial_states=initial_states,
+                      seq_idx=seq_idx, return_final_states=return_final_states, backend=backend)
+    return out
