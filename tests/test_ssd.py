@@ -142,42 +142,6 @@ def processed_dt(dt, dt_bias, softplus, limit):
     return np.clip(v, *limit)
 
 
-def _pair(ct, y):
-    if isinstance(y, tuple):
-        return sum(_pair(c, o) for c, o in zip(ct, y))
-    return float(np.sum(ct * y))
-
-
-def check_vjp_keywords(args, kwargs, names, rng, eps=1e-6, rtol=1e-6, atol=1e-9):
-    """Finite-difference check of the pullback for keyword-only array inputs of ssd.
-
-    (tests/vjp_check.check_vjp perturbs positional arguments only.)
-    """
-    inputs = ssmcore.get_op("ssd").inputs
-    out, pullback = ssmcore.vjp("ssd", *args, **kwargs)
-    ct = tuple(rng.standard_normal(o.shape) for o in out) if isinstance(out, tuple) else rng.standard_normal(out.shape)
-    grads = pullback(ct)
-    for name in names:
-        g = grads[inputs.index(name)]
-        base = kwargs[name]
-        assert g is not None and g.shape == base.shape and g.dtype == base.dtype, name
-        v = rng.standard_normal(base.shape)
-        fp = _pair(ct, ssd(*args, **{**kwargs, name: base + eps * v}))
-        fm = _pair(ct, ssd(*args, **{**kwargs, name: base - eps * v}))
-        fd = (fp - fm) / (2 * eps)
-        an = float(np.sum(g * v))
-        assert abs(an - fd) <= atol + rtol * max(abs(fd), abs(an), 1.0), f"d/d{name}: {an} vs FD {fd}"
-    return grads
-
-
-def assert_outputs_close(a, b, rtol, atol):
-    a = a if isinstance(a, tuple) else (a,)
-    b = b if isinstance(b, tuple) else (b,)
-    assert len(a) == len(b)
-    for u, v in zip(a, b):
-        np.testing.assert_allclose(u, v, rtol=rtol, atol=atol)
-
-
 # ----------------------------------------------------------------------------- forward
 
 
@@ -420,7 +384,7 @@ def test_vjp_keyword_inputs(rng, D_shape):
     x, dt, A, B, C = make_inputs(rng, L=10)
     kw = full_kwargs(rng, x, B, D_shape=D_shape)
     kw["chunk_size"] = 4
-    check_vjp_keywords((x, dt, A, B, C), kw, ["D", "z", "dt_bias", "initial_states"], rng)
+    check_vjp("ssd", (x, dt, A, B, C), kw, wrt=["D", "z", "dt_bias", "initial_states"], rng=rng)
 
 
 def test_initial_states_gradient_is_zero_when_no_sequence_has_index_0(rng):

@@ -30,29 +30,34 @@ def _pair(ct, y):
 def check_vjp(op, args, kwargs=None, *, wrt=None, rng=None, eps=1e-6, rtol=1e-6, atol=1e-9, cotangent=None):
     """Assert the pullback of ``op`` matches central differences for each input.
 
-    ``args`` are the op's positional arguments; ``wrt`` lists the positional
-    indices to check (default: every float/complex ndarray argument).
+    ``args``/``kwargs`` are the op's arguments. ``wrt`` lists the inputs to check, as
+    positional indices or as input names (keyword-only inputs by name); by default every
+    float/complex ndarray argument that is one of the op's inputs.
     Returns the gradients so callers can make further assertions.
     """
-    kwargs = kwargs or {}
+    kwargs = dict(kwargs or {})
     rng = rng or np.random.default_rng(0)
     opdef = ssmcore.get_op(op)
+    bound = opdef.signature.bind(*args, **kwargs)
     out, pullback = ssmcore.vjp(op, *args, **kwargs)
     if cotangent is None:
         cotangent = tuple(_random_like(rng, o) for o in out) if isinstance(out, tuple) else _random_like(rng, out)
     grads = pullback(cotangent)
     if wrt is None:
-        wrt = [i for i, a in enumerate(args) if isinstance(a, np.ndarray) and a.dtype.kind in "fc"]
-    for i in wrt:
-        name = opdef.inputs[i]
-        x = np.asarray(args[i])
+        wrt = [n for n in opdef.inputs if isinstance(bound.arguments.get(n), np.ndarray)
+               and bound.arguments[n].dtype.kind in "fc"]
+    for key in wrt:
+        name = opdef.inputs[key] if isinstance(key, int) else key
+        x = np.asarray(bound.arguments[name])
         v = _random_like(rng, x)
-        plus = list(args)
-        minus = list(args)
-        plus[i] = x + eps * v
-        minus[i] = x - eps * v
-        fd = (_pair(cotangent, opdef.fn(*plus, **kwargs)) - _pair(cotangent, opdef.fn(*minus, **kwargs))) / (2 * eps)
-        g = grads[i]
+
+        def f(value):
+            b = opdef.signature.bind(*args, **kwargs)
+            b.arguments[name] = value
+            return opdef.fn(*b.args, **b.kwargs)
+
+        fd = (_pair(cotangent, f(x + eps * v)) - _pair(cotangent, f(x - eps * v))) / (2 * eps)
+        g = grads[opdef.inputs.index(name)]
         assert g is not None, f"{opdef.name}: no gradient for {name}"
         assert np.shape(g) == x.shape, f"{opdef.name}: gradient for {name} has shape {np.shape(g)}, input {x.shape}"
         an = float(np.real(np.sum(np.asarray(g) * v)))
