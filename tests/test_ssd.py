@@ -142,6 +142,14 @@ def processed_dt(dt, dt_bias, softplus, limit):
     return np.clip(v, *limit)
 
 
+def assert_outputs_close(a, b, rtol, atol):
+    a = a if isinstance(a, tuple) else (a,)
+    b = b if isinstance(b, tuple) else (b,)
+    assert len(a) == len(b)
+    for u, v in zip(a, b):
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=atol)
+
+
 # ----------------------------------------------------------------------------- forward
 
 
