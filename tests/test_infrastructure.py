@@ -111,9 +111,18 @@ def _square_bwd(res, ct):
     return (2 * scale * x * ct,)
 
 
-@register_op("_test_square", fwd=_square_fwd, bwd=_square_bwd, inputs=("x",))
 def _square(x, scale=1.0):
     return _square_fwd(x, scale)[0]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _toy_op():
+    """Register a toy op for this module only (other tests iterate over every real op)."""
+    from ssmcore import registry
+
+    register_op("_test_square", fwd=_square_fwd, bwd=_square_bwd, inputs=("x",))(_square)
+    yield
+    del registry._REGISTRY["_test_square"]
 
 
 def test_vjp_by_name_and_function():
