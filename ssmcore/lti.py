@@ -1,0 +1,561 @@
+"""Simulation of dense linear time-invariant (LTI) state-space systems.
+
+Two public functions share one batched, time-last core:
+
+* :func:`lti_simulate` -- SSM convention (S4, S5, Mamba, LRU)::
+
+      x_t = A x_{t-1} + B u_t,    y_t = C x_t + D u_t,    x_{-1} = x0
+
+  for many systems and many inputs at once, differentiable (op ``"lti_simulate"``),
+  in "recurrent" or chunked parallel-"scan" mode.
+* :func:`dlsim` -- a drop-in for :func:`scipy.signal.dlsim` (control convention
+  ``x[k+1] = A x[k] + B u[k]``, ``y[k] = C x[k] + D u[k]``), built on the same core.
+
+The kernels live in ``ssmcore/reference/lti.py`` (NumPy specification) and
+``ssmcore/backends/numba/lti.py`` (Numba CPU); see ``docs/lti.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .dispatch import kernels, select_backend
+from .registry import register_op
+from .validation import as_float_array, check_choice, shape_error, sum_to_shape
+
+__all__ = ["LTI_MODES", "dlsim", "lti_simulate"]
+
+_OPERAND_NAMES = ("A", "B", "C", "D", "u", "x0")
+
+
+# ---------------------------------------------------------------------------------
+# Validation and flattening: one broadcast batch, operands never copied per batch
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Operands:
+    """Validated operands, flattened over their own batch axes, plus an index map.
+
+    ``idx[b]`` gives, for broadcast batch element ``b``, the flat index of the A, B,
+    C, D, u and x0 it uses. Nothing is materialised at the broadcast shape, so one
+    long input against many systems (or the reverse) costs no copies.
+    """
+
+    A: np.ndarray  # (nA, N, N)
+    B: np.ndarray  # (nB, N, M)
+    C: np.ndarray  # (nC, P, N)
+    D: np.ndarray  # (nD, P, M), zeros when D is None
+    u: np.ndarray  # (nU, M, L)
+    x0: np.ndarray  # (nX, N), zeros when x0 is None
+    idx: np.ndarray  # (batch, 6) int64
+    batch_shape: tuple[int, ...]
+    N: int
+    M: int
+    P: int
+    L: int
+    dtype: np.dtype
+    # (shape, dtype) of each user argument, None where not given: for the gradients
+    inputs: tuple[tuple[tuple[int, ...], np.dtype] | None, ...]
+    backend: str
+
+    @property
+    def batch(self) -> int:
+        return self.idx.shape[0]
+
+
+def _prepare(fn: str, A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any, backend: str | None) -> _Operands:
+    backend = select_backend(fn, A, B, C, D, u, x0, backend=backend)
+    if backend == "cupy":
+        raise NotImplementedError(f"{fn}: no CuPy kernels for LTI simulation yet; pass NumPy arrays")
+    A = as_float_array(fn, "A", A, min_ndim=2, expected="(..., N, N)")
+    if A.shape[-1] != A.shape[-2]:
+        raise shape_error(fn, "A", A.shape, "(..., N, N) (square in the last two axes)")
+    N = A.shape[-1]
+    B = as_float_array(fn, "B", B, min_ndim=2, expected=f"(..., {N}, M)")
+    if B.shape[-2] != N:
+        raise shape_error(fn, "B", B.shape, f"(..., {N}, M) (N = {N} from A)")
+    M = B.shape[-1]
+    C = as_float_array(fn, "C", C, min_ndim=2, expected=f"(..., P, {N})")
+    if C.shape[-1] != N:
+        raise shape_error(fn, "C", C.shape, f"(..., P, {N}) (N = {N} from A)")
+    P = C.shape[-2]
+    if D is not None:
+        D = as_float_array(fn, "D", D, min_ndim=2, expected=f"(..., {P}, {M})")
+        if D.shape[-2:] != (P, M):
+            raise shape_error(fn, "D", D.shape, f"(..., {P}, {M}) (P = {P} from C, M = {M} from B)")
+    u = as_float_array(fn, "u", u, min_ndim=2, expected=f"(..., {M}, L)")
+    if u.shape[-2] != M:
+        raise shape_error(fn, "u", u.shape, f"(..., {M}, L) (M = {M} from B; time is the last axis)")
+    L = u.shape[-1]
+    if x0 is not None:
+        x0 = as_float_array(fn, "x0", x0, min_ndim=1, expected=f"(..., {N})")
+        if x0.shape[-1] != N:
+            raise shape_error(fn, "x0", x0.shape, f"(..., {N}) (N = {N} from A)")
+
+    given = (A, B, C, D, u, x0)
+    core_ndim = (2, 2, 2, 2, 2, 1)
+    leads = [None if a is None else a.shape[: a.ndim - k] for a, k in zip(given, core_ndim)]
+    try:
+        batch_shape = np.broadcast_shapes(*(s for s in leads if s is not None))
+    except ValueError:
+        got = ", ".join(f"{n} {s}" for n, s in zip(_OPERAND_NAMES, leads) if s is not None)
+        raise ValueError(f"{fn}: the leading (batch) axes do not broadcast: {got}") from None
+    dtype = np.result_type(*(a.dtype for a in given if a is not None))
+
+    def flat(a: np.ndarray | None, lead: tuple[int, ...] | None, core: tuple[int, ...]):
+        if a is None:  # D or x0 left out: one shared zero operand
+            return np.zeros((1,) + core, dtype=dtype), np.zeros(math.prod(batch_shape), dtype=np.int64)
+        count = math.prod(lead)
+        index = np.broadcast_to(np.arange(count, dtype=np.int64).reshape(lead), batch_shape).ravel()
+        return np.ascontiguousarray(a.reshape((count,) + core), dtype=dtype), index
+
+    cores = ((N, N), (N, M), (P, N), (P, M), (M, L), (N,))
+    flats = [flat(a, s, core) for a, s, core in zip(given, leads, cores)]
+    idx = np.ascontiguousarray(np.stack([i for _, i in flats], axis=1))
+    inputs = tuple(None if a is None else (a.shape, a.dtype) for a in given)
+    return _Operands(*(f for f, _ in flats), idx, tuple(batch_shape), N, M, P, L, dtype, inputs, backend)
+
+
+# ---------------------------------------------------------------------------------
+# Evaluation modes: each one entry in LTI_MODES
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What a mode returns: outputs plus checkpoints for the backward.
+
+    ``ck`` (batch, ceil(L / K), N) holds the state entering every K-th step
+    (``x_{cK-1}``), or is None when the mode kept none (the backward then
+    recomputes them with the recurrent kernel).
+    """
+
+    y: np.ndarray  # (batch, P, L)
+    x_final: np.ndarray  # (batch, N)
+    ck: np.ndarray | None
+    K: int
+
+
+def _checkpoint_interval(L: int) -> int:
+    # ~sqrt(L) balances the checkpoints (batch * N * L / K) against the backward's
+    # per-thread recompute buffer (K * N).
+    return max(16, math.isqrt(max(L, 1)))
+
+
+def _outputs(ops: _Operands, n_ck: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    y = np.empty((ops.batch, ops.P, ops.L), dtype=ops.dtype)
+    x_final = np.empty((ops.batch, ops.N), dtype=ops.dtype)
+    ck = np.empty((ops.batch, n_ck, ops.N), dtype=ops.dtype)
+    return y, x_final, ck
+
+
+def _run_recurrent(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
+    """Sequential time loop, parallel over the batch."""
+    K = _checkpoint_interval(ops.L) if keep_checkpoints else max(ops.L, 1)
+    y, x_final, ck = _outputs(ops, -(-ops.L // K) if keep_checkpoints else 0)
+    k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, K, y, x_final, ck)
+    return _Run(y, x_final, ck if keep_checkpoints else None, K)
+
+
+def _scan_chunk_length(L: int, batch: int, N: int, threads: int) -> int:
+    """Time-chunk length for the scan mode: enough chunks to feed every thread.
+
+    With batch >= threads the batch already fills the machine: one chunk (the scan
+    then does exactly the recurrent work). Otherwise each sequence gets
+    ceil(threads / batch) + 1 chunks (chunk 0 only runs in pass 1 and the last only
+    in pass 2). Chunks stay long next to the N^3 log(S) cost of the chunk's A power.
+    """
+    if L == 0 or batch >= threads:
+        return max(L, 1)
+    n_chunks = -(-threads // batch) + 1
+    return min(L, max(-(-L // n_chunks), 64 + 8 * N))
+
+
+def _run_scan(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
+    """Chunked parallel scan over time (pays off when batch < threads)."""
+    S = _scan_chunk_length(ops.L, ops.batch, ops.N, k.num_threads())
+    if keep_checkpoints:
+        K = min(_checkpoint_interval(ops.L), S)
+        per_chunk = max(1, S // K)
+    else:
+        K, per_chunk = S, 1
+    y, x_final, ck = _outputs(ops, -(-ops.L // K))
+    k.simulate_scan(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, K, y, x_final, ck, per_chunk)
+    return _Run(y, x_final, ck if keep_checkpoints else None, K)
+
+
+#: The evaluation modes of :func:`lti_simulate`, ``name -> runner(kernels, operands,
+#: keep_checkpoints) -> _Run``. A new mode (e.g. "convolution": FFT convolution with
+#: the impulse response) is one entry here; it may return ``ck=None`` and the
+#: backward recomputes checkpoints with the recurrent kernel.
+LTI_MODES: dict[str, Callable[[Any, _Operands, bool], _Run]] = {
+    "recurrent": _run_recurrent,
+    "scan": _run_scan,
+}
+
+
+# ---------------------------------------------------------------------------------
+# lti_simulate: forward, backward, public function
+# ---------------------------------------------------------------------------------
+
+
+@dataclass
+class _Residuals:
+    ops: _Operands
+    run: _Run
+    return_final_state: bool
+
+
+def _forward(A, B, C, D, u, x0, mode, return_final_state, backend, keep_checkpoints):
+    fn = "lti_simulate"
+    mode = check_choice(fn, "mode", mode, LTI_MODES)
+    ops = _prepare(fn, A, B, C, D, u, x0, backend)
+    if ops.batch == 0:  # nothing to run; shapes still follow the contract
+        run = _Run(*_outputs(ops, 0)[:2], None, 1)
+    else:
+        run = LTI_MODES[mode](kernels(ops.backend, "lti"), ops, keep_checkpoints)
+    y = run.y.reshape(ops.batch_shape + (ops.P, ops.L))
+    out = (y, run.x_final.reshape(ops.batch_shape + (ops.N,))) if return_final_state else y
+    return out, _Residuals(ops, run, bool(return_final_state))
+
+
+def _lti_simulate_fwd(A, B, C, D, u, x0=None, *, mode="recurrent", return_final_state=False, backend=None):
+    """Forward of op "lti_simulate": output and residuals (operands + state checkpoints)."""
+    return _forward(A, B, C, D, u, x0, mode, return_final_state, backend, keep_checkpoints=True)
+
+
+def _grad_for(g: np.ndarray, batch_shape: tuple[int, ...], core: tuple[int, ...], given) -> np.ndarray | None:
+    """Reduce a per-batch-element gradient to its input's shape and dtype."""
+    if given is None:
+        return None
+    shape, dtype = given
+    g = sum_to_shape(g.reshape(batch_shape + core), shape)
+    if dtype.kind != "c" and np.iscomplexobj(g):
+        g = g.real  # real input of a complex computation: transpose of the real linearisation
+    return np.ascontiguousarray(g, dtype=dtype)
+
+
+def _lti_simulate_bwd(res: _Residuals, cotangent) -> tuple[np.ndarray | None, ...]:
+    """Backward of op "lti_simulate": the reverse-time adjoint recurrence."""
+    ops, run = res.ops, res.run
+    gy, g_final = cotangent if res.return_final_state else (cotangent, None)
+    nb, N, M, P, L = ops.batch, ops.N, ops.M, ops.P, ops.L
+
+    def as_cotangent(g, shape):
+        # a real output pairs only with the real part of its cotangent: Re(sum(g y)) = sum(Re(g) y)
+        g = np.zeros(shape, ops.dtype) if g is None else np.reshape(g, shape)
+        return np.ascontiguousarray(g.real if ops.dtype.kind != "c" else g, dtype=ops.dtype)
+
+    gy, g_final = as_cotangent(gy, (nb, P, L)), as_cotangent(g_final, (nb, N))
+    grads = [np.zeros((nb,) + core, dtype=ops.dtype) for core in ((N, N), (N, M), (P, N), (P, M), (M, L), (N,))]
+    if nb > 0:
+        k = kernels(ops.backend, "lti")
+        ck, K = run.ck, run.K
+        if ck is None:  # the mode kept no states: recompute checkpoints once
+            K = _checkpoint_interval(L)
+            y, x_final, ck = _outputs(ops, -(-L // K))
+            k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, K, y, x_final, ck)
+        if ck.shape[1] == 0:  # L == 0: the adjoint is just the final-state cotangent
+            grads[5][...] = g_final
+        else:
+            k.simulate_backward(ops.A, ops.B, ops.C, ops.D, ops.u, ops.idx, K, ck, gy, g_final, *grads)
+    cores = ((N, N), (N, M), (P, N), (P, M), (M, L), (N,))
+    return tuple(_grad_for(g, ops.batch_shape, core, given) for g, core, given in zip(grads, cores, ops.inputs))
+
+
+@register_op("lti_simulate", fwd=_lti_simulate_fwd, bwd=_lti_simulate_bwd, inputs=_OPERAND_NAMES)
+def lti_simulate(
+    A: Any,
+    B: Any,
+    C: Any,
+    D: Any,
+    u: Any,
+    x0: Any = None,
+    *,
+    mode: str = "recurrent",
+    return_final_state: bool = False,
+    backend: str | None = None,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    r"""Simulate batched discrete LTI systems in the SSM convention (time last).
+
+    .. math::
+
+        x_t = A x_{t-1} + B u_t, \qquad y_t = C x_t + D u_t, \qquad
+        x_{-1} = x_0 \ (\text{zeros by default}), \quad t = 0, \dots, L-1.
+
+    The input at step t enters the state *before* the output at step t (S4, S5,
+    Mamba, LRU). For scipy's control convention use :func:`dlsim`.
+
+    Parameters
+    ----------
+    A : array_like, shape (..., N, N)
+        State matrices (already discrete, e.g. from ``discretize``).
+    B : array_like, shape (..., N, M)
+        Input matrices.
+    C : array_like, shape (..., P, N)
+        Output matrices.
+    D : array_like, shape (..., P, M), or None
+        Feed-through matrices; None means zero.
+    u : array_like, shape (..., M, L)
+        Inputs, time on the last axis.
+    x0 : array_like, shape (..., N), optional
+        The state before the first step, :math:`x_{-1}`; zeros by default.
+    mode : {"recurrent", "scan"}
+        ``"recurrent"``: a sequential time loop, parallel over the batch.
+        ``"scan"``: a chunked parallel scan over time -- chunks of the sequence
+        run in parallel from a zero state, their end states are combined with the
+        associative rule :math:`(A_1, b_1) \circ (A_2, b_2) = (A_2 A_1, A_2 b_1 + b_2)`
+        (a chunk of S steps contributes :math:`A^S`), then every chunk reruns from
+        its true initial state. About twice the arithmetic, so it only pays off
+        when the batch is smaller than the thread count. Both agree to rounding.
+    return_final_state : bool
+        Also return :math:`x_{L-1}` (or ``x0`` when L = 0), e.g. to continue a
+        simulation in a second call.
+    backend : {None, "numba", "numpy"}
+        Force a backend; None picks the Numba kernels for NumPy inputs.
+
+    Returns
+    -------
+    y : ndarray, shape (..., P, L)
+        Outputs. The leading axes are the broadcast of all operands' leading axes
+        (one system and many inputs, many systems and one input, or both).
+    x_final : ndarray, shape (..., N)
+        Only with ``return_final_state=True``.
+
+    Notes
+    -----
+    dtype: the common type of the operands (float32, float64, complex64 or
+    complex128); integer arrays are refused. Kernels compute in that dtype.
+    Differentiable as op ``"lti_simulate"`` (``ssmcore.vjp``), with inputs
+    ``("A", "B", "C", "D", "u", "x0")``. The backward is the reverse-time
+    recurrence :math:`\lambda_t = C^T \bar y_t + A^T \lambda_{t+1}`; it recomputes
+    states from checkpoints stored every ~sqrt(L) steps instead of keeping all L
+    states.
+
+    Examples
+    --------
+    One 2-state system driven by a unit step, x_t = 0.5 x_{t-1} + u_t:
+
+    >>> import numpy as np
+    >>> from ssmcore.lti import lti_simulate
+    >>> A = np.array([[0.5, 0.0], [0.0, 0.25]])
+    >>> B = np.ones((2, 1)); C = np.array([[1.0, 0.0]])
+    >>> lti_simulate(A, B, C, None, np.ones((1, 4)))
+    array([[1.   , 1.5  , 1.75 , 1.875]])
+
+    Many inputs (batch of 3) through the same system, continued from the final state:
+
+    >>> u = np.ones((3, 1, 4))
+    >>> y1, xf = lti_simulate(A, B, C, None, u, return_final_state=True)
+    >>> y1.shape, xf.shape
+    ((3, 1, 4), (3, 2))
+    >>> y2 = lti_simulate(A, B, C, None, u, x0=xf)
+    >>> np.allclose(np.concatenate([y1, y2], -1), lti_simulate(A, B, C, None, np.ones((3, 1, 8))))
+    True
+    """
+    out, _ = _forward(A, B, C, D, u, x0, mode, return_final_state, backend, keep_checkpoints=False)
+    return out
+
+
+# ---------------------------------------------------------------------------------
+# dlsim: scipy.signal.dlsim drop-in on the same core
+# ---------------------------------------------------------------------------------
+
+
+def _ss_from_tuple(fn: str, system: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any, bool]:
+    """(A, B, C, D, dt, is_state_space) from a tuple or a scipy dlti, like scipy does."""
+    signal = sys.modules.get("scipy.signal")  # an lti/dlti object implies scipy.signal is loaded
+    if signal is not None and isinstance(system, signal.lti):
+        raise TypeError(
+            f"{fn}: system is a continuous-time lti; dlsim needs a discrete-time system "
+            "(a dlti, or a tuple ending in dt)"
+        )
+    if signal is not None and isinstance(system, signal.dlti):
+        is_ss = isinstance(system, signal.StateSpace)
+        ss = system if is_ss else system.to_ss()
+        return ss.A, ss.B, ss.C, ss.D, system.dt, is_ss
+    if not isinstance(system, (tuple, list)) or len(system) not in (3, 4, 5):
+        raise TypeError(
+            f"{fn}: system must be a dlti or a tuple (num, den, dt), (zeros, poles, gain, dt) "
+            f"or (A, B, C, D, dt); got {type(system).__name__}"
+            + (f" of length {len(system)}" if isinstance(system, (tuple, list)) else "")
+        )
+    *parts, dt = system
+    if len(parts) == 4:
+        return (*_abcd_normalize(fn, *parts), dt, True)
+    from scipy import signal  # transfer functions and zpk: converted exactly as scipy does
+
+    ss = signal.dlti(*parts, dt=dt).to_ss()
+    return ss.A, ss.B, ss.C, ss.D, dt, False
+
+
+def _abcd_normalize(fn: str, A: Any, B: Any, C: Any, D: Any) -> tuple[np.ndarray, ...]:
+    """scipy's state-space shape rules without importing scipy.
+
+    Each matrix is made 2-D by prepending axes (so a 1-D B is one *row*); a missing
+    or empty matrix becomes zeros of the size the others imply.
+    """
+    mats = []
+    for name, m in zip("ABCD", (A, B, C, D)):
+        mats.append(np.zeros((0, 0)) if m is None else np.atleast_2d(as_float_array(fn, name, m, integer_ok=True)))
+    A, B, C, D = mats
+    n = A.shape[0] or B.shape[0] or C.shape[1] or 0
+    m = B.shape[1] or D.shape[1] or 0
+    p = C.shape[0] or D.shape[0] or 0
+    expected = {"A": (n, n), "B": (n, m), "C": (p, n), "D": (p, m)}
+    out = []
+    for name, mat in zip("ABCD", (A, B, C, D)):
+        if mat.size == 0:
+            mat = np.zeros(expected[name])
+        if mat.ndim != 2 or mat.shape != expected[name]:
+            raise shape_error(fn, name, mat.shape, f"{expected[name]} (n = {n} states, {m} inputs, {p} outputs)")
+        out.append(mat)
+    return tuple(out)
+
+
+def _interp_linear(t: np.ndarray, u: np.ndarray, tout: np.ndarray) -> np.ndarray:
+    """Piecewise-linear interpolation of u (L, m) from t onto tout, extrapolating
+    the end segments linearly (what scipy's ``make_interp_spline(t, u, k=1)`` does)."""
+    j = np.clip(np.searchsorted(t, tout, side="right") - 1, 0, len(t) - 2)
+    w = ((tout - t[j]) / (t[j + 1] - t[j]))[:, None]
+    return u[j] * (1.0 - w) + u[j + 1] * w
+
+
+def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarray, ...]:
+    r"""Simulate a discrete-time system; a drop-in for :func:`scipy.signal.dlsim`.
+
+    Control convention (scipy's), with :math:`x_0` = ``x0`` (zeros by default):
+
+    .. math::
+
+        x_{k+1} = A x_k + B u_k, \qquad y_k = C x_k + D u_k, \qquad k = 0, \dots, L-1,
+
+    so ``y[0]`` sees ``u[0]`` only through D. Internally this is the SSM-convention
+    core of :func:`lti_simulate`: its state after step k is :math:`x_{k+1}`, so the
+    trajectory is read off its per-step checkpoints and :math:`y = C x + D u` is
+    one more loop over them (no inverse of A needed).
+
+    Parameters
+    ----------
+    system : tuple or scipy.signal.dlti
+        ``(A, B, C, D, dt)``, ``(num, den, dt)``, ``(zeros, poles, gain, dt)`` or a
+        ``dlti`` instance. Transfer functions and zpk are converted with scipy's
+        ``tf2ss`` / ``zpk2ss`` (scipy is imported only for them).
+    u : array_like, shape (L,) or (L, m)
+        Input per time step (rows are time); 1-D means a single input.
+    t : array_like, shape (L,), optional
+        Times at which ``u`` is given (strictly increasing). Then the output has
+        ``floor(t[-1] / dt) + 1`` samples at ``linspace(0, t[-1], ...)`` and ``u``
+        is linearly interpolated onto them, as scipy does.
+    x0 : array_like, shape (n,), optional
+        Initial state :math:`x_0`.
+
+    Returns
+    -------
+    tout : ndarray, shape (L,)
+        Output times.
+    yout : ndarray, shape (L, p)
+        Outputs; 2-D even for one output, like scipy.
+    xout : ndarray, shape (L, n)
+        States :math:`x_0 .. x_{L-1}`; only for state-space systems, like scipy.
+
+    Notes
+    -----
+    Differences from scipy, all deliberate:
+
+    * **Complex systems stay complex.** scipy writes into float64 arrays and drops
+      imaginary parts with a ``ComplexWarning``; here ``yout``/``xout`` are
+      complex128 when any of A, B, C, D, u, x0 is complex. Real systems give
+      float64 results, identical to scipy's up to rounding (~1e-15).
+    * Always float64/complex128, like scipy: float32 inputs are promoted.
+    * L = 0 returns empty arrays (scipy raises IndexError); ``t`` with fewer than
+      two points raises ValueError (scipy returns NaNs); NaN in ``u`` propagates
+      instead of raising when ``t`` is given.
+    * Errors are ``TypeError``/``ValueError`` naming the argument (scipy raises
+      AttributeError for a continuous-time ``lti``).
+
+    Examples
+    --------
+    The integrator y[k] = sum_{j<k} u[j] from scipy's own example:
+
+    >>> import numpy as np
+    >>> from ssmcore.lti import dlsim
+    >>> tout, y = dlsim(([1.0], [1.0, -1.0], 1.0), [0.0, 0.0, 1.0, 1.0], t=[0.0, 1.0, 2.0, 3.0])
+    >>> y.T
+    array([[0., 0., 0., 1.]])
+
+    A state-space system with an initial state:
+
+    >>> A = [[0.5]]; B = [[1.0]]; C = [[1.0]]; D = [[0.0]]
+    >>> tout, y, x = dlsim((A, B, C, D, 1.0), [1.0, 2.0, 3.0, 4.0], x0=[3.0])
+    >>> y[:, 0]
+    array([3.   , 2.5  , 3.25 , 4.625])
+    """
+    fn = "dlsim"
+    A, B, C, D, dt, is_ss = _ss_from_tuple(fn, system)
+    n, m, p = A.shape[0], B.shape[1], C.shape[0]
+    u = as_float_array(fn, "u", u, integer_ok=True)
+    given_shape = u.shape
+    u = u.reshape(-1, 1) if u.ndim < 2 else u  # 1-D u is one input column, like scipy
+    if u.ndim != 2 or u.shape[1] != m:
+        expected = f"(L, {m}) (one column per input; B has {m})" + (" or (L,)" if m == 1 else "")
+        raise shape_error(fn, "u", given_shape, expected)
+    if x0 is not None:
+        x0 = as_float_array(fn, "x0", x0, integer_ok=True)
+        try:
+            x0 = np.broadcast_to(x0, (n,))
+        except ValueError:
+            raise shape_error(fn, "x0", x0.shape, f"({n},) (one value per state)") from None
+
+    if t is None:
+        out_samples = u.shape[0]
+        stoptime = (out_samples - 1) * dt
+        u_dt = u
+    else:
+        t = as_float_array(fn, "t", t, complex_ok=False, integer_ok=True)
+        if t.ndim != 1 or t.shape[0] != u.shape[0]:
+            raise shape_error(fn, "t", t.shape, f"({u.shape[0]},) (one time per row of u)")
+        if t.shape[0] < 2 or not np.all(np.diff(t) > 0):
+            raise ValueError(
+                f"{fn}: t must be strictly increasing with at least 2 points to interpolate u; "
+                f"got {t.shape[0]} point(s)"
+            )
+        stoptime = t[-1]
+        out_samples = int(np.floor(stoptime / dt)) + 1
+        if out_samples < 1:
+            raise ValueError(f"{fn}: t[-1] = {stoptime!r} gives no output samples with dt = {dt!r}; expected >= 0")
+    tout = np.linspace(0.0, stoptime, num=out_samples)
+    if t is not None:
+        u_dt = _interp_linear(t, u, tout)
+
+    dtype = np.result_type(A, B, C, D, u_dt, np.float64, *(() if x0 is None else (x0,)))
+    if out_samples == 0:
+        empty = (np.zeros((0, p), dtype), np.zeros((0, n), dtype))
+        return (tout, *empty) if is_ss else (tout, empty[0])
+    # SSM core on one batch element with no readout (P = 0): its checkpoints at
+    # interval 1 are exactly x_0 .. x_{L-1} (the state entering each step).
+    ops = _prepare(
+        fn,
+        np.asarray(A, dtype),
+        np.asarray(B, dtype),
+        np.zeros((0, n), dtype),
+        None,
+        np.ascontiguousarray(u_dt.T, dtype=dtype),
+        None if x0 is None else np.asarray(x0, dtype),
+        None,
+    )
+    y, x_final, xout = _outputs(ops, out_samples)
+    k = kernels(ops.backend, "lti")
+    k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, 1, y, x_final, xout)
+    xout = xout[0]
+    yout = np.empty((out_samples, p), dtype)
+    C, D, u_dt = (np.ascontiguousarray(a, dtype) for a in (C, D, u_dt))
+    k.control_readout(xout, u_dt, C, D, yout)  # y[k] = C x[k] + D u[k]
+    return (tout, yout, xout) if is_ss else (tout, yout)
