@@ -9,7 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 import ssmcore
-from ssmcore.lti import dlsim, lti_simulate
+from ssmcore.discretization import discretize_diag
+from ssmcore.initializers import s4d_lin
+from ssmcore.lti import dlsim, lti_simulate, lti_simulate_diag
 
 
 def stable_system(N, M, P, dtype=np.float64, seed=0):
@@ -45,7 +47,7 @@ class Dlsim:
 class LtiSimulate:
     """Batched SSM-convention core: one long sequence vs a batch of 256 (same total steps)."""
 
-    params = (["recurrent", "scan"], [1, 256], ["float32", "float64"])
+    params = (["recurrent", "scan", "convolution"], [1, 256], ["float32", "float64"])
     param_names = ["mode", "batch", "dtype"]
     timeout = 180
 
@@ -71,3 +73,29 @@ class LtiSimulate:
     def peakmem_forward_backward(self, mode, batch, dtype):
         _, pullback = ssmcore.vjp("lti_simulate", *self.args, **self.kw)
         pullback(self.y)
+
+
+class LtiSimulateDiag:
+    """Diagonal front door on an S4D layer (batch 8, H 256, N 32 modes): the three modes."""
+
+    params = (["recurrent", "scan", "convolution"], [1024, 4096])
+    param_names = ["mode", "L"]
+    timeout = 300
+
+    def setup(self, mode, L):
+        rng = np.random.default_rng(0)
+        H, N = 256, 32
+        Ad, Bd = discretize_diag(np.tile(s4d_lin(2 * N), (H, 1)), np.ones((H, N)), np.full((H, 1), 0.01))
+        C = rng.standard_normal((H, N)) + 1j * rng.standard_normal((H, N))
+        self.args = (Ad, Bd, C, rng.standard_normal(H), rng.standard_normal((8, H, L)))
+        self.kw = dict(conj_sym=True, mode=mode)
+        self.y, self.pullback = ssmcore.vjp("lti_simulate_diag", *self.args, **self.kw)
+
+    def time_forward(self, mode, L):
+        lti_simulate_diag(*self.args, **self.kw)
+
+    def time_backward(self, mode, L):
+        self.pullback(self.y)
+
+    def peakmem_forward(self, mode, L):
+        lti_simulate_diag(*self.args, **self.kw)

@@ -29,7 +29,17 @@ import os
 
 import numpy as np
 
-__all__ = ["control_readout", "num_threads", "simulate_backward", "simulate_recurrent", "simulate_scan"]
+__all__ = [
+    "control_readout",
+    "diag_backward",
+    "diag_final_state",
+    "diag_kernel",
+    "diag_recurrent",
+    "num_threads",
+    "simulate_backward",
+    "simulate_recurrent",
+    "simulate_scan",
+]
 
 
 def num_threads() -> int:
@@ -146,3 +156,79 @@ def simulate_backward(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu
 def control_readout(x, u, C, D, y):
     """dlsim's output equation y[k] = C x[k] + D u[k], time-first: x (L, N), u (L, M), y (L, P)."""
     y[...] = _wide(x) @ _wide(C).T + _wide(u) @ _wide(D).T
+
+
+
+# ---------------------------------------------------------------------------------
+# Diagonal systems: rows r = (batch element, channel), all operands materialised
+# ---------------------------------------------------------------------------------
+#
+#   x_t[r, n] = A[r, n] x_{t-1}[r, n] + B[r, n] u[r, t]          (x_{-1} = x0)
+#   y[r, t]   = proj(scale * sum_n C[r, n] x_t[r, n]) + D[r] u[r, t]
+#
+# with proj = Re when the output array y is real, the identity when it is complex.
+# A, B, C, x0 (R, N); D (R,); u (R, L); y (R, L); x_final (R, N).
+
+
+def _proj(z: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return z if np.iscomplexobj(like) else z.real
+
+
+def diag_recurrent(A, B, C, D, u, x0, scale, y, x_final):
+    """The diagonal recurrence with its readout, vectorised over rows (reference)."""
+    a, b, c, d, uu = _wide(A), _wide(B), _wide(C), _wide(D), _wide(u)
+    x = _wide(x0).astype(np.result_type(a, b, x0))
+    for t in range(uu.shape[1]):
+        x = a * x + b * uu[:, t : t + 1]
+        y[:, t] = _proj(scale * np.sum(c * x, axis=1), y) + d * uu[:, t]
+    x_final[...] = x
+
+
+def diag_final_state(A, B, u, x0, x_final):
+    """x_final = A^L x0 + sum_t A^(L-1-t) B u_t, by the recurrence (reference)."""
+    a, b, uu = _wide(A), _wide(B), _wide(u)
+    x = _wide(x0).astype(np.result_type(a, b, x0))
+    for t in range(uu.shape[1]):
+        x = a * x + b * uu[:, t : t + 1]
+    x_final[...] = x
+
+
+def diag_kernel(A, W, scale, K):
+    """K[r, l] = proj(scale * sum_n W[r, n] A[r, n]^l), powers by exponentiation (reference)."""
+    a, w = _wide(A), _wide(W)
+    powers = a[:, :, None] ** np.arange(K.shape[1])  # (R, N, L): materialised on purpose
+    K[...] = _proj(scale * np.einsum("rn,rnl->rl", w, powers), K)
+
+
+def diag_backward(A, B, C, D, u, x0, scale, gy, g_final, gA, gB, gC, gD, gu, gx0):
+    """Adjoint of :func:`diag_recurrent` (transpose of the linearisation, no conjugation).
+
+    With g_t = scale * gy_t (real when y is real) and lambda_t the cotangent of x_t::
+
+        lambda_t = g_t C + A lambda_{t+1}        (lambda_{L-1} also gets g_final)
+        gu_t = sum_n B lambda_t + D gy_t         gA = sum_t lambda_t x_{t-1}
+        gB = sum_t lambda_t u_t                  gC = sum_t g_t x_t
+        gD = sum_t gy_t u_t                      gx0 = A lambda_0
+
+    All gradient arrays are in the compute dtype; the caller takes real parts for
+    real inputs. The reference stores the whole trajectory.
+    """
+    a, b, c, d, uu, g = _wide(A), _wide(B), _wide(C), _wide(D), _wide(u), _wide(gy)
+    R, L = uu.shape
+    xs = np.empty((L + 1,) + a.shape, dtype=np.result_type(a, b, c, uu, x0))
+    xs[0] = x0
+    for t in range(L):
+        xs[t + 1] = a * xs[t] + b * uu[:, t : t + 1]
+    lam_next = _wide(g_final).astype(xs.dtype)
+    ga, gb, gc = (np.zeros_like(xs[0]) for _ in range(3))
+    gd = np.zeros(R, dtype=np.result_type(g, uu))
+    for t in range(L - 1, -1, -1):
+        gt = scale * g[:, t : t + 1]
+        lam = gt * c + lam_next
+        gc += gt * xs[t + 1]
+        ga += lam * xs[t]
+        gb += lam * uu[:, t : t + 1]
+        gu[:, t] = np.sum(b * lam, axis=1) + d * g[:, t]
+        gd += g[:, t] * uu[:, t]
+        lam_next = a * lam
+    gA[...], gB[...], gC[...], gD[...], gx0[...] = ga, gb, gc, gd, lam_next

@@ -27,10 +27,22 @@ from __future__ import annotations
 import numba
 import numpy as np
 from numba import prange
+from numba.core import types
+from numba.extending import overload
 
 from ._jit import jit
 
-__all__ = ["control_readout", "num_threads", "simulate_backward", "simulate_recurrent", "simulate_scan"]
+__all__ = [
+    "control_readout",
+    "diag_backward",
+    "diag_final_state",
+    "diag_kernel",
+    "diag_recurrent",
+    "num_threads",
+    "simulate_backward",
+    "simulate_recurrent",
+    "simulate_scan",
+]
 
 # Below this many multiply-adds (~0.5 ms of work) a call runs serially: waking the
 # thread pool costs ~10-50 us on a quiet machine and milliseconds on a loaded one.
@@ -484,3 +496,221 @@ def control_readout(x, u, C, D, y):
             for m in range(m_in):
                 acc += D[p, m] * u[k, m]
             y[k, p] = acc
+
+
+
+# ------------------------------------------------------------------ diagonal systems
+#
+# Rows r = (batch element, channel) are independent: A, B, C, x0 (R, N), D (R,),
+# u (R, L). Every kernel is a prange over rows with the N-state in a small work
+# array allocated once per row, never inside the time loop.
+
+
+def _project(value, like):
+    """value as the dtype kind of ``like``: its real part when ``like`` is real."""
+    raise NotImplementedError  # only called from jitted code (see the overload)
+
+
+@overload(_project, inline="always")
+def _project_overload(value, like):
+    # Chosen at compile time from the output array's type, so the same loop writes
+    # a real output (Re of the complex readout) or a complex one, branch-free.
+    if isinstance(like, types.Complex):
+        return lambda value, like: value
+    return lambda value, like: value.real
+
+
+@jit
+def _diag_row(A, B, C, D, u, x0, scale, y, x_final, r):
+    n = A.shape[1]
+    L = u.shape[1]
+    a = A[r]
+    b = B[r]
+    c = C[r]
+    d = D[r]
+    x = np.empty(n, dtype=x_final.dtype)
+    for i in range(n):
+        x[i] = x0[r, i]
+    zero = _zero(x)
+    for t in range(L):
+        ut = u[r, t]
+        acc = zero
+        for i in range(n):
+            xi = a[i] * x[i] + b[i] * ut
+            x[i] = xi
+            acc += c[i] * xi
+        y[r, t] = _project(scale * acc, y[r, t]) + d * ut
+    for i in range(n):
+        x_final[r, i] = x[i]
+
+
+@jit(parallel=True)
+def _diag_recurrent_parallel(A, B, C, D, u, x0, scale, y, x_final):
+    for r in prange(A.shape[0]):
+        _diag_row(A, B, C, D, u, x0, scale, y, x_final, r)
+
+
+@jit
+def _diag_recurrent_serial(A, B, C, D, u, x0, scale, y, x_final):
+    for r in range(A.shape[0]):
+        _diag_row(A, B, C, D, u, x0, scale, y, x_final, r)
+
+
+def diag_recurrent(A, B, C, D, u, x0, scale, y, x_final):
+    """Fused diagonal recurrence + readout; see ``ssmcore.reference.lti.diag_recurrent``."""
+    R = A.shape[0]
+    scale = x_final.dtype.type(scale)  # keep float32 arithmetic float32
+    work = R * u.shape[1] * (A.shape[1] + 1)
+    run = _diag_recurrent_parallel if _use_parallel(R, work) else _diag_recurrent_serial
+    run(A, B, C, D, u, x0, scale, y, x_final)
+
+
+@jit
+def _diag_final_row(A, B, u, x0, x_final, r):
+    n = A.shape[1]
+    a = A[r]
+    b = B[r]
+    x = np.empty(n, dtype=x_final.dtype)
+    for i in range(n):
+        x[i] = x0[r, i]
+    for t in range(u.shape[1]):
+        ut = u[r, t]
+        for i in range(n):
+            x[i] = a[i] * x[i] + b[i] * ut
+    for i in range(n):
+        x_final[r, i] = x[i]
+
+
+@jit(parallel=True)
+def _diag_final_parallel(A, B, u, x0, x_final):
+    for r in prange(A.shape[0]):
+        _diag_final_row(A, B, u, x0, x_final, r)
+
+
+@jit
+def _diag_final_serial(A, B, u, x0, x_final):
+    for r in range(A.shape[0]):
+        _diag_final_row(A, B, u, x0, x_final, r)
+
+
+def diag_final_state(A, B, u, x0, x_final):
+    """x_final = A^L x0 + sum_t A^(L-1-t) B u_t (the recurrence without readout)."""
+    R = A.shape[0]
+    run = _diag_final_parallel if _use_parallel(R, R * u.shape[1] * A.shape[1]) else _diag_final_serial
+    run(A, B, u, x0, x_final)
+
+
+@jit
+def _diag_kernel_row(A, W, scale, K, r):
+    n = A.shape[1]
+    a = A[r]
+    p = np.empty(n, dtype=W.dtype)  # W_n A_n^l by running products
+    for i in range(n):
+        p[i] = W[r, i]
+    zero = _zero(p)
+    for l in range(K.shape[1]):
+        acc = zero
+        for i in range(n):
+            acc += p[i]
+            p[i] *= a[i]
+        K[r, l] = _project(scale * acc, K[r, l])
+
+
+@jit(parallel=True)
+def _diag_kernel_parallel(A, W, scale, K):
+    for r in prange(A.shape[0]):
+        _diag_kernel_row(A, W, scale, K, r)
+
+
+@jit
+def _diag_kernel_serial(A, W, scale, K):
+    for r in range(A.shape[0]):
+        _diag_kernel_row(A, W, scale, K, r)
+
+
+def diag_kernel(A, W, scale, K):
+    """K[r, l] = scale * sum_n W[r, n] A[r, n]^l (real part when K is real)."""
+    R = A.shape[0]
+    scale = W.dtype.type(scale)
+    run = _diag_kernel_parallel if _use_parallel(R, R * K.shape[1] * A.shape[1]) else _diag_kernel_serial
+    run(A, W, scale, K)
+
+
+@jit
+def _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0, r):
+    """Reverse diagonal recurrence for row r, recomputing states from checkpoints
+    every K steps (memory O(N (L / K + K)) per row)."""
+    n = A.shape[1]
+    L = u.shape[1]
+    a = A[r]
+    b = B[r]
+    c = C[r]
+    n_ck = (L + K - 1) // K
+    ck = np.empty((max(n_ck, 1), n), dtype=gA.dtype)
+    buf = np.empty((min(K, L) + 1, n), dtype=gA.dtype)
+    x = np.empty(n, dtype=gA.dtype)
+    lam = np.empty(n, dtype=gA.dtype)  # a * lambda_{t+1}, plus g_final at the end
+    zero = _zero(x)
+    for i in range(n):
+        x[i] = x0[r, i]
+    for ci in range(n_ck):
+        for i in range(n):
+            ck[ci, i] = x[i]
+        for t in range(ci * K, min(ci * K + K, L)):
+            ut = u[r, t]
+            for i in range(n):
+                x[i] = a[i] * x[i] + b[i] * ut
+    for i in range(n):
+        lam[i] = g_final[r, i]
+        gA[r, i] = zero
+        gB[r, i] = zero
+        gC[r, i] = zero
+    gd = zero
+    for ci in range(n_ck - 1, -1, -1):
+        t0 = ci * K
+        t1 = min(t0 + K, L)
+        for i in range(n):
+            buf[0, i] = ck[ci, i]
+        for t in range(t0, t1):
+            ut = u[r, t]
+            k = t - t0
+            for i in range(n):
+                buf[k + 1, i] = a[i] * buf[k, i] + b[i] * ut
+        for t in range(t1 - 1, t0 - 1, -1):
+            k = t - t0
+            g = scale * gy[r, t]
+            ut = u[r, t]
+            acc = zero
+            for i in range(n):
+                li = g * c[i] + lam[i]  # lambda_t
+                gC[r, i] += g * buf[k + 1, i]
+                gA[r, i] += li * buf[k, i]
+                gB[r, i] += li * ut
+                acc += b[i] * li
+                lam[i] = a[i] * li
+            gu[r, t] = acc + D[r] * gy[r, t]
+            gd += gy[r, t] * ut
+    gD[r] = gd
+    for i in range(n):
+        gx0[r, i] = lam[i]
+
+
+@jit(parallel=True)
+def _diag_backward_parallel(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0):
+    for r in prange(A.shape[0]):
+        _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0, r)
+
+
+@jit
+def _diag_backward_serial(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0):
+    for r in range(A.shape[0]):
+        _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0, r)
+
+
+def diag_backward(A, B, C, D, u, x0, scale, gy, g_final, gA, gB, gC, gD, gu, gx0):
+    """Adjoint of :func:`diag_recurrent`; see ``ssmcore.reference.lti.diag_backward``."""
+    R, L = u.shape
+    K = max(16, int(np.sqrt(max(L, 1))))
+    scale = gA.dtype.type(scale)
+    run = _diag_backward_parallel if _use_parallel(R, 3 * R * L * A.shape[1]) else _diag_backward_serial
+    run(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0)
