@@ -1,0 +1,237 @@
+"""JAX adapter: every registered ssmcore op as a differentiable JAX function.
+
+``ssmcore.jax.<op>`` has the same signature, options and numerics as the NumPy
+function ``ssmcore.<op>``; it works under ``jax.jit``, ``jax.grad`` and
+``jax.vmap``. Nothing is written per op: the functions are generated on first
+attribute access from the op registry (:mod:`ssmcore.registry`).
+
+How a call runs: one ``jax.custom_vjp`` per (op, options, which inputs are
+arrays), cached. Its forward is a ``jax.pure_callback`` to the NumPy/Numba
+function, with output shapes and dtypes from :mod:`ssmcore.adapters.specs`.
+Its backward is a second callback that runs the op's ``fwd`` again (a traced
+JAX program can only carry arrays, not the core's residual objects) and then
+its ``bwd``. The core's complex convention is JAX's own (transpose of the
+linearisation, no conjugation), so gradients pass through unchanged.
+
+* ``vmap``: callbacks use ``vmap_method="expand_dims"``; the host side loops
+  over the batch inside one callback, so any op batches correctly whatever its
+  own broadcasting rules.
+* float16/bfloat16 inputs are upcast to float32 and float results cast back.
+* Python scalars, strings, booleans and None pass through unchanged as
+  constants (no gradient). Integer arrays are carried as constant inputs.
+* Each callback costs tens of microseconds of host round trip (measured in
+  ``benchmarks/compare_adapters.py``); arrays on an accelerator are copied to
+  the host and back.
+* With ``jax_enable_x64`` off (JAX's default), float64 results come back as
+  float32, like every other JAX computation.
+
+Examples
+--------
+>>> import jax, jax.numpy as jnp, ssmcore.jax as sj
+>>> A = jnp.array([[0.5]]); B = jnp.ones((1, 1)); C = jnp.ones((1, 1))
+>>> sj.lti_simulate(A, B, C, None, jnp.ones((1, 3)))
+Array([[1.  , 1.5 , 1.75]], dtype=float32)
+>>> loss = lambda A: sj.lti_simulate(A, B, C, None, jnp.ones((1, 3))).sum()
+>>> jax.jit(jax.grad(loss))(A)   # d/dA of 1 + (1 + A) + (1 + A + A^2) at A = 0.5
+Array([[3.]], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+try:
+    import jax as _jax
+    import jax.numpy as _jnp
+except ModuleNotFoundError as _exc:  # pragma: no cover - exercised only without jax
+    raise ImportError(
+        'ssmcore.jax needs JAX, which is not installed; install the extra: pip install "ssmcore[jax]"'
+    ) from _exc
+
+from .adapters import specs as _specs
+from .adapters.plan import (
+    core_call as _core_call,
+    decode_options as _decode_options,
+    encode_options as _encode_options,
+    flatten_output as _flatten_output,
+    grad_positions as _grad_positions,
+    load_all_ops as _load_all_ops,
+    load_op as _load_op,
+    make_wrapper as _make_wrapper,
+    split_values as _split_values,
+    unflatten_output as _unflatten_output,
+)
+from .registry import OpDef, list_ops, vjp as _vjp
+
+__all__ = ["list_ops", "op"]
+
+_UPCAST = {np.dtype(_jnp.float16): np.dtype(np.float32), np.dtype(_jnp.bfloat16): np.dtype(np.float32)}
+
+
+class _Record:
+    __slots__ = ("opdef", "names", "grad_pos", "fn")
+
+    def __init__(self, opdef: OpDef) -> None:
+        self.opdef = opdef
+        self.names = tuple(opdef.signature.parameters)
+        self.grad_pos = _grad_positions(opdef)
+        self.fn: Callable[..., Any] | None = None
+
+
+_RECORDS: dict[str, _Record] = {}
+
+
+def op(name: str) -> Callable[..., Any]:
+    """The JAX version of op ``name`` (same as ``getattr(ssmcore.jax, name)``)."""
+    rec = _RECORDS.get(name)
+    if rec is None:
+        rec = _RECORDS[name] = _Record(_load_op(name, "jax"))
+        rec.fn = _make_wrapper(rec.opdef, _call, "jax")
+    return rec.fn
+
+
+def __getattr__(name: str) -> Callable[..., Any]:
+    if name.startswith("__"):
+        raise AttributeError(name)
+    fn = op(name)
+    globals()[name] = fn  # later lookups skip __getattr__
+    return fn
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | set(_load_all_ops()))  # the public names: helpers and every op
+
+
+# ----------------------------------------------------------------------------- host side
+def _canonical(dtype: Any) -> np.dtype:
+    return np.dtype(_jax.dtypes.canonicalize_dtype(dtype))
+
+
+def _full(present: tuple[bool, ...], arrays: tuple) -> list[Any]:
+    """Re-insert None for the parameters that are options."""
+    it = iter(arrays)
+    return [next(it) if p else None for p in present]
+
+
+def _differentiable(rec: _Record, present: tuple[bool, ...], dtypes: list[np.dtype]) -> list[bool]:
+    """Per present array: does it get a gradient (a listed input of inexact dtype)?"""
+    pos = [gi for gi, p in zip(rec.grad_pos, present) if p]
+    return [gi is not None and dt.kind in "fc" for gi, dt in zip(pos, dtypes)]
+
+
+def _batched(host: Callable[..., tuple], ranks: tuple[int, ...]) -> Callable[..., tuple]:
+    """Wrap a host function so it also takes ``vmap``-ed arguments (``vmap_method="expand_dims"``).
+
+    Under ``jax.vmap`` every argument arrives with the same number of extra
+    leading axes (size 1 where that argument is not batched). The op is called
+    once per batch element inside this *one* callback -- far cheaper than one
+    callback per element -- and the results are stacked. Ops need no batching
+    rule of their own, whatever their broadcasting semantics.
+    """
+
+    def run(*arrays: Any) -> tuple:
+        # CPU jax.Arrays -> NumPy. np.asarray would be a zero-copy but *read-only* view, and Numba
+        # compiles (and caches) a separate specialisation of every kernel for read-only arrays;
+        # one copy of the inputs is cheaper than doubling every kernel's compile time.
+        arrays = tuple(np.array(a, copy=True) for a in arrays)
+        extra = arrays[0].ndim - ranks[0] if arrays else 0
+        if extra == 0:
+            return host(*arrays)
+        batch = np.broadcast_shapes(*(a.shape[:extra] for a in arrays))
+        results = []
+        for idx in np.ndindex(*batch):
+            item = tuple(a[tuple(i if n > 1 else 0 for i, n in zip(idx, a.shape[:extra]))] for a in arrays)
+            results.append(host(*item))
+        if not results:  # an empty batch: shapes only
+            raise NotImplementedError("ssmcore.jax: vmap over an empty batch is not supported")
+        return tuple(np.stack([r[k] for r in results]).reshape(batch + results[0][k].shape)
+                     for k in range(len(results[0])))
+
+    return run
+
+
+@lru_cache(maxsize=1024)
+def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[..., Any]:
+    """The custom_vjp function of op ``name`` for these options and this array/option split."""
+    rec = _RECORDS[name]
+    opdef = rec.opdef
+    options = _decode_options(encoded)
+
+    def host_fwd(*arrays: np.ndarray) -> tuple:
+        out = _core_call(opdef, opdef.fn, _full(present, arrays), options)
+        outs, _ = _flatten_output(out, name)
+        return tuple(np.asarray(o, dtype=_canonical(np.asarray(o).dtype)) for o in outs)
+
+    def out_structs(arrays: tuple) -> tuple:
+        specs = _full(present, tuple(_specs.ArraySpec(tuple(a.shape), np.dtype(a.dtype)) for a in arrays))
+        out = _specs.output_spec(opdef, specs, options)
+        outs = out if isinstance(out, tuple) else (out,)
+        return tuple(_jax.ShapeDtypeStruct(tuple(s.shape), _canonical(s.dtype)) for s in outs)
+
+    @_jax.custom_vjp
+    def f(*arrays: Any) -> tuple:
+        ranks = tuple(a.ndim for a in arrays)  # per-example ranks, also under vmap
+        return _jax.pure_callback(_batched(host_fwd, ranks), out_structs(arrays), *arrays, vmap_method="expand_dims")
+
+    def f_fwd(*arrays: Any) -> tuple:
+        return f(*arrays), arrays
+
+    def f_bwd(arrays: tuple, cotangents: tuple) -> tuple:
+        diff = _differentiable(rec, present, [np.dtype(a.dtype) for a in arrays])
+        n = len(arrays)
+        pos = [gi for gi, p in zip(rec.grad_pos, present) if p]
+
+        def host_bwd(*flat: np.ndarray) -> tuple:
+            args, cts = flat[:n], flat[n:]
+            _, pullback = _core_call(opdef, lambda *a, **k: _vjp(name, *a, **k), _full(present, args), options)
+            grads = pullback(_unflatten_output(list(cts)))
+            result = []
+            for a, gi, d in zip(args, pos, diff):
+                if not d:
+                    continue
+                g = grads[gi]
+                g = np.zeros(a.shape, a.dtype) if g is None else np.asarray(g)
+                if a.dtype.kind != "c" and g.dtype.kind == "c":
+                    g = g.real
+                result.append(np.asarray(g, dtype=a.dtype).reshape(a.shape))
+            return tuple(result)
+
+        structs = tuple(_jax.ShapeDtypeStruct(a.shape, a.dtype) for a, d in zip(arrays, diff) if d)
+        ranks = tuple(x.ndim for x in (*arrays, *cotangents))
+        grads = iter(_jax.pure_callback(_batched(host_bwd, ranks), structs, *arrays, *cotangents,
+                                        vmap_method="expand_dims"))
+        return tuple(next(grads) if d else None for d in diff)
+
+    f.defvjp(f_fwd, f_bwd)
+    # Eager calls of a bare custom_vjp re-trace it every time (~30 ms); jit caches the trace per
+    # input shape/dtype. Inside a user's jit this is just a nested call.
+    return _jax.jit(f)
+
+
+# ----------------------------------------------------------------------------- the generic call
+def _is_array(v: Any) -> bool:
+    return isinstance(v, (_jax.Array, np.ndarray))
+
+
+def _call(opdef: OpDef, values: tuple) -> Any:
+    rec = _RECORDS[opdef.name]
+    arrays, options = _split_values(rec.names, values, _is_array)
+    present = tuple(a is not None for a in arrays)
+    inexact = [np.dtype(a.dtype) for a in arrays if a is not None and np.dtype(a.dtype).kind in "fcV"]
+    promoted = np.dtype(_jnp.result_type(*inexact)) if inexact else None
+    ins = []
+    for a in arrays:
+        if a is None:
+            continue
+        a = _jnp.asarray(a)
+        if a.dtype in _UPCAST:
+            a = a.astype(_UPCAST[np.dtype(a.dtype)])
+        ins.append(a)
+    outs = list(_custom_fn(opdef.name, _encode_options(opdef, options), present)(*ins))
+    if promoted in _UPCAST:
+        outs = [o.astype(promoted) if o.dtype == _UPCAST[promoted] else o for o in outs]
+    return _unflatten_output(outs)
