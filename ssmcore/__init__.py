@@ -40,6 +40,10 @@ from .initializers import (
     s4d_lin,
     s4d_real,
 )
+from .lti import dlsim, lti_simulate, lti_simulate_diag
+from .scan import linear_scan
+from .selective_scan import selective_scan, selective_state_update
+from .ssd import ssd
 
 __all__ = [
     "__version__",
@@ -71,6 +75,15 @@ __all__ = [
     "s4d_legs",
     "s4d_lin",
     "s4d_real",
+    # scans
+    "linear_scan",
+    "selective_scan",
+    "selective_state_update",
+    "ssd",
+    # LTI simulation
+    "dlsim",
+    "lti_simulate",
+    "lti_simulate_diag",
     # convolution mode
     "dplr_c_tilde",
     "fft_conv",

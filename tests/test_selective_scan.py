@@ -4,6 +4,7 @@ independent scalar loop, VJPs vs finite differences, equivalences and bad input.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 
 import numpy as np
@@ -12,9 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ssmcore
-import ssmcore.selective_scan as ss_mod
 from ssmcore.selective_scan import selective_scan, selective_state_update
 from tests.vjp_check import check_vjp
+
+# The module object (ssmcore.selective_scan, the attribute, is the function of that name).
+ss_mod = importlib.import_module("ssmcore.selective_scan")
 
 OPTS = ("D", "z", "delta_bias", "h0")
 

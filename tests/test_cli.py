@@ -1,0 +1,40 @@
+"""The command line: `python -m ssmcore demo` (the main job) and `python -m ssmcore info`."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "ssmcore", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_demo_quick_writes_figure_and_tables(tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "demo.png"
+    res = _run("demo", "--quick", "--output", str(out), cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = res.stdout
+    assert "RMS error" in text and "speed-up" in text
+    # The reconstruction must improve with the state size for both measures.
+    errors = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and parts[0] in ("legs", "legt"):
+            errors.setdefault(parts[0], []).append(float(parts[2]))
+    for measure, errs in errors.items():
+        assert len(errs) == 4, text
+        assert errs[-1] < 0.1 * errs[0], f"{measure}: {errs}"
+
+
+def test_info_lists_backends_and_ops(tmp_path):
+    res = _run("info", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "numba layer" in res.stdout and "linear_scan" in res.stdout
+
+
+def test_unknown_command_fails(tmp_path):
+    res = _run("frobnicate", cwd=tmp_path)
+    assert res.returncode != 0 and "invalid choice" in res.stderr
