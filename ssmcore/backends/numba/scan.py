@@ -160,6 +160,25 @@ def _chunk_span(i, nchunk, w0, wl, cl, desc):
 
 
 @jit
+def _combine_carries(P, S, carry, start, nchunk):
+    """Sequential combine of chunk summaries (P = product of a, S = local end state).
+
+    Writes the true start state of every chunk to ``start`` and advances ``carry``
+    (per channel) past the window; the 3 padding slots repeat the last start state.
+    """
+    nitem = carry.shape[0] * nchunk
+    for c in range(carry.shape[0]):
+        x = carry[c]
+        for j in range(nchunk):
+            i = c * nchunk + j
+            start[i] = x
+            x = P[i] * x + S[i]
+        carry[c] = x
+    for i in range(nitem, nitem + 3):
+        start[i] = start[nitem - 1]
+
+
+@jit
 def _chunk_len(wl, nchunk, itemsize):
     """Chunk length: whole cache lines, and not a multiple of 4 KiB (two chunks
     scanned together would then map to the same L1 sets)."""
@@ -311,15 +330,7 @@ def _fwd_chunked(a, astep, arow, b, h0, out, desc, nchunk, window, itemsize, one
             P[i0 + 2], S[i0 + 2] = _fwd_summary_tail(a, astep, arow, b, c2, s2, n2, m, desc, one, zero, p2, x2)
             P[i0 + 3], S[i0 + 3] = _fwd_summary_tail(a, astep, arow, b, c3, s3, n3, m, desc, one, zero, p3, x3)
         # combine: true start state of every chunk, in scan order (no division by products)
-        for c in range(C):
-            x = carry[c]
-            for j in range(nchunk):
-                i = c * nchunk + j
-                start[i] = x
-                x = P[i] * x + S[i]
-            carry[c] = x
-        for i in range(nitem, nitem + 3):
-            start[i] = start[nitem - 1]
+        _combine_carries(P, S, carry, start, nchunk)
         # pass 2: rescan every chunk from its true start, writing the output
         for q in prange(nquad):
             c0, s0, n0, c1, s1, n1, c2, s2, n2, c3, s3, n3, m = _quad_spans(q, nitem, nchunk, w0, wl, cl, desc)
@@ -617,15 +628,7 @@ def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchu
             P[i0 + 1], S[i0 + 1] = _bwd_summary_tail(a, astep, arow, gh, c1, s1, n1, m, desc, one, zero, p1, x1)
             P[i0 + 2], S[i0 + 2] = _bwd_summary_tail(a, astep, arow, gh, c2, s2, n2, m, desc, one, zero, p2, x2)
             P[i0 + 3], S[i0 + 3] = _bwd_summary_tail(a, astep, arow, gh, c3, s3, n3, m, desc, one, zero, p3, x3)
-        for c in range(C):
-            x = carry[c]
-            for j in range(nchunk):
-                i = c * nchunk + j
-                start[i] = x
-                x = P[i] * x + S[i]
-            carry[c] = x
-        for i in range(nitem, nitem + 3):
-            start[i] = start[nitem - 1]
+        _combine_carries(P, S, carry, start, nchunk)
         for q in prange(nquad):
             c0, s0, n0, c1, s1, n1, c2, s2, n2, c3, s3, n3, m = _quad_spans(q, nitem, nchunk, w0, wl, cl, desc)
             i0 = 4 * q
