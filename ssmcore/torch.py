@@ -65,6 +65,7 @@ from torch.autograd.function import once_differentiable as _once_differentiable
 
 from .adapters import specs as _specs
 from .adapters.plan import (
+    call_in_order as _call_in_order,
     core_call as _core_call,
     decode_options as _decode_options,
     encode_options as _encode_options,
@@ -73,6 +74,7 @@ from .adapters.plan import (
     load_all_ops as _load_all_ops,
     load_op as _load_op,
     make_wrapper as _make_wrapper,
+    n_positional_only as _n_positional_only,
     split_values as _split_values,
     unflatten_output as _unflatten_output,
 )
@@ -94,7 +96,8 @@ _NP_OF = {
 }
 _TORCH_OF = {v: k for k, v in _NP_OF.items()}
 _UPCAST = {_torch.float16: _torch.float32, _torch.bfloat16: _torch.float32, _torch.complex32: _torch.complex64}
-_PLAIN = (_torch.Tensor, _torch.nn.Parameter)
+_TENSOR = _torch.Tensor
+_PARAMETER = _torch.nn.Parameter  # with _TENSOR: the plain types that may take the eager path
 
 # One library for all ops; ops are defined lazily, the first time an adapter function is built.
 _LIB = _torch.library.Library("ssmcore", "DEF")
@@ -103,11 +106,13 @@ _LIB = _torch.library.Library("ssmcore", "DEF")
 class _Record:
     """Everything the adapter needs about one op, built once."""
 
-    __slots__ = ("opdef", "names", "grad_pos", "fwd_op", "bwd_op", "fn")
+    __slots__ = ("opdef", "name", "names", "n_posonly", "grad_pos", "fwd_op", "bwd_op", "fn")
 
     def __init__(self, opdef: OpDef) -> None:
         self.opdef = opdef
+        self.name = opdef.name
         self.names = tuple(opdef.signature.parameters)
+        self.n_posonly = _n_positional_only(opdef)
         self.grad_pos = _grad_positions(opdef)
         self.fwd_op, self.bwd_op = _define_library_ops(opdef)
         self.fn: Callable[..., Any] | None = None
@@ -120,7 +125,7 @@ def _record(name: str) -> _Record:
     rec = _RECORDS.get(name)
     if rec is None:
         rec = _RECORDS[name] = _Record(_load_op(name, "torch"))
-        rec.fn = _make_wrapper(rec.opdef, _call, "torch")
+        rec.fn = _make_wrapper(rec.opdef, _call, "torch", rec)
     return rec
 
 
@@ -158,6 +163,46 @@ def _to_numpy(t: Any) -> np.ndarray | None:
     return t.numpy()
 
 
+def _root(x: np.ndarray) -> np.ndarray:
+    """The ndarray at the end of ``x``'s chain of ``.base`` views."""
+    while type(x.base) is np.ndarray:
+        x = x.base
+    return x
+
+
+def _outputs_to_torch(flat: list, inputs: list[np.ndarray | None]) -> list[Any]:
+    """The core's results ``flat`` as CPU tensors that alias neither ``inputs`` nor each other.
+
+    Fast case, no pairwise overlap checks: a C-contiguous writable ndarray
+    whose memory NumPy allocated in the core -- the root of its ``.base``
+    chain owns its data, while inputs reach the core as views of tensor
+    memory -- and whose root is neither an input's nor an earlier result's, is
+    wrapped by ``torch.from_numpy``. Everything else (memory owned by another
+    object, e.g. a Numba view that may wrap an input) and every result after
+    the first one that needed the checks goes through :func:`_to_torch`
+    (overlap checks, copy if needed).
+    """
+    outs: list[Any] = []
+    roots: list[np.ndarray] | None = None
+    avoid: list[np.ndarray | None] | None = None
+    for k, o in enumerate(flat):
+        if avoid is None and type(o) is np.ndarray:
+            f = o.flags
+            if f.c_contiguous and f.writeable:
+                r = _root(o)
+                if r.base is None and r.flags.owndata:
+                    if roots is None:
+                        roots = [_root(a) for a in inputs if a is not None]
+                    if not any(r is q for q in roots):
+                        roots.append(r)
+                        outs.append(_torch.from_numpy(o))
+                        continue
+        if avoid is None:
+            avoid = [*inputs, *flat[:k]]
+        outs.append(_to_torch(o, avoid))
+    return outs
+
+
 def _to_torch(x: Any, avoid: list[np.ndarray | None]) -> Any:
     """A CPU tensor holding ``x``; copied only if it is not a fresh C-contiguous writable array.
 
@@ -176,13 +221,22 @@ def _conj(x: np.ndarray) -> np.ndarray:
     return np.conj(x) if np.iscomplexobj(x) else x
 
 
-def _grads_to_torch(rec: _Record, grads: tuple, arrays: list[np.ndarray | None], avoid: list) -> list[Any]:
-    """Core gradients (JAX convention) -> torch gradients, one per parameter (None if no array)."""
+def _grads_to_torch(
+    rec: _Record, grads: tuple, arrays: list[np.ndarray | None], avoid: list, need: list[bool] | None = None
+) -> list[Any]:
+    """Core gradients (JAX convention) -> torch gradients, one per parameter (None if no array).
+
+    The gradients never alias ``avoid`` (the NumPy inputs and cotangents) or each other.
+    ``need`` (one flag per parameter; default all): parameters whose gradient is
+    not wanted get None without any conversion.
+    """
     if len(grads) != len(rec.opdef.inputs):  # a bug in the op's bwd, not in the caller's input
         raise RuntimeError(f"{rec.opdef.name}: backward returned {len(grads)} gradients for inputs {rec.opdef.inputs}")
     out: list[Any] = []
-    for arr, gi in zip(arrays, rec.grad_pos):
-        if arr is None:
+    where: list[int] = []
+    flat: list[np.ndarray] = []
+    for k, (arr, gi) in enumerate(zip(arrays, rec.grad_pos)):
+        if arr is None or (need is not None and not need[k]):
             out.append(None)
             continue
         g = grads[gi] if gi is not None else None
@@ -193,7 +247,11 @@ def _grads_to_torch(rec: _Record, grads: tuple, arrays: list[np.ndarray | None],
         if g.dtype != arr.dtype:
             g = g.real if (arr.dtype.kind != "c" and g.dtype.kind == "c") else g
             g = g.astype(arr.dtype)
-        out.append(_to_torch(g, avoid))
+        where.append(len(out))
+        flat.append(g)
+        out.append(None)
+    for k, t in zip(where, _outputs_to_torch(flat, avoid)):
+        out[k] = t
     return out
 
 
@@ -217,8 +275,7 @@ def _define_library_ops(opdef: OpDef) -> tuple[Any, Any]:
         np_arrays = [_to_numpy(a) for a in arrays]
         out = _core_call(opdef, opdef.fn, np_arrays, _decode_options(options))
         outs, _ = _flatten_output(out, name)
-        avoid = list(np_arrays)
-        return [_to_torch(o, avoid) for o in outs]
+        return _outputs_to_torch(outs, np_arrays)
 
     def bwd_cpu(arrays: list, cotangents: list, options: str) -> list:
         from .registry import vjp
@@ -315,18 +372,26 @@ class _TracedFunction(_torch.autograd.Function):
 
 # ----------------------------------------------------------------------------- eager path
 class _EagerFunction(_torch.autograd.Function):
-    """NumPy fwd with residuals kept on ctx, NumPy bwd: no recomputation, lowest overhead."""
+    """NumPy fwd with residuals kept on ctx, NumPy bwd: no recomputation, lowest overhead.
+
+    ``values`` are the call's values in signature order (tensors at the
+    positions ``where``, options elsewhere); ``tensors`` are those tensors
+    again, as the arguments autograd tracks (only tensors: each argument of
+    ``apply`` costs time).
+    """
 
     @staticmethod
-    def forward(ctx: Any, rec: _Record, options: dict, *arrays: Any) -> tuple:
-        np_arrays = [_to_numpy(a) for a in arrays]
-        out, res = _core_call(rec.opdef, rec.opdef.fwd, np_arrays, options)
-        outs, _ = _flatten_output(out, rec.opdef.name)
-        avoid = list(np_arrays)
-        touts = [_to_torch(o, avoid) for o in outs]
-        ctx.rec, ctx.res, ctx.np_arrays = rec, res, np_arrays
+    def forward(ctx: Any, rec: _Record, values: list, where: tuple, *tensors: Any) -> tuple:
+        vals = list(values)
+        np_arrays: list[np.ndarray | None] = [None] * len(vals)  # one per parameter
+        for i, t in zip(where, tensors):
+            vals[i] = np_arrays[i] = _to_numpy(t)
+        out, res = _call_in_order(rec.opdef.fwd, rec.names, rec.n_posonly, vals)
+        outs, _ = _flatten_output(out, rec.name)
+        touts = _outputs_to_torch(outs, np_arrays)
+        ctx.rec, ctx.res, ctx.np_arrays, ctx.where = rec, res, np_arrays, where
         # Saved only for autograd's in-place-modification check: the residuals may view these buffers.
-        ctx.save_for_backward(*[a for a in arrays if a is not None], *touts)
+        ctx.save_for_backward(*tensors, *touts)
         return tuple(touts)
 
     @staticmethod
@@ -336,9 +401,37 @@ class _EagerFunction(_torch.autograd.Function):
         rec = ctx.rec
         cts = [_conj(_to_numpy(c)) for c in cotangents]
         grads = rec.opdef.bwd(ctx.res, _unflatten_output(cts))
-        tgrads = _grads_to_torch(rec, tuple(grads), ctx.np_arrays, list(ctx.np_arrays) + cts)
-        need = ctx.needs_input_grad[2:]
-        return (None, None, *[g if (n and gi is not None) else None for g, n, gi in zip(tgrads, need, rec.grad_pos)])
+        need = [False] * len(ctx.np_arrays)  # per parameter
+        for i, n in zip(ctx.where, ctx.needs_input_grad[3:]):
+            need[i] = n and rec.grad_pos[i] is not None
+        tgrads = _grads_to_torch(rec, tuple(grads), ctx.np_arrays, [*ctx.np_arrays, *cts], need)
+        return (None, None, None, *[tgrads[i] for i in ctx.where])
+
+
+def _make_eager_apply() -> Callable[..., Any]:
+    """``_EagerFunction.apply`` minus the generic parts that the eager path has already decided.
+
+    ``torch.autograd.Function.apply`` first checks for functorch transforms
+    (``_call`` took the traced route if one is active) and unwraps dead
+    functorch wrappers with a pytree map over all arguments; here the dead
+    wrappers are unwrapped tensor by tensor and the C ``apply`` is called
+    directly. Falls back to the public ``apply`` if this torch lacks the hooks.
+    """
+    unwrap = getattr(_torch._C._functorch, "unwrap_if_dead", None)
+    try:
+        base_apply = super(_torch.autograd.Function, _EagerFunction).apply
+    except AttributeError:  # pragma: no cover - other torch versions
+        base_apply = None
+    if unwrap is None or base_apply is None:  # pragma: no cover
+        return _EagerFunction.apply
+
+    def apply(rec: _Record, values: list, where: tuple, *tensors: Any) -> Any:
+        return base_apply(rec, values, where, *[unwrap(t) for t in tensors])
+
+    return apply
+
+
+_eager_apply = _make_eager_apply()
 
 
 # ----------------------------------------------------------------------------- the generic call
@@ -350,31 +443,46 @@ def _functorch_active() -> bool:
     return _torch._C._functorch.peek_interpreter_stack() is not None
 
 
-def _call(opdef: OpDef, values: tuple) -> Any:
-    rec = _RECORDS[opdef.name]
-    arrays, options = _split_values(rec.names, values, _is_array)
+def _call(rec: _Record, values: tuple) -> Any:
+    """One call of op ``rec`` with its values in signature order (from the generated wrapper)."""
+    vals = list(values)
+    where: list[int] = []  # positions of the array values
+    plain = True  # only plain CPU tensors (no subclasses): the eager path is allowed
+    half = False  # some floating input is a half type: the results may be cast back
+    for i, v in enumerate(vals):
+        tv = type(v)
+        if tv is not _TENSOR and tv is not _PARAMETER:
+            if isinstance(v, np.ndarray):
+                v = vals[i] = _torch.from_numpy(np.ascontiguousarray(v))
+            elif isinstance(v, _TENSOR):
+                plain = False
+            else:
+                continue
+        where.append(i)
+        if v.dtype in _UPCAST:
+            half = True
     promoted = None  # torch's promotion of the floating inputs, to cast half-precision results back
-    for i, a in enumerate(arrays):
-        if a is None:
-            continue
-        if isinstance(a, np.ndarray):
-            a = arrays[i] = _torch.from_numpy(np.ascontiguousarray(a))
-        if a.is_floating_point() or a.is_complex():
-            promoted = a.dtype if promoted is None else _torch.promote_types(promoted, a.dtype)
-            if a.dtype in _UPCAST:
-                arrays[i] = a.to(_UPCAST[a.dtype])
-    present = [a for a in arrays if a is not None]
-    _check_cpu(opdef.name, present)
-    if _torch.compiler.is_compiling() or _functorch_active() or not all(type(a) in _PLAIN for a in present):
-        outs = list(_TracedFunction.apply(opdef.name, _encode_options(opdef, options), *arrays))
-    elif _torch.is_grad_enabled() and any(a.requires_grad for a in present):
-        outs = list(_EagerFunction.apply(rec, options, *arrays))
+    if half:  # without a half type among the inputs the promotion cannot be one: skip it
+        for i in where:
+            dt = vals[i].dtype
+            if dt.is_floating_point or dt.is_complex:
+                promoted = dt if promoted is None else _torch.promote_types(promoted, dt)
+                if dt in _UPCAST:
+                    vals[i] = vals[i].to(_UPCAST[dt])
+    for i in where:
+        if not vals[i].is_cpu:
+            _check_cpu(rec.name, [vals[i]])
+    if not plain or _torch.compiler.is_compiling() or _functorch_active():
+        arrays, options = _split_values(rec.names, vals, _is_array)
+        outs = list(_TracedFunction.apply(rec.name, _encode_options(rec.opdef, options), *arrays))
+    elif _torch.is_grad_enabled() and any(vals[i].requires_grad for i in where):
+        outs = list(_eager_apply(rec, vals, tuple(where), *[vals[i] for i in where]))
     else:
-        np_arrays = [_to_numpy(a) for a in arrays]
-        out = _core_call(opdef, opdef.fn, np_arrays, options)
-        flat, _ = _flatten_output(out, opdef.name)
-        avoid = list(np_arrays)
-        outs = [_to_torch(o, avoid) for o in flat]
+        for i in where:
+            vals[i] = _to_numpy(vals[i])
+        out = _call_in_order(rec.opdef.fn, rec.names, rec.n_posonly, vals)
+        flat, _ = _flatten_output(out, rec.name)
+        outs = _outputs_to_torch(flat, [vals[i] for i in where])
     if promoted in _UPCAST:
         outs = [o.to(promoted) if o.dtype == _UPCAST[promoted] else o for o in outs]
     return _unflatten_output(outs)

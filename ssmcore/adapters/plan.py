@@ -33,6 +33,7 @@ from ..registry import OpDef, get_op, list_ops
 
 __all__ = [
     "OP_MODULES",
+    "call_in_order",
     "core_call",
     "decode_options",
     "encode_options",
@@ -41,6 +42,7 @@ __all__ = [
     "load_op",
     "load_all_ops",
     "make_wrapper",
+    "n_positional_only",
     "split_values",
     "unflatten_output",
 ]
@@ -77,12 +79,16 @@ def load_op(name: str, adapter: str) -> OpDef:
 
 
 # ----------------------------------------------------------------------------- signature wrapper
-def make_wrapper(opdef: OpDef, call: Callable[[OpDef, tuple], Any], module: str) -> Callable[..., Any]:
-    """Generate ``def <op>(<op's exact parameters>): return call(opdef, (<params>,))``.
+def make_wrapper(
+    opdef: OpDef, call: Callable[[Any, tuple], Any], module: str, handle: Any = None
+) -> Callable[..., Any]:
+    """Generate ``def <op>(<op's exact parameters>): return call(handle, (<params>,))``.
 
     The generated function is a real Python function with the op's parameter
     names, kinds and defaults, so ``inspect.signature``, keyword calls and error
     messages for wrong arguments behave exactly as for the NumPy function.
+    ``handle`` (default: ``opdef``) is what ``call`` receives first, e.g. the
+    adapter's per-op record, so that the call needs no lookup.
     """
     params = list(opdef.signature.parameters.values())
     defaults = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
@@ -101,7 +107,7 @@ def make_wrapper(opdef: OpDef, call: Callable[[OpDef, tuple], Any], module: str)
     names = ", ".join(p.name for p in params)
     trailing = "," if len(params) == 1 else ""
     src = f"def {opdef.name}({', '.join(pieces)}):\n    return __call(__opdef, ({names}{trailing}))\n"
-    namespace: dict[str, Any] = {"__defaults": defaults, "__call": call, "__opdef": opdef}
+    namespace: dict[str, Any] = {"__defaults": defaults, "__call": call, "__opdef": opdef if handle is None else handle}
     exec(compile(src, f"<ssmcore.{module}.{opdef.name}>", "exec"), namespace)  # noqa: S102 (generated from a signature)
     fn = namespace[opdef.name]
     fn.__module__ = f"ssmcore.{module}"
@@ -205,6 +211,21 @@ def _literal(node: ast.AST) -> Any:
 def decode_options(encoded: str) -> dict[str, Any]:
     """Inverse of :func:`encode_options` (cached: the same strings come back every call)."""
     return dict(_literal(ast.parse(encoded, mode="eval").body))
+
+
+def n_positional_only(opdef: OpDef) -> int:
+    """How many leading parameters of the op are positional-only (see :func:`call_in_order`)."""
+    return sum(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in opdef.signature.parameters.values())
+
+
+def call_in_order(fn: Callable[..., Any], names: Sequence[str], n_posonly: int, values: Sequence[Any]) -> Any:
+    """``fn`` called with ``values`` in signature order: the first ``n_posonly`` positionally, the rest by name.
+
+    The same call as :func:`core_call` makes, without splitting and merging options.
+    """
+    if n_posonly:
+        return fn(*values[:n_posonly], **dict(zip(names[n_posonly:], values[n_posonly:])))
+    return fn(**dict(zip(names, values)))
 
 
 def core_call(opdef: OpDef, fn: Callable[..., Any], arrays: Sequence[Any], options: dict[str, Any]) -> Any:
