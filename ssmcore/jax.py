@@ -29,11 +29,11 @@ Examples
 --------
 >>> import jax, jax.numpy as jnp, ssmcore.jax as sj
 >>> A = jnp.array([[0.5]]); B = jnp.ones((1, 1)); C = jnp.ones((1, 1))
->>> sj.lti_simulate(A, B, C, None, jnp.ones((1, 3)))
-Array([[1.  , 1.5 , 1.75]], dtype=float32)
+>>> sj.lti_simulate(A, B, C, None, jnp.ones((1, 3))).tolist()
+[[1.0, 1.5, 1.75]]
 >>> loss = lambda A: sj.lti_simulate(A, B, C, None, jnp.ones((1, 3))).sum()
->>> jax.jit(jax.grad(loss))(A)   # d/dA of 1 + (1 + A) + (1 + A + A^2) at A = 0.5
-Array([[3.]], dtype=float32)
+>>> jax.jit(jax.grad(loss))(A).tolist()   # d/dA of 1 + (1 + A) + (1 + A + A^2) at A = 0.5
+[[3.0]]
 """
 
 from __future__ import annotations
