@@ -12,6 +12,11 @@ An op is registered once, next to its public function::
   ``inputs`` (``None`` where an input was not given or is not differentiable),
   each of the input's own shape and dtype. ``cotangent`` has the structure of
   ``out``; entries the caller left as ``None`` arrive as zeros.
+* Optionally ``bwd(residuals, cotangent, needs)``: a backward that can save work
+  declares a third parameter named ``needs`` and receives one bool per name in
+  ``inputs`` (PyTorch's ``ctx.needs_input_grad``); it may return ``None`` for
+  every input whose flag is False. Backwards without it are called with two
+  arguments, and :func:`vjp` drops the unwanted gradients.
 
 Convention for complex numbers: the pullback is the transpose of the
 (real-)linearisation under the pairing ``<u, v> = Re(sum(u * v))`` -- JAX's
@@ -42,10 +47,33 @@ class OpDef:
     fwd: Callable[..., tuple[Any, Any]]
     bwd: Callable[[Any, Any], tuple[Any, ...]]
     inputs: tuple[str, ...]
-    signature: inspect.Signature
+    signature: inspect.Signature  # fn's, without NUMPY_ONLY_PARAMETERS
+    bwd_takes_needs: bool = False  # bwd(res, ct, needs) can skip unwanted gradients
+
+    def backward(self, res: Any, cotangent: Any, needs: tuple[bool, ...] | None = None) -> tuple[Any, ...]:
+        """Call ``bwd``; with ``needs``, gradients not wanted are ``None`` (skipped if ``bwd`` can)."""
+        if needs is None:
+            grads = self.bwd(res, cotangent)
+        else:
+            if len(needs) != len(self.inputs):
+                raise ValueError(
+                    f"pullback: needs has {len(needs)} entries; expected one per input {self.inputs} of {self.name}"
+                )
+            needs = tuple(bool(n) for n in needs)
+            grads = self.bwd(res, cotangent, needs) if self.bwd_takes_needs else self.bwd(res, cotangent)
+        if len(grads) != len(self.inputs):  # a bug in the op, not in the caller's input
+            raise RuntimeError(f"{self.name}: backward returned {len(grads)} gradients for inputs {self.inputs}")
+        if needs is not None:
+            grads = tuple(g if n else None for g, n in zip(grads, needs))
+        return tuple(grads)
 
 
 _REGISTRY: dict[str, OpDef] = {}
+
+#: Parameters of a public function that belong to the NumPy API only: ``out=`` (write
+#: into a caller's buffer) has no meaning for a differentiable framework op, so it is
+#: not part of the op's signature -- the adapters do not offer it, and ``fwd`` does not take it.
+NUMPY_ONLY_PARAMETERS = ("out",)
 
 
 def register_op(
@@ -59,12 +87,14 @@ def register_op(
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
+        sig = sig.replace(parameters=[p for p in sig.parameters.values() if p.name not in NUMPY_ONLY_PARAMETERS])
         missing = [n for n in inputs if n not in sig.parameters]
         if missing:
             raise TypeError(f"register_op: {name} lists inputs {missing} that {fn.__name__} does not take")
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"register_op: an op named {name!r} is already registered")
-        _REGISTRY[name] = OpDef(name, fn, fwd, bwd, tuple(inputs), sig)
+        takes_needs = "needs" in inspect.signature(bwd).parameters
+        _REGISTRY[name] = OpDef(name, fn, fwd, bwd, tuple(inputs), sig, takes_needs)
         fn.__ssmcore_op__ = name
         return fn
 
@@ -122,10 +152,13 @@ def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, C
     out : ndarray or tuple of ndarray
         What the public function returns.
     pullback : callable
-        ``pullback(cotangent)`` with ``cotangent`` shaped like ``out`` (a tuple
-        for tuple outputs; ``None`` entries mean zero) returns a tuple with one
-        gradient per array input of the op, in the op's argument order, ``None``
-        for inputs that were not given or are not differentiable.
+        ``pullback(cotangent, needs=None)`` with ``cotangent`` shaped like
+        ``out`` (a tuple for tuple outputs; ``None`` entries mean zero) returns a
+        tuple with one gradient per array input of the op, in the op's argument
+        order, ``None`` for inputs that were not given or are not
+        differentiable. ``needs`` (one bool per input, in that order) asks for a
+        subset: the others are ``None``, and ops whose backward separates (e.g.
+        ``fft_conv``, ``linear_scan``) skip their work.
 
     Examples
     --------
@@ -135,14 +168,13 @@ def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, C
     >>> gA, gB, gdt = pullback((np.ones(2), None))
     >>> np.allclose(gA, 0.1 * np.exp(0.1 * lam))
     True
+    >>> pullback((np.ones(2), None), needs=(False, True, False))[0] is None
+    True
     """
     opdef = get_op(op)
     out, res = opdef.fwd(*args, **kwargs)
 
-    def pullback(cotangent: Any) -> tuple[Any, ...]:
-        grads = opdef.bwd(res, _fill_cotangent(out, cotangent))
-        if len(grads) != len(opdef.inputs):  # a bug in the op, not in the caller's input
-            raise RuntimeError(f"{opdef.name}: backward returned {len(grads)} gradients for inputs {opdef.inputs}")
-        return tuple(grads)
+    def pullback(cotangent: Any, needs: tuple[bool, ...] | None = None) -> tuple[Any, ...]:
+        return opdef.backward(res, _fill_cotangent(out, cotangent), needs)
 
     return out, pullback

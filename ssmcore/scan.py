@@ -112,6 +112,41 @@ def _final_state(h: np.ndarray, p: _Prepared, reverse: bool) -> np.ndarray:
     return h[..., 0 if reverse else -1].copy()
 
 
+def _check_out(out: Any, p: _Prepared, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray | None, bool]:
+    """Validate ``out=``; return (the (C, L) buffer the kernel may write, whether a copy back is needed).
+
+    Like a NumPy ufunc, any strides are accepted and an ``out`` overlapping an
+    input is handled: the kernel then writes a fresh array that is copied into ``out``.
+    """
+    if type(out) is not np.ndarray:
+        raise TypeError(f"{_FN}: out must be a NumPy ndarray, got {type(out).__name__}")
+    if out.shape != p.out_shape:
+        raise shape_error(_FN, "out", out.shape, f"{p.out_shape} (the broadcast shape of a and b)")
+    if out.dtype != p.dtype:
+        raise TypeError(f"{_FN}: out has dtype {out.dtype}; expected {p.dtype} (the result dtype of a, b and h0)")
+    if not out.flags.writeable:
+        raise ValueError(f"{_FN}: out is read-only")
+    direct = out.flags.c_contiguous and not any(np.may_share_memory(out, x) for x in inputs)
+    return (out.reshape(p.b2.shape) if direct else None), not direct
+
+
+def _forward(
+    a: Any, b: Any, h0: Any, reverse: bool, return_final_state: bool, backend: str | None, out: Any = None
+) -> tuple[Any, Any]:
+    which = select_backend(_FN, a, b, h0, backend=backend)
+    p = _prepare(a, b, h0)
+    k = kernels(which, "scan")
+    buf, copy_back = (None, False) if out is None else _check_out(out, p, (p.a_rows, p.b2, p.h0_flat))
+    h2 = k.scan_fwd(p.a_rows, p.arow, p.b2, p.h0_flat, bool(reverse), out=buf)
+    h = h2.reshape(p.out_shape)
+    if out is not None:
+        if copy_back:
+            np.copyto(out, h)
+        h = out
+    result = (h, _final_state(h, p, reverse)) if return_final_state else h
+    return result, (p, h2, bool(reverse), bool(return_final_state), which)
+
+
 def _linear_scan_fwd(
     a: Any,
     b: Any,
@@ -121,13 +156,7 @@ def _linear_scan_fwd(
     return_final_state: bool = False,
     backend: str | None = None,
 ) -> tuple[Any, Any]:
-    which = select_backend(_FN, a, b, h0, backend=backend)
-    p = _prepare(a, b, h0)
-    k = kernels(which, "scan")
-    h2 = k.scan_fwd(p.a_rows, p.arow, p.b2, p.h0_flat, bool(reverse))
-    h = h2.reshape(p.out_shape)
-    out = (h, _final_state(h, p, reverse)) if return_final_state else h
-    return out, (p, h2, bool(reverse), bool(return_final_state), which)
+    return _forward(a, b, h0, reverse, return_final_state, backend)
 
 
 def _to_input(g: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -171,6 +200,7 @@ def linear_scan(
     reverse: bool = False,
     return_final_state: bool = False,
     backend: str | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     r"""First-order linear recurrence along the last axis.
 
@@ -203,6 +233,15 @@ def linear_scan(
         be passed as ``h0`` of the next segment of a stream.
     backend : {None, "numba", "numpy"}, optional
         Force a backend; by default NumPy arrays run on the Numba kernels.
+    out : ndarray, optional
+        Array of the output's shape and dtype to write the states into, as for
+        a NumPy ufunc; it is returned as ``h``. Reusing one buffer across calls
+        (streaming, training loops) saves the allocation and the page faults of
+        a fresh output, which cost about as much as the scan itself on large
+        inputs. Any strides are accepted (C-contiguous is fastest), and an
+        ``out`` that overlaps an input is handled correctly (through a
+        temporary). NumPy API only: the op registered for gradients and the
+        framework adapters do not take it.
 
     Returns
     -------
@@ -251,8 +290,12 @@ def linear_scan(
     >>> bool(np.allclose(np.concatenate([h, h2], -1),
     ...                  linear_scan(a.astype(np.float32), np.ones((3, 2, 10), np.float32))))
     True
+
+    Writing into a reused buffer:
+
+    >>> buf = np.empty((3, 2, 5), dtype=np.float32)
+    >>> linear_scan(a.astype(np.float32), b, out=buf) is buf
+    True
     """
-    out, _ = _linear_scan_fwd(
-        a, b, h0, reverse=reverse, return_final_state=return_final_state, backend=backend
-    )
-    return out
+    result, _ = _forward(a, b, h0, reverse, return_final_state, backend, out)
+    return result
