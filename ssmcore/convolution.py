@@ -740,9 +740,10 @@ def _fft_conv_fwd(u, K, D=None, *, bidirectional=False, workers=None, backend=No
     return np.asarray(y, p["dtype"]).reshape(p["out_shape"]), p
 
 
-def _fft_conv_bwd(p, ct):
+def _fft_conv_bwd(p, ct, needs=(True, True, True)):
     Bt, H, L = p["uu"].shape
     Co, Lk = p["Co"], p["Lk"]
+    need_u, need_k, need_d = needs
     G = np.ascontiguousarray(np.asarray(ct).real.reshape(Bt, Co, H, L), dtype=p["dtype"])
     if L == 0 or Lk == 0 or Bt == 0:
         u_bar = np.zeros((Bt, H, L))
@@ -753,13 +754,15 @@ def _fft_conv_bwd(p, ct):
         D_bar = None if p["Dc"] is None else np.einsum("bcht,bht->ch", G, p["uu"])
     else:
         k = kernels(p["backend"], "convolution")
-        u_bar, K_bar, Ka_bar, D_bar = k.causal_conv_bwd(p["uu"], p["k0"], p["k1"], p["Dc"], G, p["workers"])
+        u_bar, K_bar, Ka_bar, D_bar = k.causal_conv_bwd(
+            p["uu"], p["k0"], p["k1"], p["Dc"], G, p["workers"], need_u, need_k, need_d
+        )
     if Ka_bar is not None:
         K_bar = np.concatenate([K_bar, Ka_bar], axis=0)
-    gu = np.asarray(u_bar, p["u"].dtype).reshape(p["u"].shape)
-    gK = np.asarray(K_bar, p["K"].dtype).reshape(p["K"].shape)
+    gu = None if u_bar is None else np.asarray(u_bar, p["u"].dtype).reshape(p["u"].shape)
+    gK = None if K_bar is None else np.asarray(K_bar, p["K"].dtype).reshape(p["K"].shape)
     gD = None
-    if p["D"] is not None:
+    if p["D"] is not None and D_bar is not None:
         Dn = p["D"]
         gD = _grad_like(D_bar, Dn, (1,) * (2 - Dn.ndim) + Dn.shape)
     return gu, gK, gD

@@ -32,8 +32,10 @@ Conventions
 * Python scalars, strings, booleans and None pass through unchanged, as
   constants; they get no gradient. NumPy arrays are converted to tensors.
 * CUDA tensors raise a TypeError: there is no GPU backend yet.
-* Gradients of inputs that do not need one are returned as None; the core's
-  backward computes all gradients together, so no kernel work is saved.
+* ``needs_input_grad`` is passed on to the core's backward: gradients of
+  inputs that do not need one are None, and ops whose backward separates
+  (``fft_conv``, ``linear_scan``) skip their work (eager path; the traced
+  path computes all of them).
 
 Examples
 --------
@@ -400,10 +402,13 @@ class _EagerFunction(_torch.autograd.Function):
         ctx.saved_tensors  # noqa: B018 - raises if an input or output was modified in place
         rec = ctx.rec
         cts = [_conj(_to_numpy(c)) for c in cotangents]
-        grads = rec.opdef.bwd(ctx.res, _unflatten_output(cts))
         need = [False] * len(ctx.np_arrays)  # per parameter
+        needs = [False] * len(rec.opdef.inputs)  # per op input: the core's backward skips the others
         for i, n in zip(ctx.where, ctx.needs_input_grad[3:]):
-            need[i] = n and rec.grad_pos[i] is not None
+            gi = rec.grad_pos[i]
+            if n and gi is not None:
+                need[i] = needs[gi] = True
+        grads = rec.opdef.backward(ctx.res, _unflatten_output(cts), tuple(needs))
         tgrads = _grads_to_torch(rec, tuple(grads), ctx.np_arrays, [*ctx.np_arrays, *cts], need)
         return (None, None, None, *[tgrads[i] for i in ctx.where])
 

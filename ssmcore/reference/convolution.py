@@ -192,8 +192,11 @@ def causal_conv_bwd(
     D: np.ndarray | None,
     G: np.ndarray,
     workers: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Pullback of :func:`causal_conv` for cotangent G (Bt, C, H, L).
+    need_u: bool = True,
+    need_k: bool = True,
+    need_d: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Pullback of :func:`causal_conv` for cotangent G (Bt, C, H, L); ``need_*`` False -> that gradient is None.
 
     Correlations: u_bar[b, h, s] = sum_{c, j} K[c, h, j] G[b, c, h, s + j]
     (+ K_anti[c, h, j] G[b, c, h, s - 1 - j] + D[c, h] G[b, c, h, s]);
@@ -219,5 +222,7 @@ def causal_conv_bwd(
                         Ka_bar[c, h, j] += np.dot(g[: L - 1 - j], x[j + 1 :])
                 if D is not None:
                     u_bar[b, h] += D[c, h] * g
-    D_bar = None if D is None else np.einsum("bcht,bht->ch", G, u)
-    return u_bar, K_bar, Ka_bar, D_bar
+    D_bar = None if (D is None or not need_d) else np.einsum("bcht,bht->ch", G, u)
+    if not need_k:
+        K_bar = Ka_bar = None
+    return (u_bar if need_u else None), K_bar, Ka_bar, D_bar

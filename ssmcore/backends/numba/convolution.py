@@ -575,27 +575,40 @@ def causal_conv_bwd(
     D: np.ndarray | None,
     G: np.ndarray,
     workers: int | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Pullback of :func:`causal_conv`: correlations by FFT (same length n, no wrap)."""
+    need_u: bool = True,
+    need_k: bool = True,
+    need_d: bool = True,
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+    """Pullback of :func:`causal_conv`: correlations by FFT (same length n, no wrap).
+
+    ``need_*`` False skips that gradient (returned as None): without ``u``'s
+    gradient (a first layer's input) neither the kernel spectrum nor the
+    inverse FFT for ``u_bar`` is computed; without the kernel's, ``u``'s
+    spectrum and the correlation with ``u`` are skipped.
+    """
     from scipy import fft
 
     Bt, H, L = u.shape
     C, _, Lk = K.shape
     n = _fft_len(L, Lk)
     workers = _fft_workers(workers, Bt * max(C, 1) * H * n)
-    Gf = fft.rfft(G, n, axis=-1, workers=workers)  # (Bt, C, H, F)
-    Kf = _kernel_spectrum(K, K_anti, n, workers)  # (C, H, F)
-    Uf = fft.rfft(u, n, axis=-1, workers=workers)  # (Bt, H, F)
-    # u_bar = sum_c corr(G, k): multiply by conj(Kf) and sum the output channels in frequency space.
-    Ubf = np.einsum("bchf,chf->bhf", Gf, np.conj(Kf)) if C > 1 else Gf[:, 0] * np.conj(Kf[0])
-    u_bar = fft.irfft(Ubf, n, axis=-1, workers=workers, overwrite_x=True)[..., :L]
-    if D is not None:
-        u_bar = u_bar + np.einsum("ch,bcht->bht", D, G)
-    # K_bar = sum_b corr(G, u): lags 0..Lk-1 are causal taps, lags -1..-Lk the anti-causal ones.
-    q = fft.irfft(np.einsum("bchf,bhf->chf", Gf, np.conj(Uf)), n, axis=-1, workers=workers, overwrite_x=True)
-    K_bar = np.ascontiguousarray(q[..., :Lk])
-    Ka_bar = None
-    if K_anti is not None:
-        Ka_bar = np.ascontiguousarray(q[..., n - Lk :][..., ::-1]) if Lk else np.zeros_like(K)
-    D_bar = None if D is None else np.einsum("bcht,bht->ch", G, u)
-    return np.ascontiguousarray(u_bar), K_bar, Ka_bar, D_bar
+    Gf = fft.rfft(G, n, axis=-1, workers=workers) if (need_u or need_k) else None  # (Bt, C, H, F)
+    u_bar = None
+    if need_u:
+        Kf = _kernel_spectrum(K, K_anti, n, workers)  # (C, H, F)
+        # u_bar = sum_c corr(G, k): multiply by conj(Kf) and sum the output channels in frequency space.
+        Ubf = np.einsum("bchf,chf->bhf", Gf, np.conj(Kf)) if C > 1 else Gf[:, 0] * np.conj(Kf[0])
+        u_bar = fft.irfft(Ubf, n, axis=-1, workers=workers, overwrite_x=True)[..., :L]
+        if D is not None:
+            u_bar = u_bar + np.einsum("ch,bcht->bht", D, G)
+        u_bar = np.ascontiguousarray(u_bar)
+    K_bar = Ka_bar = None
+    if need_k:
+        Uf = fft.rfft(u, n, axis=-1, workers=workers)  # (Bt, H, F)
+        # K_bar = sum_b corr(G, u): lags 0..Lk-1 are causal taps, lags -1..-Lk the anti-causal ones.
+        q = fft.irfft(np.einsum("bchf,bhf->chf", Gf, np.conj(Uf)), n, axis=-1, workers=workers, overwrite_x=True)
+        K_bar = np.ascontiguousarray(q[..., :Lk])
+        if K_anti is not None:
+            Ka_bar = np.ascontiguousarray(q[..., n - Lk :][..., ::-1]) if Lk else np.zeros_like(K)
+    D_bar = None if (D is None or not need_d) else np.einsum("bcht,bht->ch", G, u)
+    return u_bar, K_bar, Ka_bar, D_bar

@@ -1,0 +1,82 @@
+"""``pullback(ct, needs=...)``: a subset of the gradients, equal to the full pullback's entries.
+
+Every registered op, on the adapter example inputs (``ssmcore.adapters.specs.EXAMPLES``):
+asking for one gradient at a time gives exactly that gradient of the full
+pullback and None for the others, whether or not the op's backward can skip work.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import ssmcore
+from ssmcore.adapters import plan, specs
+
+OPS = plan.load_all_ops()
+CASES = [pytest.param(op, make, id=f"{op}-{case}") for op in OPS for case, make in specs.EXAMPLES.get(op, [])[:1]]
+
+
+def _cotangent(out, rng):
+    def one(o):
+        o = np.asarray(o)
+        c = rng.standard_normal(o.shape)
+        return (c + 1j * rng.standard_normal(o.shape)) if o.dtype.kind == "c" else c
+
+    return tuple(one(o) for o in out) if isinstance(out, tuple) else one(out)
+
+
+@pytest.mark.parametrize("op, make", CASES)
+def test_each_gradient_alone_equals_the_full_pullback(op, make):
+    rng = np.random.default_rng(1)
+    args, kw = make(rng, np.float64)
+    opdef = ssmcore.get_op(op)
+    out, pullback = ssmcore.vjp(op, *args, **kw)
+    ct = _cotangent(out, rng)
+    full = pullback(ct)
+    n = len(opdef.inputs)
+    assert pullback(ct, needs=(False,) * n) == (None,) * n
+    for i in range(n):
+        needs = tuple(j == i for j in range(n))
+        got = pullback(ct, needs=needs)
+        assert all(g is None for j, g in enumerate(got) if j != i)
+        if full[i] is None:
+            assert got[i] is None
+        else:
+            np.testing.assert_allclose(got[i], full[i], rtol=1e-13, atol=1e-13, err_msg=f"{op}: {opdef.inputs[i]}")
+
+
+def test_needs_of_the_wrong_length():
+    _, pullback = ssmcore.vjp("linear_scan", np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match=r"pullback: needs has 2 entries; expected one per input \('a', 'b', 'h0'\)"):
+        pullback(np.ones(3), needs=(True, True))
+
+
+def test_separable_backwards_declare_needs():
+    """The ops whose backward skips unneeded gradients (documented in docs/gradients.md)."""
+    assert ssmcore.get_op("fft_conv").bwd_takes_needs
+
+
+def test_torch_passes_needs_input_grad_to_the_core(monkeypatch):
+    """A first layer's input needs no gradient: fft_conv's backward must not compute it."""
+    torch = pytest.importorskip("torch")
+    import ssmcore.torch as st
+    from ssmcore.backends.numba import convolution as nbconv
+
+    seen = []
+    real = nbconv.causal_conv_bwd
+
+    def spy(*args):
+        seen.append(args[-3:])
+        return real(*args)
+
+    monkeypatch.setattr(nbconv, "causal_conv_bwd", spy)
+    rng = np.random.default_rng(0)
+    u = torch.tensor(rng.standard_normal((2, 3, 64)))  # data: no gradient
+    K = torch.tensor(rng.standard_normal((3, 16)), requires_grad=True)
+    D = torch.tensor(rng.standard_normal(3), requires_grad=True)
+    st.fft_conv(u, K, D).sum().backward()
+    assert seen == [(False, True, True)]
+    expected = ssmcore.vjp("fft_conv", u.numpy(), K.detach().numpy(), D.detach().numpy())[1](np.ones((2, 3, 64)))
+    np.testing.assert_allclose(K.grad.numpy(), expected[1], rtol=1e-12)
+    np.testing.assert_allclose(D.grad.numpy(), expected[2], rtol=1e-12)
