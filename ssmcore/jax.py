@@ -6,22 +6,28 @@ function ``ssmcore.<op>``; it works under ``jax.jit``, ``jax.grad`` and
 attribute access from the op registry (:mod:`ssmcore.registry`).
 
 How a call runs: one ``jax.custom_vjp`` per (op, options, which inputs are
-arrays), cached. Its forward is a ``jax.pure_callback`` to the NumPy/Numba
-function, with output shapes and dtypes from :mod:`ssmcore.adapters.specs`.
-Its backward is a second callback that runs the op's ``fwd`` again (a traced
-JAX program can only carry arrays, not the core's residual objects) and then
-its ``bwd``. The core's complex convention is JAX's own (transpose of the
-linearisation, no conjugation), so gradients pass through unchanged.
+arrays), cached. Its forward is a host call to the NumPy/Numba function, with
+output shapes and dtypes from :mod:`ssmcore.adapters.specs`. Its backward is a
+second host call that runs the op's ``fwd`` again (a traced JAX program can
+only carry arrays, not the core's residual objects) and then its ``bwd``. The
+core's complex convention is JAX's own (transpose of the linearisation, no
+conjugation), so gradients pass through unchanged.
 
-* ``vmap``: callbacks use ``vmap_method="expand_dims"``; the host side loops
-  over the batch inside one callback, so any op batches correctly whatever its
+* Host calls go through :func:`ssmcore.adapters.jax_ffi.host_call`: on CPU an
+  XLA FFI custom call into a Python handler that hands the op zero-copy NumPy
+  views of XLA's buffers and copies the results back, about 10 us per call on
+  top of the op itself (``jax.pure_callback``, its fallback, costs ~80 us and
+  copies the inputs). The fallback is used on non-CPU platforms, if the FFI
+  self-test fails at first use (with one warning), or when the environment
+  variable ``SSMCORE_JAX_CALLBACK=pure_callback`` is set.
+* ``vmap``: host calls use ``vmap_method="expand_dims"``; the host side loops
+  over the batch inside one call, so any op batches correctly whatever its
   own broadcasting rules.
 * float16/bfloat16 inputs are upcast to float32 and float results cast back.
 * Python scalars, strings, booleans and None pass through unchanged as
   constants (no gradient). Integer arrays are carried as constant inputs.
-* Each callback costs tens of microseconds of host round trip (measured in
-  ``benchmarks/compare_adapters.py``); arrays on an accelerator are copied to
-  the host and back.
+* Per-call cost is measured in ``benchmarks/compare_adapters.py``; arrays on an
+  accelerator are copied to the host and back.
 * With ``jax_enable_x64`` off (JAX's default), float64 results come back as
   float32, like every other JAX computation.
 
@@ -53,6 +59,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised only without
     ) from _exc
 
 from .adapters import specs as _specs
+from .adapters.jax_ffi import host_call as _host_call
 from .adapters.plan import (
     core_call as _core_call,
     decode_options as _decode_options,
@@ -134,10 +141,12 @@ def _batched(host: Callable[..., tuple], ranks: tuple[int, ...]) -> Callable[...
     """
 
     def run(*arrays: Any) -> tuple:
-        # CPU jax.Arrays -> NumPy. np.asarray would be a zero-copy but *read-only* view, and Numba
-        # compiles (and caches) a separate specialisation of every kernel for read-only arrays;
-        # one copy of the inputs is cheaper than doubling every kernel's compile time.
-        arrays = tuple(np.array(a, copy=True) for a in arrays)
+        # The FFI path hands writable zero-copy NumPy views of XLA's buffers: used as they are.
+        # The pure_callback fallback hands CPU jax.Arrays, whose NumPy views are *read-only*, and
+        # Numba compiles (and caches) a separate specialisation of every kernel for read-only
+        # arrays; one copy of those inputs is cheaper than doubling every kernel's compile time.
+        arrays = tuple(a if isinstance(a, np.ndarray) and a.flags.writeable else np.array(a, copy=True)
+                       for a in arrays)
         extra = arrays[0].ndim - ranks[0] if arrays else 0
         if extra == 0:
             return host(*arrays)
@@ -172,23 +181,30 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
         outs = out if isinstance(out, tuple) else (out,)
         return tuple(_jax.ShapeDtypeStruct(tuple(s.shape), _canonical(s.dtype)) for s in outs)
 
-    @_jax.custom_vjp
-    def f(*arrays: Any) -> tuple:
-        ranks = tuple(a.ndim for a in arrays)  # per-example ranks, also under vmap
-        return _jax.pure_callback(_batched(host_fwd, ranks), out_structs(arrays), *arrays, vmap_method="expand_dims")
+    pos = [gi for gi, p in zip(rec.grad_pos, present) if p]
+    hosts: dict[tuple, Callable[..., tuple]] = {}
 
-    def f_fwd(*arrays: Any) -> tuple:
-        return f(*arrays), arrays
+    def host(kind: str, ranks: tuple[int, ...], diff: tuple[bool, ...] = ()) -> Callable[..., tuple]:
+        """One host function per (direction, ranks, differentiable inputs), reused by every trace:
+        host_call registers each distinct function once for the life of the process."""
+        key = (kind, ranks, diff)
+        fn = hosts.get(key)
+        if fn is None:
+            fn = hosts[key] = _batched(host_fwd if kind == "fwd" else make_host_bwd(diff), ranks)
+        return fn
 
-    def f_bwd(arrays: tuple, cotangents: tuple) -> tuple:
-        diff = _differentiable(rec, present, [np.dtype(a.dtype) for a in arrays])
-        n = len(arrays)
-        pos = [gi for gi, p in zip(rec.grad_pos, present) if p]
+    def make_host_bwd(diff: tuple[bool, ...]) -> Callable[..., tuple]:
+        n = len(diff)
+        needs = [False] * len(opdef.inputs)  # per op input: integer (constant) inputs get no gradient work
+        for gi, d in zip(pos, diff):
+            if d and gi is not None:
+                needs[gi] = True
+        needs = tuple(needs)
 
         def host_bwd(*flat: np.ndarray) -> tuple:
             args, cts = flat[:n], flat[n:]
             _, pullback = _core_call(opdef, lambda *a, **k: _vjp(name, *a, **k), _full(present, args), options)
-            grads = pullback(_unflatten_output(list(cts)))
+            grads = pullback(_unflatten_output(list(cts)), needs=needs)
             result = []
             for a, gi, d in zip(args, pos, diff):
                 if not d:
@@ -200,10 +216,21 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
                 result.append(np.asarray(g, dtype=a.dtype).reshape(a.shape))
             return tuple(result)
 
+        return host_bwd
+
+    @_jax.custom_vjp
+    def f(*arrays: Any) -> tuple:
+        ranks = tuple(a.ndim for a in arrays)  # per-example ranks, also under vmap
+        return _host_call(host("fwd", ranks), out_structs(arrays), *arrays, vmap_method="expand_dims")
+
+    def f_fwd(*arrays: Any) -> tuple:
+        return f(*arrays), arrays
+
+    def f_bwd(arrays: tuple, cotangents: tuple) -> tuple:
+        diff = tuple(_differentiable(rec, present, [np.dtype(a.dtype) for a in arrays]))
         structs = tuple(_jax.ShapeDtypeStruct(a.shape, a.dtype) for a, d in zip(arrays, diff) if d)
         ranks = tuple(x.ndim for x in (*arrays, *cotangents))
-        grads = iter(_jax.pure_callback(_batched(host_bwd, ranks), structs, *arrays, *cotangents,
-                                        vmap_method="expand_dims"))
+        grads = iter(_host_call(host("bwd", ranks, diff), structs, *arrays, *cotangents, vmap_method="expand_dims"))
         return tuple(next(grads) if d else None for d in diff)
 
     f.defvjp(f_fwd, f_bwd)
