@@ -5,6 +5,7 @@ first case, float64), one process, candidates interleaved round-robin, medians:
 
 * ``numpy``: the direct call ``ssmcore.<op>(...)`` on NumPy arrays (the baseline);
 * ``torch``: ``ssmcore.torch.<op>`` on tensors without ``requires_grad``;
+* ``fwd``: the op's registered forward (output plus residuals for the backward; baseline of ``torch_rg``);
 * ``torch_rg``: the same with ``requires_grad`` inputs (the autograd.Function path, forward only);
 * ``jax``: ``ssmcore.jax.<op>`` called eagerly; ``jax_jit``: the same inside ``jax.jit``
   (the pure_callback round trip);
@@ -52,7 +53,10 @@ def candidates(op: str, torch, jax) -> dict:
         _, pull = ssmcore.vjp(op, *args, **kw)
         return pull(ct)
 
-    cands = {"numpy": direct, "vjp": core_vjp}
+    def core_fwd():
+        return opdef.fwd(*args, **kw)
+
+    cands = {"numpy": direct, "fwd": core_fwd, "vjp": core_vjp}
     if torch is not None:
         import ssmcore.torch as st
 
@@ -129,14 +133,15 @@ def main(argv: list[str] | None = None) -> None:
                                   min_time=0.01 if args.quick else 0.05)
         row = [op, us(med["numpy"])]
         for name in ("torch", "torch_rg", "jax", "jax_jit"):
-            row += [us(med[name]), us(med[name] - med["numpy"])] if name in med else ["-", "-"]
+            base = med["fwd"] if name == "torch_rg" else med["numpy"]
+            row += [us(med[name]), us(med[name] - base)] if name in med else ["-", "-"]
         row.append(us(med["vjp"]))
         for name in ("torch_fb", "jax_grad"):
             row += [us(med[name]), us(med[name] - med["vjp"])] if name in med else ["-", "-"]
         rows.append(row)
     header = ["op", "numpy", "torch", "+us", "torch_rg", "+us", "jax", "+us", "jax_jit", "+us",
               "vjp", "torch_fb", "+us", "jax_grad", "+us"]
-    print("median microseconds per call (tiny example inputs, float64; +us = added over numpy / vjp)")
+    print("median microseconds per call (tiny example inputs, float64; +us = added over numpy (torch_rg: over the core's fwd) / over vjp)")
     print(format_table(rows, header))
 
 

@@ -8,7 +8,7 @@ mechanism each. What they share lives here and imports neither framework:
   array inputs from options, encoding options as a string constant, generating
   a wrapper function with the op's exact signature, output flattening;
 * :mod:`ssmcore.adapters.specs` -- per-op output shape/dtype rules (needed by
-  ``torch.compile`` fake tensors and by ``jax.pure_callback``), a probing
+  ``torch.compile`` fake tensors and by JAX host calls), a probing
   fallback for ops without a rule, and small example inputs for every op.
 """
 

@@ -1,6 +1,6 @@
 """Per-op metadata for the adapters: output shapes/dtypes, JAX vmap method, examples.
 
-``torch.compile`` (fake tensors) and ``jax.pure_callback`` must know an op's
+``torch.compile`` (fake tensors) and JAX host calls (:mod:`ssmcore.adapters.jax_ffi`) must know an op's
 output shapes and dtypes *before* it runs. The NumPy functions compute them
 implicitly, so each op gets a small rule here, keyed by op name, written with
 the op's own parameter names::
