@@ -275,6 +275,45 @@ def test_paths_agree_with_reference(rng, monkeypatch, dtype, C, L, La, Ra, rever
             assert_close(got, want, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "C,L,La,Ra",
+    [
+        (37, 4096, 4096, 37),  # several channels per slot, staggered starts, power-of-two rows
+        (37, 4096, 1, 5),  # constant a, shared rows
+        (5, 3001, 3001, 5),  # fewer channels than slots per thread, odd C
+        (9, 1, 1, 9),  # L = 1: every step ends a channel
+        (1, 700, 700, 1),  # one channel: three idle slots
+    ],
+)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_channel_path_bit_identical_to_serial(rng, dtype, C, L, La, Ra, reverse, threads):
+    # The channel path's slots run the same operations per step as the serial pairs,
+    # forward and backward, so the results must agree exactly (NaN included: it must
+    # stay in its own channel).
+    import numba
+
+    a, arow, b, h0 = _kernel_args(rng, C, L, La, Ra, dtype)
+    b[C // 2, L // 2] = np.nan
+    gh = values(rng, (C, L), dtype)
+    gf = values(rng, (C,), dtype)
+    want = nbscan.scan_fwd(a, arow, b, h0, reverse, "serial")
+    h = np.nan_to_num(want)  # finite states, so that the backward checks values, not NaN
+    want_g = nbscan.scan_bwd(a, arow, h, h0, gh, gf, reverse, "serial")
+    old = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        got = nbscan.scan_fwd(a, arow, b, h0, reverse, "channels")
+        got_g = nbscan.scan_bwd(a, arow, h, h0, gh, gf, reverse, "channels")
+    finally:
+        numba.set_num_threads(old)
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(got[C // 2]).any() and not np.isnan(np.delete(got, C // 2, axis=0)).any()
+    for x, y in zip(got_g, want_g):
+        np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize("module", [nbscan, refscan])
 def test_kernel_out_argument(rng, module):
     a, arow, b, h0 = _kernel_args(rng, 3, 50, 50, 3, np.float64)

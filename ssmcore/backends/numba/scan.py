@@ -11,12 +11,17 @@ Why the kernels look the way they do (measured facts in PLATFORM.md):
   FMA (4 cycles for float32, about 8 for a complex multiply-add), so a plain
   loop per channel is latency-bound well below memory bandwidth. Every kernel
   therefore advances several **independent chains interleaved** in its inner
-  loop: two channels in the channel paths, four time chunks in the chunked
-  path. Only two channels: each chain streams three rows (a, b, out), rows of
-  power-of-two length alias in the L1 cache, and four channel rows measured
-  slower than two (chunk distances, in contrast, are chosen not to alias).
+  loop: two channels in the serial path, four (forward) or two (backward)
+  staggered slots in the channel path, four time chunks in the chunked path.
+  Each chain streams rows of a, b and out; when rows have a power-of-two byte
+  length, the rows of different channels sit at the same offset modulo 4 KiB,
+  i.e. in the same L1 sets (8 ways), so chains must be spread in time (the
+  channel path's slots) or in memory (the chunked path's chunk distances).
+* The serial and channel paths compute every step with the same operations,
+  so their results are bit-identical (tests compare them exactly).
 * Constant-in-time coefficients (``La == 1``) are read with a time step of 0
-  (``a[r, t * astep]``), so they are never materialised to length L.
+  (``a[r, t * astep]``; the channel path re-reads a fixed element), so they are
+  never materialised to length L.
 * ``reverse`` only changes the direction of the loop index: no flipped copies.
 * Paths, chosen by :func:`choose_path` (T = ``numba.get_num_threads()``):
 
@@ -39,7 +44,29 @@ Why the kernels look the way they do (measured facts in PLATFORM.md):
     descheduled thread (measured under load, complex64, 4M steps: medians of
     0.1-1 s with 8-64 windows against 17 ms with one). So
     ``WINDOW_BYTES`` is large: one window up to 64 MiB of (a, b);
-  - ``"channels"`` otherwise: ``prange`` over channel pairs.
+  - ``"channels"`` otherwise. Forward: ``prange`` over one contiguous range of
+    channels per thread, run as ``NSLOT`` = 4 **slots** advanced together (four
+    chains: one float32 FMA latency per four elements instead of per two). Slot
+    k owns a contiguous block of the range and walks its channels back to back
+    (in descending order when the scan runs backwards), so its b and out
+    accesses form one stream through memory; the work proceeds in blocks that
+    end where some slot finishes a channel. Slot k starts after a delay
+    (:func:`_slot_delay`, under ``SET_SPAN`` bytes of steps) that puts the
+    slots' streams ``SET_SPAN / 4`` bytes apart modulo ``SET_SPAN``: without it,
+    single-threaded float32 (1024, 4096) ran four chains at 0.4 of the triad
+    (two channels: 0.5), with it at 0.7-1.0. Flat 1-D views keep the loop at one
+    index register and 12 base pointers (2-D indexing per lane spilled
+    registers). Measured and rejected: a channel tile copying K = 8 rows x T
+    steps (T = 64-512) into per-thread scratch and running the 8 chains there
+    reached only 0.25-0.35 of the triad, because hopping between rows in
+    segments defeats the hardware prefetchers (a transposed, SIMD-lane tile
+    needs the same copies) (a plain triad visiting 8 rows in segments
+    of 128-2048 steps ran at 0.45-0.56 of the row-by-row triad). Backward:
+    the same scheme with ``NSLOT_BWD`` = 2 slots (each chain streams five rows:
+    a, h, gh, g, ga; four lanes would need 20 base pointers and spilled), slots
+    ``SET_SPAN / 2`` apart. Against the old channel pairs it measured 0.29 ->
+    0.77 (float32 (1024, 4096)) and 0.32 -> 0.66 (float32 (1000, 4097)) of a
+    five-stream bandwidth floor, single-threaded.
 """
 
 from __future__ import annotations
@@ -62,6 +89,9 @@ __all__ = ["CHUNK_MIN_L", "SERIAL_MAX", "WINDOW_BYTES", "choose_path", "scan_bwd
 SERIAL_MAX = 1 << 15  # elements: below this, one thread (a parallel region costs ~5-10 us)
 CHUNK_MIN_L = 1 << 14  # time-chunking pays only for long series
 WINDOW_BYTES = 1 << 26  # bytes of (a, b) per window of the chunked path (see below)
+NSLOT = 4  # interleaved chains per thread in the forward channel path
+NSLOT_BWD = 2  # and in the backward one (5 streams per chain: more would spill registers)
+SET_SPAN = 4096  # bytes after which L1d set indices repeat (64 sets of 64-byte lines)
 PATHS = ("auto", "serial", "channels", "chunked")
 
 
@@ -141,10 +171,183 @@ def _fwd_serial(a, astep, arow, b, h0, out, desc):
         _fwd_pair_of_channels(a, astep, arow, b, h0, out, g, desc)
 
 
+# ---- channel path: four staggered slots per thread (see the module docstring)
+
+
+@jit
+def _lanes4(fa, fb, fo, ia0, ia1, ia2, ia3, ib0, ib1, ib2, ib3, x0, x1, x2, x3, n, desc):
+    """Four interleaved chains over flat views: lane k reads ``fa[ia_k +- i]`` and
+    ``fb[ib_k +- i]`` and writes ``fo[ib_k +- i]`` for i < n (``-`` when ``desc``).
+
+    Flat indices keep the loop at one index register plus 12 base pointers, which
+    fit the x86-64 registers (2-D indexing per lane spilled). Returns the states.
+    """
+    a0 = _u(ia0)
+    a1 = _u(ia1)
+    a2 = _u(ia2)
+    a3 = _u(ia3)
+    b0 = _u(ib0)
+    b1 = _u(ib1)
+    b2 = _u(ib2)
+    b3 = _u(ib3)
+    if desc:
+        for i in range(_u(n)):
+            x0 = fa[a0 - i] * x0 + fb[b0 - i]
+            x1 = fa[a1 - i] * x1 + fb[b1 - i]
+            x2 = fa[a2 - i] * x2 + fb[b2 - i]
+            x3 = fa[a3 - i] * x3 + fb[b3 - i]
+            fo[b0 - i] = x0
+            fo[b1 - i] = x1
+            fo[b2 - i] = x2
+            fo[b3 - i] = x3
+    else:
+        for i in range(_u(n)):
+            x0 = fa[a0 + i] * x0 + fb[b0 + i]
+            x1 = fa[a1 + i] * x1 + fb[b1 + i]
+            x2 = fa[a2 + i] * x2 + fb[b2 + i]
+            x3 = fa[a3 + i] * x3 + fb[b3 + i]
+            fo[b0 + i] = x0
+            fo[b1 + i] = x1
+            fo[b2 + i] = x2
+            fo[b3 + i] = x3
+    return x0, x1, x2, x3
+
+
+@jit
+def _lanes4_const(fa, ia0, ia1, ia2, ia3, fb, fo, ib0, ib1, ib2, ib3, x0, x1, x2, x3, n, desc):
+    """:func:`_lanes4` with constant-in-time coefficients ``fa[ia_k]``.
+
+    The coefficient is read inside the loop on purpose: the stores to ``fo`` may
+    alias ``fa``, so the load stays in the loop body and LLVM contracts the
+    complex multiply-add exactly as in the serial kernel (a hoisted scalar gave
+    a different FMA split for complex64, i.e. results differing in the last bit).
+    """
+    a0 = _u(ia0)
+    a1 = _u(ia1)
+    a2 = _u(ia2)
+    a3 = _u(ia3)
+    b0 = _u(ib0)
+    b1 = _u(ib1)
+    b2 = _u(ib2)
+    b3 = _u(ib3)
+    if desc:
+        for i in range(_u(n)):
+            x0 = fa[a0] * x0 + fb[b0 - i]
+            x1 = fa[a1] * x1 + fb[b1 - i]
+            x2 = fa[a2] * x2 + fb[b2 - i]
+            x3 = fa[a3] * x3 + fb[b3 - i]
+            fo[b0 - i] = x0
+            fo[b1 - i] = x1
+            fo[b2 - i] = x2
+            fo[b3 - i] = x3
+    else:
+        for i in range(_u(n)):
+            x0 = fa[a0] * x0 + fb[b0 + i]
+            x1 = fa[a1] * x1 + fb[b1 + i]
+            x2 = fa[a2] * x2 + fb[b2 + i]
+            x3 = fa[a3] * x3 + fb[b3 + i]
+            fo[b0 + i] = x0
+            fo[b1 + i] = x1
+            fo[b2 + i] = x2
+            fo[b3 + i] = x3
+    return x0, x1, x2, x3
+
+
+@jit
+def _slot_delay(k, nslot, start_k, start_0, itemsize, desc):
+    """Steps slot ``k`` of ``nslot`` waits so that, walking in lockstep, the slots'
+    addresses sit ``k * SET_SPAN / nslot`` bytes apart modulo ``SET_SPAN``
+    (``start``: flat index of each slot's first element; the walk goes down when
+    ``desc``)."""
+    span = SET_SPAN // itemsize  # elements per L1 set period
+    nat = (start_k - start_0) % span
+    want = k * span // nslot
+    return ((-nat if desc else nat) - want) % span
+
+
+@jit
+def _slot_lane(k, first, cs, qs, left, xs, L, La, astep, arow, desc):
+    """Flat indices (a, b) and state of lane ``k``; an idle slot repeats slot ``first``
+    (same channel, step and state: it recomputes and rewrites equal values)."""
+    j = k if left[k] > 0 and qs[k] >= 0 else first
+    c = cs[j]
+    t = L - 1 - qs[j] if desc else qs[j]
+    return arow[c] * La + t * astep, c * L + t, xs[j]
+
+
+@jit
+def _fwd_slots(fa, astep, arow, fb, h0, fo, L, lo, hi, desc, itemsize, stagger, cs, qs, left, xs):
+    """Channels [lo, hi) of one thread as ``NSLOT`` slots advanced together.
+
+    Slot k owns a contiguous block of channels and walks them back to back (in
+    descending order when ``desc``), so its b and out accesses form one stream
+    through memory. ``qs[k]`` is the step inside its current channel ``cs[k]``
+    (negative: still waiting for its staggered start), ``left[k]`` the channels it
+    has still to run, ``xs[k]`` its state. Work proceeds in blocks that end when
+    some slot reaches the end of its channel (or starts).
+    """
+    m = hi - lo
+    per = (m + NSLOT - 1) // NSLOT
+    dc = -1 if desc else 1
+    La = L if astep else 1
+    start_0 = 0
+    for k in range(NSLOT):
+        first_c = min(hi, lo + k * per)
+        left[k] = max(0, min(hi, first_c + per) - first_c)
+        cs[k] = first_c + left[k] - 1 if desc else first_c
+        start = cs[k] * L + (L - 1 if desc else 0)
+        if k == 0:
+            start_0 = start
+        qs[k] = -_slot_delay(k, NSLOT, start, start_0, itemsize, desc) if stagger and left[k] > 0 else 0
+        if left[k] > 0:
+            xs[k] = h0[cs[k]]
+    while True:
+        n = 0
+        first = -1
+        for k in range(NSLOT):
+            if left[k] > 0:
+                q = qs[k]
+                d = -q if q < 0 else L - q  # steps to its start, or to its channel's end
+                n = d if n == 0 else min(n, d)
+                if q >= 0 and first < 0:
+                    first = k
+        if n == 0:
+            return
+        if first >= 0:
+            ia0, ib0, x0 = _slot_lane(0, first, cs, qs, left, xs, L, La, astep, arow, desc)
+            ia1, ib1, x1 = _slot_lane(1, first, cs, qs, left, xs, L, La, astep, arow, desc)
+            ia2, ib2, x2 = _slot_lane(2, first, cs, qs, left, xs, L, La, astep, arow, desc)
+            ia3, ib3, x3 = _slot_lane(3, first, cs, qs, left, xs, L, La, astep, arow, desc)
+            if astep:
+                ys = _lanes4(fa, fb, fo, ia0, ia1, ia2, ia3, ib0, ib1, ib2, ib3, x0, x1, x2, x3, n, desc)
+            else:
+                ys = _lanes4_const(fa, ia0, ia1, ia2, ia3, fb, fo, ib0, ib1, ib2, ib3, x0, x1, x2, x3, n, desc)
+            for k in range(NSLOT):
+                if left[k] > 0 and qs[k] >= 0:
+                    xs[k] = ys[k]
+        for k in range(NSLOT):
+            if left[k] > 0:
+                qs[k] += n
+                if qs[k] == L:  # the slot's next channel starts from its h0
+                    left[k] -= 1
+                    cs[k] += dc
+                    qs[k] = 0
+                    if left[k] > 0:
+                        xs[k] = h0[cs[k]]
+
+
 @jit(parallel=True)
-def _fwd_channels(a, astep, arow, b, h0, out, desc):
-    for g in prange((out.shape[0] + 1) // 2):
-        _fwd_pair_of_channels(a, astep, arow, b, h0, out, g, desc)
+def _fwd_channels(fa, astep, arow, fb, h0, fo, L, desc, nitem, itemsize, stagger):
+    """``prange`` over ``nitem`` contiguous channel ranges (one per thread); the slot
+    bookkeeping arrays are allocated once per range, outside the hot loop."""
+    C = h0.shape[0]
+    for it in prange(nitem):
+        cs = np.empty(NSLOT, np.int64)
+        qs = np.empty(NSLOT, np.int64)
+        left = np.empty(NSLOT, np.int64)
+        xs = np.empty(NSLOT, fo.dtype)
+        _fwd_slots(fa, astep, arow, fb, h0, fo, L, it * C // nitem, (it + 1) * C // nitem, desc, itemsize, stagger,
+                   cs, qs, left, xs)
 
 
 @jit
@@ -463,10 +666,210 @@ def _bwd_serial(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero)
         _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, pair, desc, zero)
 
 
+# ---- channel path: two staggered slots per thread (see the module docstring)
+
+
+@jit
+def _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc):
+    """n regular adjoint steps (the previous state lies inside the channel) of two
+    lanes over flat views; ``ga`` shares the index of g (time-varying a).
+
+    Same operations, in the same order, as the loop of :func:`_bwd2`, so the
+    results are bit-identical; flat indices save the address registers that
+    the 2-D version spills. Returns the carries and running sums.
+    """
+    a0 = _u(ia0)
+    a1 = _u(ia1)
+    b0 = _u(ib0)
+    b1 = _u(ib1)
+    if desc:
+        for i in range(_u(n)):
+            t0 = b0 - i
+            t1 = b1 - i
+            y0 = fgh[t0]
+            y1 = fgh[t1]
+            g0 = y0 + k0
+            g1 = y1 + k1
+            fg[t0] = g0
+            fg[t1] = g1
+            e0 = g0 * fh[t0 - _u(1)]
+            e1 = g1 * fh[t1 - _u(1)]
+            fga[t0] = e0
+            fga[t1] = e1
+            s0 += e0
+            s1 += e1
+            w0 = fa[a0 - i]
+            w1 = fa[a1 - i]
+            k0 = w0 * k0 + w0 * y0
+            k1 = w1 * k1 + w1 * y1
+    else:
+        for i in range(_u(n)):
+            t0 = b0 + i
+            t1 = b1 + i
+            y0 = fgh[t0]
+            y1 = fgh[t1]
+            g0 = y0 + k0
+            g1 = y1 + k1
+            fg[t0] = g0
+            fg[t1] = g1
+            e0 = g0 * fh[t0 + _u(1)]
+            e1 = g1 * fh[t1 + _u(1)]
+            fga[t0] = e0
+            fga[t1] = e1
+            s0 += e0
+            s1 += e1
+            w0 = fa[a0 + i]
+            w1 = fa[a1 + i]
+            k0 = w0 * k0 + w0 * y0
+            k1 = w1 * k1 + w1 * y1
+    return k0, k1, s0, s1
+
+
+@jit
+def _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc):
+    """:func:`_bwd_lanes2` with constant-in-time a (``fa[ia_k]``, re-read every step
+    as in :func:`_lanes4_const`) and ga written to a scratch slot ``fga[ig_k]``."""
+    a0 = _u(ia0)
+    a1 = _u(ia1)
+    q0 = _u(ig0)
+    q1 = _u(ig1)
+    b0 = _u(ib0)
+    b1 = _u(ib1)
+    if desc:
+        for i in range(_u(n)):
+            t0 = b0 - i
+            t1 = b1 - i
+            y0 = fgh[t0]
+            y1 = fgh[t1]
+            g0 = y0 + k0
+            g1 = y1 + k1
+            fg[t0] = g0
+            fg[t1] = g1
+            e0 = g0 * fh[t0 - _u(1)]
+            e1 = g1 * fh[t1 - _u(1)]
+            fga[q0] = e0
+            fga[q1] = e1
+            s0 += e0
+            s1 += e1
+            w0 = fa[a0]
+            w1 = fa[a1]
+            k0 = w0 * k0 + w0 * y0
+            k1 = w1 * k1 + w1 * y1
+    else:
+        for i in range(_u(n)):
+            t0 = b0 + i
+            t1 = b1 + i
+            y0 = fgh[t0]
+            y1 = fgh[t1]
+            g0 = y0 + k0
+            g1 = y1 + k1
+            fg[t0] = g0
+            fg[t1] = g1
+            e0 = g0 * fh[t0 + _u(1)]
+            e1 = g1 * fh[t1 + _u(1)]
+            fga[q0] = e0
+            fga[q1] = e1
+            s0 += e0
+            s1 += e1
+            w0 = fa[a0]
+            w1 = fa[a1]
+            k0 = w0 * k0 + w0 * y0
+            k1 = w1 * k1 + w1 * y1
+    return k0, k1, s0, s1
+
+
+@jit
+def _bwd_slot_lane(k, first, cs, qs, left, ks, ss, L, La, astep, arow, desc):
+    """Flat indices (a, ga, g) and carry/sum of lane ``k``; an idle slot repeats
+    slot ``first`` (its writes are equal, its results are dropped)."""
+    j = k if left[k] > 0 and qs[k] >= 0 else first
+    c = cs[j]
+    t = L - 1 - qs[j] if desc else qs[j]
+    return arow[c] * La + t * astep, c * La + t * astep, c * L + t, ks[j], ss[j]
+
+
+@jit
+def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc, stagger, zero,
+               cs, qs, left, ks, ss):
+    """Channels [lo, hi) of one thread as ``NSLOT_BWD`` staggered slots (as in
+    :func:`_fwd_slots`). A channel's last step in walk order, whose previous state
+    is h0, is run by :func:`_bwd2` itself (n = 1), so that its FMA split (complex
+    products) is the serial kernel's."""
+    L = g.shape[1]
+    fa = a.reshape(a.size)
+    fh = h.reshape(h.size)
+    fgh = gh.reshape(gh.size)
+    fg = g.reshape(g.size)
+    fga = ga.reshape(ga.size)
+    m = hi - lo
+    per = (m + NSLOT_BWD - 1) // NSLOT_BWD
+    dc = -1 if desc else 1
+    La = L if astep else 1
+    tl = 0 if desc else L - 1  # time of a channel's last step in walk order
+    start_0 = 0
+    for k in range(NSLOT_BWD):
+        first_c = min(hi, lo + k * per)
+        left[k] = max(0, min(hi, first_c + per) - first_c)
+        cs[k] = first_c + left[k] - 1 if desc else first_c
+        start = cs[k] * L + (L - 1 if desc else 0)
+        if k == 0:
+            start_0 = start
+        qs[k] = -_slot_delay(k, NSLOT_BWD, start, start_0, g.itemsize, desc) if stagger and left[k] > 0 else 0
+        if left[k] > 0:
+            ks[k] = gfinal[cs[k]]
+            ss[k] = zero
+    while True:
+        for k in range(NSLOT_BWD):
+            while left[k] > 0 and qs[k] == L - 1:
+                c = cs[k]
+                kf, _, e, _ = _bwd2(a, astep, arow[c], arow[c], h, h0[c], h0[c], gh, c, c, g, ga, ks[k], ks[k],
+                                    tl, tl, 1, desc, L, zero)
+                gh0[c] = kf
+                gsum[c] = ss[k] + e
+                left[k] -= 1
+                cs[k] += dc
+                qs[k] = 0
+                if left[k] > 0:
+                    ks[k] = gfinal[cs[k]]
+                    ss[k] = zero
+        n = 0
+        first = -1
+        for k in range(NSLOT_BWD):
+            if left[k] > 0:
+                q = qs[k]
+                d = -q if q < 0 else L - 1 - q  # steps to its start, or its regular steps left
+                n = d if n == 0 else min(n, d)
+                if q >= 0 and first < 0:
+                    first = k
+        if n == 0:
+            return
+        if first >= 0:
+            ia0, ig0, ib0, k0, s0 = _bwd_slot_lane(0, first, cs, qs, left, ks, ss, L, La, astep, arow, desc)
+            ia1, ig1, ib1, k1, s1 = _bwd_slot_lane(1, first, cs, qs, left, ks, ss, L, La, astep, arow, desc)
+            if astep:
+                r = _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc)
+            else:
+                r = _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc)
+            for k in range(NSLOT_BWD):
+                if left[k] > 0 and qs[k] >= 0:
+                    ks[k] = r[k]
+                    ss[k] = r[k + 2]
+        for k in range(NSLOT_BWD):
+            if left[k] > 0:
+                qs[k] += n
+
+
 @jit(parallel=True)
-def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero):
-    for pair in prange((g.shape[0] + 1) // 2):
-        _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, pair, desc, zero)
+def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero):
+    C = g.shape[0]
+    for it in prange(nitem):
+        cs = np.empty(NSLOT_BWD, np.int64)
+        qs = np.empty(NSLOT_BWD, np.int64)
+        left = np.empty(NSLOT_BWD, np.int64)
+        ks = np.empty(NSLOT_BWD, g.dtype)
+        ss = np.empty(NSLOT_BWD, g.dtype)
+        _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, it * C // nitem, (it + 1) * C // nitem, desc,
+                   stagger, zero, cs, qs, left, ks, ss)
 
 
 @jit
@@ -676,6 +1079,18 @@ def _chunking(C: int, L: int, itemsize: int) -> tuple[int, int]:
     return nchunk, min(window, max(L, 1))
 
 
+def _slotting(C: int, L: int, itemsize: int, nslot: int = NSLOT) -> tuple[int, bool]:
+    """(channel ranges, stagger?) for the channel path.
+
+    One contiguous range per thread, but at least two channels per range. The
+    staggered start costs a slot up to ``SET_SPAN`` bytes of idle steps, so it is
+    used only when a slot has at least 8x that much work.
+    """
+    nitem = max(1, min(numba.get_num_threads(), C // 2))
+    per_slot = -(-(C // nitem) // nslot) * L  # steps of one slot, about
+    return nitem, per_slot * itemsize >= 8 * SET_SPAN
+
+
 def _units(dtype: np.dtype) -> tuple[np.generic, np.generic]:
     """1 and 0 as scalars of ``dtype`` (typed kernel constants: a Python 0 would
     promote float32 arithmetic to float64)."""
@@ -710,7 +1125,12 @@ def scan_fwd(
     if which == "serial":
         _fwd_serial(a, astep, arow, b, h0, out, reverse)
     elif which == "channels":
-        _fwd_channels(a, astep, arow, b, h0, out, reverse)
+        if not out.flags.c_contiguous:
+            raise ValueError("scan_fwd: out must be C-contiguous (the channel path writes it through a flat view)")
+        nitem, stagger = _slotting(C, L, b.itemsize)
+        _fwd_channels(
+            a.reshape(-1), astep, arow, b.reshape(-1), h0, out.reshape(-1), L, reverse, nitem, b.itemsize, stagger
+        )
     else:
         nchunk, window = _chunking(C, L, b.itemsize)
         one, zero = _units(b.dtype)
@@ -745,7 +1165,9 @@ def scan_bwd(
     if which == "serial":
         _bwd_serial(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero)
     elif which == "channels":
-        _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero)
+        nitem, stagger = _slotting(C, L, gh.itemsize, NSLOT_BWD)
+        a, h, gh = (np.ascontiguousarray(x) for x in (a, h, gh))  # flat views inside (no-ops when contiguous)
+        _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero)
     else:
         nchunk, window = _chunking(C, L, gh.itemsize)
         _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchunk, window, gh.itemsize, one, zero)
