@@ -169,7 +169,9 @@ def _to_input(g: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndar
     return np.array(g, dtype=dtype, copy=None, order="C")
 
 
-def _linear_scan_bwd(res: Any, cotangent: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _linear_scan_bwd(
+    res: Any, cotangent: Any, needs: tuple[bool, bool, bool] = (True, True, True)
+) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     p, h2, reverse, with_final, which = res
     gh, gfinal = cotangent if with_final else (cotangent, None)
     C, L = h2.shape
@@ -183,11 +185,12 @@ def _linear_scan_bwd(res: Any, cotangent: Any) -> tuple[np.ndarray, np.ndarray, 
     gh2 = prep(gh, p.out_shape).reshape(C, L)
     gf = np.zeros(C, dtype=p.dtype) if gfinal is None else prep(gfinal, p.out_shape[:-1]).reshape(C)
     k = kernels(which, "scan")
-    g, ga, gh0 = k.scan_bwd(p.a_rows, p.arow, h2, p.h0_flat, gh2, gf, reverse)
+    # Without a's gradient the kernel neither reads the states h nor writes ga (3 streams instead of 5).
+    g, ga, gh0 = k.scan_bwd(p.a_rows, p.arow, h2, p.h0_flat, gh2, gf, reverse, need_a=needs[0])
     lead = p.out_shape[:-1]
-    grad_a = _to_input(ga.reshape(lead + (ga.shape[1],)), p.a_shape, p.a_dtype)
-    grad_b = _to_input(g.reshape(p.out_shape), p.b_shape, p.b_dtype)
-    grad_h0 = None if p.h0_shape is None else _to_input(gh0.reshape(lead), p.h0_shape, p.h0_dtype)
+    grad_a = None if ga is None else _to_input(ga.reshape(lead + (ga.shape[1],)), p.a_shape, p.a_dtype)
+    grad_b = _to_input(g.reshape(p.out_shape), p.b_shape, p.b_dtype) if needs[1] else None
+    grad_h0 = None if (p.h0_shape is None or not needs[2]) else _to_input(gh0.reshape(lead), p.h0_shape, p.h0_dtype)
     return grad_a, grad_b, grad_h0
 
 

@@ -55,6 +55,7 @@ def test_needs_of_the_wrong_length():
 def test_separable_backwards_declare_needs():
     """The ops whose backward skips unneeded gradients (documented in docs/gradients.md)."""
     assert ssmcore.get_op("fft_conv").bwd_takes_needs
+    assert ssmcore.get_op("linear_scan").bwd_takes_needs
 
 
 def test_torch_passes_needs_input_grad_to_the_core(monkeypatch):
@@ -80,3 +81,24 @@ def test_torch_passes_needs_input_grad_to_the_core(monkeypatch):
     expected = ssmcore.vjp("fft_conv", u.numpy(), K.detach().numpy(), D.detach().numpy())[1](np.ones((2, 3, 64)))
     np.testing.assert_allclose(K.grad.numpy(), expected[1], rtol=1e-12)
     np.testing.assert_allclose(D.grad.numpy(), expected[2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("path", ["serial", "channels", "chunked"])
+@pytest.mark.parametrize("dtype", [np.float32, np.complex128])
+@pytest.mark.parametrize("const_a", [False, True])
+def test_linear_scan_kernel_without_a_gradient(path, dtype, const_a):
+    """need_a=False: ga is None; g and gh0 are bit-identical to the full backward's."""
+    from ssmcore.backends.numba import scan as nbscan
+
+    rng = np.random.default_rng(2)
+    C, L = 5, 3000
+    a = rng.uniform(0.5, 1.0, (C, 1 if const_a else L)).astype(dtype)
+    b, gh = (rng.standard_normal((C, L)).astype(dtype) for _ in range(2))
+    arow, h0, gf = np.arange(C), rng.standard_normal(C).astype(dtype), rng.standard_normal(C).astype(dtype)
+    for reverse in (False, True):
+        h = nbscan.scan_fwd(a, arow, b, h0, reverse, path=path)
+        g, ga, gh0 = nbscan.scan_bwd(a, arow, h, h0, gh, gf, reverse, path=path)
+        g2, ga2, gh02 = nbscan.scan_bwd(a, arow, h, h0, gh, gf, reverse, path=path, need_a=False)
+        assert ga2 is None and ga is not None
+        np.testing.assert_array_equal(g2, g)
+        np.testing.assert_array_equal(gh02, gh0)

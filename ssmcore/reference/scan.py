@@ -62,7 +62,8 @@ def scan_bwd(
     gfinal: np.ndarray,
     reverse: bool,
     path: str = "auto",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    need_a: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Pull cotangents back through :func:`scan_fwd`.
 
     Parameters
@@ -80,7 +81,7 @@ def scan_bwd(
         Gradient for ``b`` (the adjoint states).
     ga : (C, La)
         Gradient for ``a`` per channel: ``g_t h_prev_t``, summed over time when
-        ``La == 1`` (constant-in-time coefficients).
+        ``La == 1`` (constant-in-time coefficients). None if ``need_a`` is False.
     gh0 : (C,)
         Gradient for ``h0``.
     """
@@ -101,4 +102,4 @@ def scan_bwd(
         else:
             ga[:, 0] += g_t * h_prev
         carry = a_t * g_t
-    return g, ga, carry
+    return g, (ga if need_a else None), carry

@@ -555,7 +555,7 @@ def _fwd_chunked(a, astep, arow, b, h0, out, desc, nchunk, window, itemsize, one
 
 
 @jit
-def _bwd2(a, astep, ra0, ra1, h, hz0, hz1, gh, c0, c1, g, ga, k0, k1, s0, s1, n, desc, L, zero):
+def _bwd2(a, astep, ra0, ra1, h, hz0, hz1, gh, c0, c1, g, ga, k0, k1, s0, s1, n, desc, L, zero, with_ga=True):
     """Fused adjoint of two interleaved spans (see reference ``scan_bwd``).
 
     ``k`` is the carry a_{next} g_{next}. ``desc`` means the backward walks time
@@ -574,44 +574,66 @@ def _bwd2(a, astep, ra0, ra1, h, hz0, hz1, gh, c0, c1, g, ga, k0, k1, s0, s1, n,
     o0 = s0 + n - 1 if desc else s0
     o1 = s1 + n - 1 if desc else s1
     us = _u(astep)
-    for i in range(n - 1):
-        j = d * i
-        t0 = _u(o0 + j)
-        t1 = _u(o1 + j)
-        p0 = _u(o0 + j + d)  # the previous state, always inside the array here
-        p1 = _u(o1 + j + d)
-        y0 = gh[c0, t0]
-        y1 = gh[c1, t1]
-        g0 = y0 + k0
-        g1 = y1 + k1
-        g[c0, t0] = g0
-        g[c1, t1] = g1
-        e0 = g0 * h[c0, p0]
-        e1 = g1 * h[c1, p1]
-        ga[c0, t0 * us] = e0
-        ga[c1, t1 * us] = e1
-        acc0 += e0
-        acc1 += e1
-        w0 = a[ra0, t0 * us]
-        w1 = a[ra1, t1 * us]
-        k0 = w0 * k0 + w0 * y0  # = a g, as one FMA on the dependency chain
-        k1 = w1 * k1 + w1 * y1
+    if with_ga:
+        for i in range(n - 1):
+            j = d * i
+            t0 = _u(o0 + j)
+            t1 = _u(o1 + j)
+            p0 = _u(o0 + j + d)  # the previous state, always inside the array here
+            p1 = _u(o1 + j + d)
+            y0 = gh[c0, t0]
+            y1 = gh[c1, t1]
+            g0 = y0 + k0
+            g1 = y1 + k1
+            g[c0, t0] = g0
+            g[c1, t1] = g1
+            e0 = g0 * h[c0, p0]
+            e1 = g1 * h[c1, p1]
+            ga[c0, t0 * us] = e0
+            ga[c1, t1 * us] = e1
+            acc0 += e0
+            acc1 += e1
+            w0 = a[ra0, t0 * us]
+            w1 = a[ra1, t1 * us]
+            k0 = w0 * k0 + w0 * y0  # = a g, as one FMA on the dependency chain
+            k1 = w1 * k1 + w1 * y1
+    else:  # a separate loop, not a branch in the one above: that changed how LLVM fused its products
+        for i in range(n - 1):
+            j = d * i
+            t0 = _u(o0 + j)
+            t1 = _u(o1 + j)
+            y0 = gh[c0, t0]
+            y1 = gh[c1, t1]
+            g0 = y0 + k0
+            g1 = y1 + k1
+            g[c0, t0] = g0
+            g[c1, t1] = g1
+            w0 = a[ra0, t0 * us]
+            w1 = a[ra1, t1 * us]
+            k0 = w0 * k0 + w0 * y0
+            k1 = w1 * k1 + w1 * y1
     # the last step of each lane, where the previous state may be h0
     v0 = o0 + d * (n - 1)
     v1 = o1 + d * (n - 1)
-    q0 = h[c0, _u(v0 + d)] if 0 <= v0 + d < L else hz0
-    q1 = h[c1, _u(v1 + d)] if 0 <= v1 + d < L else hz1
+    if with_ga:
+        q0 = h[c0, _u(v0 + d)] if 0 <= v0 + d < L else hz0
+        q1 = h[c1, _u(v1 + d)] if 0 <= v1 + d < L else hz1
+        g0 = gh[c0, _u(v0)] + k0
+        g1 = gh[c1, _u(v1)] + k1
+        g[c0, _u(v0)] = g0
+        g[c1, _u(v1)] = g1
+        e0 = g0 * q0
+        e1 = g1 * q1
+        ga[c0, _u(v0 * astep)] = e0
+        ga[c1, _u(v1 * astep)] = e1
+        k0 = a[ra0, _u(v0 * astep)] * g0
+        k1 = a[ra1, _u(v1 * astep)] * g1
+        return k0, k1, acc0 + e0, acc1 + e1
     g0 = gh[c0, _u(v0)] + k0
     g1 = gh[c1, _u(v1)] + k1
     g[c0, _u(v0)] = g0
     g[c1, _u(v1)] = g1
-    e0 = g0 * q0
-    e1 = g1 * q1
-    ga[c0, _u(v0 * astep)] = e0
-    ga[c1, _u(v1 * astep)] = e1
-    k0 = a[ra0, _u(v0 * astep)] * g0
-    k1 = a[ra1, _u(v1 * astep)] * g1
-    return k0, k1, acc0 + e0, acc1 + e1
+    return a[ra0, _u(v0 * astep)] * g0, a[ra1, _u(v1 * astep)] * g1, acc0, acc1
 
 
 @jit
@@ -647,12 +669,13 @@ def _bwd_summary2(a, astep, ra0, ra1, gh, c0, c1, s0, s1, n, desc, one, zero):
 
 
 @jit
-def _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, pair, desc, zero):
+def _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, pair, desc, zero, with_ga):
     C, L = g.shape
     c0 = 2 * pair
     c1 = min(c0 + 1, C - 1)
     k0, k1, s0, s1 = _bwd2(
-        a, astep, arow[c0], arow[c1], h, h0[c0], h0[c1], gh, c0, c1, g, ga, gfinal[c0], gfinal[c1], 0, 0, L, desc, L, zero
+        a, astep, arow[c0], arow[c1], h, h0[c0], h0[c1], gh, c0, c1, g, ga, gfinal[c0], gfinal[c1], 0, 0, L, desc, L,
+        zero, with_ga,
     )
     gh0[c0] = k0
     gh0[c1] = k1
@@ -661,16 +684,16 @@ def _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, p
 
 
 @jit
-def _bwd_serial(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero):
+def _bwd_serial(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero, with_ga):
     for pair in range((g.shape[0] + 1) // 2):
-        _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, pair, desc, zero)
+        _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, pair, desc, zero, with_ga)
 
 
 # ---- channel path: two staggered slots per thread (see the module docstring)
 
 
 @jit
-def _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc):
+def _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga):
     """n regular adjoint steps (the previous state lies inside the channel) of two
     lanes over flat views; ``ga`` shares the index of g (time-varying a).
 
@@ -692,12 +715,13 @@ def _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, des
             g1 = y1 + k1
             fg[t0] = g0
             fg[t1] = g1
-            e0 = g0 * fh[t0 - _u(1)]
-            e1 = g1 * fh[t1 - _u(1)]
-            fga[t0] = e0
-            fga[t1] = e1
-            s0 += e0
-            s1 += e1
+            if with_ga:
+                e0 = g0 * fh[t0 - _u(1)]
+                e1 = g1 * fh[t1 - _u(1)]
+                fga[t0] = e0
+                fga[t1] = e1
+                s0 += e0
+                s1 += e1
             w0 = fa[a0 - i]
             w1 = fa[a1 - i]
             k0 = w0 * k0 + w0 * y0
@@ -712,12 +736,13 @@ def _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, des
             g1 = y1 + k1
             fg[t0] = g0
             fg[t1] = g1
-            e0 = g0 * fh[t0 + _u(1)]
-            e1 = g1 * fh[t1 + _u(1)]
-            fga[t0] = e0
-            fga[t1] = e1
-            s0 += e0
-            s1 += e1
+            if with_ga:
+                e0 = g0 * fh[t0 + _u(1)]
+                e1 = g1 * fh[t1 + _u(1)]
+                fga[t0] = e0
+                fga[t1] = e1
+                s0 += e0
+                s1 += e1
             w0 = fa[a0 + i]
             w1 = fa[a1 + i]
             k0 = w0 * k0 + w0 * y0
@@ -726,7 +751,7 @@ def _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, des
 
 
 @jit
-def _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc):
+def _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga):
     """:func:`_bwd_lanes2` with constant-in-time a (``fa[ia_k]``, re-read every step
     as in :func:`_lanes4_const`) and ga written to a scratch slot ``fga[ig_k]``."""
     a0 = _u(ia0)
@@ -745,12 +770,13 @@ def _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1
             g1 = y1 + k1
             fg[t0] = g0
             fg[t1] = g1
-            e0 = g0 * fh[t0 - _u(1)]
-            e1 = g1 * fh[t1 - _u(1)]
-            fga[q0] = e0
-            fga[q1] = e1
-            s0 += e0
-            s1 += e1
+            if with_ga:
+                e0 = g0 * fh[t0 - _u(1)]
+                e1 = g1 * fh[t1 - _u(1)]
+                fga[q0] = e0
+                fga[q1] = e1
+                s0 += e0
+                s1 += e1
             w0 = fa[a0]
             w1 = fa[a1]
             k0 = w0 * k0 + w0 * y0
@@ -765,12 +791,13 @@ def _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1
             g1 = y1 + k1
             fg[t0] = g0
             fg[t1] = g1
-            e0 = g0 * fh[t0 + _u(1)]
-            e1 = g1 * fh[t1 + _u(1)]
-            fga[q0] = e0
-            fga[q1] = e1
-            s0 += e0
-            s1 += e1
+            if with_ga:
+                e0 = g0 * fh[t0 + _u(1)]
+                e1 = g1 * fh[t1 + _u(1)]
+                fga[q0] = e0
+                fga[q1] = e1
+                s0 += e0
+                s1 += e1
             w0 = fa[a0]
             w1 = fa[a1]
             k0 = w0 * k0 + w0 * y0
@@ -790,7 +817,7 @@ def _bwd_slot_lane(k, first, cs, qs, left, ks, ss, L, La, astep, arow, desc):
 
 @jit
 def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc, stagger, zero,
-               cs, qs, left, ks, ss):
+               cs, qs, left, ks, ss, with_ga):
     """Channels [lo, hi) of one thread as ``NSLOT_BWD`` staggered slots (as in
     :func:`_fwd_slots`). A channel's last step in walk order, whose previous state
     is h0, is run by :func:`_bwd2` itself (n = 1), so that its FMA split (complex
@@ -823,7 +850,7 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
             while left[k] > 0 and qs[k] == L - 1:
                 c = cs[k]
                 kf, _, e, _ = _bwd2(a, astep, arow[c], arow[c], h, h0[c], h0[c], gh, c, c, g, ga, ks[k], ks[k],
-                                    tl, tl, 1, desc, L, zero)
+                                    tl, tl, 1, desc, L, zero, with_ga)
                 gh0[c] = kf
                 gsum[c] = ss[k] + e
                 left[k] -= 1
@@ -847,9 +874,9 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
             ia0, ig0, ib0, k0, s0 = _bwd_slot_lane(0, first, cs, qs, left, ks, ss, L, La, astep, arow, desc)
             ia1, ig1, ib1, k1, s1 = _bwd_slot_lane(1, first, cs, qs, left, ks, ss, L, La, astep, arow, desc)
             if astep:
-                r = _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc)
+                r = _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga)
             else:
-                r = _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc)
+                r = _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga)
             for k in range(NSLOT_BWD):
                 if left[k] > 0 and qs[k] >= 0:
                     ks[k] = r[k]
@@ -860,7 +887,7 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
 
 
 @jit(parallel=True)
-def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero):
+def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero, with_ga):
     C = g.shape[0]
     for it in prange(nitem):
         cs = np.empty(NSLOT_BWD, np.int64)
@@ -869,7 +896,7 @@ def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nit
         ks = np.empty(NSLOT_BWD, g.dtype)
         ss = np.empty(NSLOT_BWD, g.dtype)
         _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, it * C // nitem, (it + 1) * C // nitem, desc,
-                   stagger, zero, cs, qs, left, ks, ss)
+                   stagger, zero, cs, qs, left, ks, ss, with_ga)
 
 
 @jit
@@ -1147,8 +1174,14 @@ def scan_bwd(
     gfinal: np.ndarray,
     reverse: bool,
     path: str = "auto",
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Fused backward: ``(g, ga, gh0)`` in one pass over memory (see the reference)."""
+    need_a: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """Fused backward: ``(g, ga, gh0)`` in one pass over memory (see the reference).
+
+    ``need_a=False`` returns ``ga = None`` and, on the serial and channel paths,
+    neither reads the states ``h`` nor writes ``ga`` (3 memory streams instead of
+    5); the chunked path computes it anyway.
+    """
     C, L = gh.shape
     La = a.shape[1]
     g = np.empty((C, L), dtype=gh.dtype)
@@ -1156,21 +1189,24 @@ def scan_bwd(
     gh0 = gfinal.copy()
     if C == 0 or L == 0:
         ga[...] = 0
-        return g, ga, gh0
+        return g, (ga if need_a else None), gh0
     gsum = np.empty(C, dtype=gh.dtype)
     which = choose_path(C, L, path)
     astep = _astep(a)
     one, zero = _units(gh.dtype)
     desc = not reverse  # the adjoint runs against the forward's direction
+    with_ga = bool(need_a)
     if which == "serial":
-        _bwd_serial(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero)
+        _bwd_serial(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero, with_ga)
     elif which == "channels":
         nitem, stagger = _slotting(C, L, gh.itemsize, NSLOT_BWD)
         a, h, gh = (np.ascontiguousarray(x) for x in (a, h, gh))  # flat views inside (no-ops when contiguous)
-        _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero)
+        _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero, with_ga)
     else:
         nchunk, window = _chunking(C, L, gh.itemsize)
         _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchunk, window, gh.itemsize, one, zero)
+    if not need_a:
+        return g, None, gh0
     if La == 1:
         ga[:, 0] = gsum  # the per-step products went to a scratch column; their sum is the gradient
     return g, ga, gh0
