@@ -32,11 +32,15 @@ class LinearScan:
         self.a = np.ascontiguousarray(a, dtype=dtype)
         self.b = np.ascontiguousarray(b, dtype=dtype)
         self.ct = np.ones(shape, dtype=dtype)
+        self.out = np.empty(shape, dtype=dtype)
         # compile (or load from Numba's cache) outside the timed region
         self.time_forward_backward(shape, dtype, a_kind)
 
     def time_forward(self, shape, dtype, a_kind):
         linear_scan(self.a, self.b)
+
+    def time_forward_into_out(self, shape, dtype, a_kind):
+        linear_scan(self.a, self.b, out=self.out)  # no fresh output: compare with the triad
 
     def time_forward_reverse(self, shape, dtype, a_kind):
         linear_scan(self.a, self.b, reverse=True)
@@ -44,6 +48,10 @@ class LinearScan:
     def time_forward_backward(self, shape, dtype, a_kind):
         _, pullback = ssmcore.vjp("linear_scan", self.a, self.b)
         pullback(self.ct)
+
+    def time_forward_backward_b_only(self, shape, dtype, a_kind):
+        _, pullback = ssmcore.vjp("linear_scan", self.a, self.b)
+        pullback(self.ct, needs=(False, True, False))  # a frozen: no h read, no ga written
 
     def peakmem_forward(self, shape, dtype, a_kind):
         linear_scan(self.a, self.b)

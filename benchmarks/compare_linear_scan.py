@@ -19,7 +19,16 @@ Candidates per (shape, dtype), time on the last axis:
 * ``jax``: ``jax.lax.associative_scan`` (jit-compiled, warmed), if JAX is installed.
 * ``numpy``: a NumPy loop over t. For long series it is timed on a prefix of the
   time axis and scaled linearly to L (marked ``*``): its cost per step is constant.
-* ``fwd+bwd``: ``ssmcore.vjp`` forward plus pullback, time-varying ``a``.
+* ``fwd+bwd``: ``ssmcore.vjp`` forward plus pullback, time-varying ``a``; ``fwd+bwd(b)``:
+  the same asking only for b's gradient (``needs``: a frozen), which skips reading h and
+  writing a's gradient.
+
+Fresh outputs: every call that returns a new large array pays for it in the allocator.
+glibc serves arrays above 32 MiB (and, depending on history, smaller ones) with a fresh
+``mmap`` whose pages are zeroed on first touch and unmapped on free (TLB shootdowns
+across threads); on a virtual machine that can cost more than the scan. The ``scan(out=)``
+column avoids it; so does, process-wide, ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=
+1073741824:glibc.malloc.trim_threshold=4294967296`` (freed memory is kept and reused).
 
 Usage::
 
@@ -126,6 +135,10 @@ def run_case(shape, dtype, reps, rng, with_jax=True, stat="median"):
         _, pullback = ssmcore.vjp("linear_scan", a, b)
         return pullback(ct)
 
+    def fwd_bwd_b():
+        _, pullback = ssmcore.vjp("linear_scan", a, b)
+        return pullback(ct, needs=(False, True, False))
+
     def lfilt():
         return [lfilter([1.0], [1.0, -a_lti[c, 0]], b[c]) for c in range(C)]
 
@@ -139,6 +152,7 @@ def run_case(shape, dtype, reps, rng, with_jax=True, stat="median"):
         "lfilter": lfilt,
         "numpy": lambda: _numpy_loop(a_np, b_np),
         "fwd+bwd": fwd_bwd,
+        "fwd+bwd(b)": fwd_bwd_b,
     }
     jx = _jax_scan(dtype) if with_jax else None
     if jx is not None:
@@ -181,6 +195,7 @@ def main(argv=None):
         f"{'shape':>16} {'dtype':>9} | {'triad':>8} {'scan':>8} {'BW/triad':>8} {'scan(out=)':>11} {'BW/triad':>8} |"
         f" {'scan_lti':>8} {'lfilter':>8}"
         f" {'x lfilt':>7} | {'jax':>8} {'x jax':>6} | {'numpy':>9} {'x numpy':>7} | {'fwd+bwd':>8} {'/fwd':>5}"
+        f" {'/fwd(b)':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -195,12 +210,14 @@ def main(argv=None):
                 f" {med['triad'] / med['scan']:8.2f} {ms['scan_out']:11.2f} {med['triad'] / med['scan_out']:8.2f} |"
                 f" {ms['scan_lti']:8.2f} {ms['lfilter']:8.2f}"
                 f" {med['lfilter'] / med['scan_lti']:7.1f} | {jax_t} | {ms['numpy']:8.1f}{star}"
-                f" {med['numpy'] / med['scan']:7.0f} | {ms['fwd+bwd']:8.2f} {med['fwd+bwd'] / med['scan']:5.2f}",
+                f" {med['numpy'] / med['scan']:7.0f} | {ms['fwd+bwd']:8.2f} {med['fwd+bwd'] / med['scan']:5.2f}"
+                f" {med['fwd+bwd(b)'] / med['scan']:7.2f}",
                 flush=True,
             )
     print("times in ms; BW/triad = triad time / scan time (same bytes: read a, read b, write h);")
     print("scan(out=) = linear_scan(a, b, out=buffer): no allocation and page faults of a fresh array;")
     print("x lfilt, x jax, x numpy = peer time / ssmcore time; /fwd = (forward + backward) / forward;")
+    print("/fwd(b) = the same with only b's gradient (a frozen: needs=(False, True, False));")
     print("* NumPy loop timed on a prefix of the time axis and scaled to L.")
 
 
