@@ -81,19 +81,13 @@ def _lead_h(fn: str, sizes: list[tuple[str, tuple[int, ...], int]]) -> int:
 
 
 def _diag_prepare(fn, A, B, C, dt, L, method, conj_sym, backend):
-    A = as_float_array(fn, "A", A, min_ndim=1, expected="(N,) or (H, N)")
-    B = as_float_array(fn, "B", B, min_ndim=1, expected="(N,) or (H, N)")
-    C = as_float_array(fn, "C", C, min_ndim=1, expected="(N,), (H, N) or (C_out, H, N)")
+    A = as_float_array(fn, "A", A, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)")
+    B = as_float_array(fn, "B", B, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)")
+    C = as_float_array(fn, "C", C, min_ndim=1, max_ndim=3, expected="(N,), (H, N) or (C_out, H, N)")
     dt_in = dt
     dt = check_dt(fn, dt)
     L = _check_L(fn, L)
     method = check_choice(fn, "method", method, DIAG_METHODS)
-    if A.ndim > 2:
-        raise shape_error(fn, "A", A.shape, "(N,) or (H, N)")
-    if B.ndim > 2:
-        raise shape_error(fn, "B", B.shape, "(N,) or (H, N)")
-    if C.ndim > 3:
-        raise shape_error(fn, "C", C.shape, "(N,), (H, N) or (C_out, H, N)")
     if dt.ndim > 2:
         raise shape_error(fn, "dt", dt.shape, "a scalar, (H,) or (H, N)")
     N = A.shape[-1]
@@ -281,21 +275,13 @@ def ssm_kernel_diag(
 
 
 def _dplr_prepare(fn, Lambda, P, B, C, dt, L, backend):
-    lam = as_float_array(fn, "Lambda", Lambda, min_ndim=1, expected="(N,) or (H, N)")
-    P = as_float_array(fn, "P", P, min_ndim=2, expected="(rank, N) or (rank, H, N)")
-    B = as_float_array(fn, "B", B, min_ndim=1, expected="(N,) or (H, N)")
-    C = as_float_array(fn, "C", C, min_ndim=1, expected="(N,), (H, N) or (C_out, H, N)")
+    lam = as_float_array(fn, "Lambda", Lambda, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)")
+    P = as_float_array(fn, "P", P, min_ndim=2, max_ndim=3, expected="(rank, N) or (rank, H, N)")
+    B = as_float_array(fn, "B", B, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)")
+    C = as_float_array(fn, "C", C, min_ndim=1, max_ndim=3, expected="(N,), (H, N) or (C_out, H, N)")
     dt_in = dt
     dt = check_dt(fn, dt)
     L = _check_L(fn, L)
-    if lam.ndim > 2:
-        raise shape_error(fn, "Lambda", lam.shape, "(N,) or (H, N)")
-    if P.ndim > 3:
-        raise shape_error(fn, "P", P.shape, "(rank, N) or (rank, H, N)")
-    if B.ndim > 2:
-        raise shape_error(fn, "B", B.shape, "(N,) or (H, N)")
-    if C.ndim > 3:
-        raise shape_error(fn, "C", C.shape, "(N,), (H, N) or (C_out, H, N)")
     if dt.ndim > 1:
         raise shape_error(fn, "dt", dt.shape, "a scalar or (H,) (one step per channel)")
     N = lam.shape[-1]
@@ -674,9 +660,9 @@ def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = No
 
 def _conv_prepare(fn, u, K, D, bidirectional, workers, backend):
     u = as_float_array(fn, "u", u, complex_ok=False, min_ndim=1, expected="(..., H, L)")
-    K = as_float_array(fn, "K", K, complex_ok=False, min_ndim=1, expected="(L_k,), (H, L_k) or (C_out, H, L_k)")
-    if K.ndim > 3:
-        raise shape_error(fn, "K", K.shape, "(L_k,), (H, L_k) or (C_out, H, L_k)")
+    K = as_float_array(
+        fn, "K", K, complex_ok=False, min_ndim=1, max_ndim=3, expected="(L_k,), (H, L_k) or (C_out, H, L_k)"
+    )
     Dn = None
     if D is not None:
         Dn = as_float_array(fn, "D", D, complex_ok=False)

@@ -45,6 +45,7 @@ def as_float_array(
     complex_ok: bool = True,
     integer_ok: bool = False,
     min_ndim: int = 0,
+    max_ndim: int | None = None,
     expected: str | None = None,
 ) -> np.ndarray:
     """Convert ``x`` to a floating (or complex) NumPy array, refusing other dtypes.
@@ -53,6 +54,8 @@ def as_float_array(
     no dtype intent). NumPy arrays of integer or boolean dtype are refused unless
     ``integer_ok`` (used by the ``scipy.signal`` drop-ins, which accept them).
     float16 is upcast to float32. Object and string dtypes are always refused.
+    Fewer than ``min_ndim`` or more than ``max_ndim`` dimensions raise the
+    standard shape error, naming ``expected``.
     """
     typed_input = isinstance(x, np.ndarray) or (hasattr(x, "dtype") and not isinstance(x, (list, tuple)))
     if x is None:
@@ -87,6 +90,8 @@ def as_float_array(
         )
     if arr.ndim < min_ndim:
         raise shape_error(fn, name, arr.shape, expected or f"at least {min_ndim} dimensions")
+    if max_ndim is not None and arr.ndim > max_ndim:
+        raise shape_error(fn, name, arr.shape, expected or f"at most {max_ndim} dimensions")
     return arr
 
 
