@@ -226,14 +226,13 @@ def _conj(x: np.ndarray) -> np.ndarray:
 def _grads_to_torch(
     rec: _Record, grads: tuple, arrays: list[np.ndarray | None], avoid: list, need: list[bool] | None = None
 ) -> list[Any]:
-    """Core gradients (JAX convention) -> torch gradients, one per parameter (None if no array).
+    """Core gradients (JAX convention; ``OpDef.backward`` checked their count) -> torch
+    gradients, one per parameter (None if no array).
 
     The gradients never alias ``avoid`` (the NumPy inputs and cotangents) or each other.
     ``need`` (one flag per parameter; default all): parameters whose gradient is
     not wanted get None without any conversion.
     """
-    if len(grads) != len(rec.opdef.inputs):  # a bug in the op's bwd, not in the caller's input
-        raise RuntimeError(f"{rec.opdef.name}: backward returned {len(grads)} gradients for inputs {rec.opdef.inputs}")
     out: list[Any] = []
     where: list[int] = []
     flat: list[np.ndarray] = []
@@ -409,7 +408,7 @@ class _EagerFunction(_torch.autograd.Function):
             if n and gi is not None:
                 need[i] = needs[gi] = True
         grads = rec.opdef.backward(ctx.res, _unflatten_output(cts), tuple(needs))
-        tgrads = _grads_to_torch(rec, tuple(grads), ctx.np_arrays, [*ctx.np_arrays, *cts], need)
+        tgrads = _grads_to_torch(rec, grads, ctx.np_arrays, [*ctx.np_arrays, *cts], need)
         return (None, None, None, *[tgrads[i] for i in ctx.where])
 
 
