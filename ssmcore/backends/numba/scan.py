@@ -1185,13 +1185,13 @@ def scan_bwd(
     C, L = gh.shape
     La = a.shape[1]
     g = np.empty((C, L), dtype=gh.dtype)
-    ga = np.empty((C, La), dtype=gh.dtype)
     gh0 = gfinal.copy()
     if C == 0 or L == 0:
-        ga[...] = 0
-        return g, (ga if need_a else None), gh0
+        return g, (np.zeros((C, La), dtype=gh.dtype) if need_a else None), gh0
     gsum = np.empty(C, dtype=gh.dtype)
     which = choose_path(C, L, path)
+    # Without a's gradient the serial and channel kernels never touch ga: give them an empty one.
+    ga = np.empty((C, La if (need_a or which == "chunked") else 0), dtype=gh.dtype)
     astep = _astep(a)
     one, zero = _units(gh.dtype)
     desc = not reverse  # the adjoint runs against the forward's direction
