@@ -288,6 +288,17 @@ def cauchy_sums(num: np.ndarray, mu: np.ndarray, one_minus_w: np.ndarray, one_pl
     return out
 
 
+@jit
+def _recip_and_b_over_square(d_r, d_i, b_r, b_i):
+    """(1/d, b/d^2) for complex d and b, in real arithmetic: b/d^2 = (b/d)(1/d)."""
+    s = 1.0 / (d_r * d_r + d_i * d_i)
+    u_r = d_r * s
+    u_i = -d_i * s
+    v_r = b_r * u_r - b_i * u_i
+    v_i = b_r * u_i + b_i * u_r
+    return u_r, u_i, v_r * u_r - v_i * u_i, v_r * u_i + v_i * u_r
+
+
 @jit(parallel=True)
 def _cauchy_bwd(nr, ni, mr, mi, amr, ami, apr, api, sb, gnr, gni, gmr, gmi):
     """Transposed Cauchy sums: frequencies outer, modes inner (vectorised over modes).
@@ -318,29 +329,13 @@ def _cauchy_bwd(nr, ni, mr, mi, amr, ami, apr, api, sb, gnr, gni, gmr, gmi):
             for i in range(N):
                 m_r = mr[h, i]
                 m_i = mi[h, i]
-                d_r = a_r - (b_r * m_r - b_i * m_i)
-                d_i = a_i - (b_r * m_i + b_i * m_r)
-                s = 1.0 / (d_r * d_r + d_i * d_i)
-                u_r = d_r * s
-                u_i = -d_i * s
-                ir[i] = u_r
-                ii[i] = u_i
-                # b / d^2 = (b / d) (1 / d)
-                v_r = b_r * u_r - b_i * u_i
-                v_i = b_r * u_i + b_i * u_r
-                pr[i] = v_r * u_r - v_i * u_i
-                pim[i] = v_r * u_i + v_i * u_r
-                e_r = a_r - (b_r * m_r + b_i * m_i)
-                e_i = a_i - (b_i * m_r - b_r * m_i)
-                s = 1.0 / (e_r * e_r + e_i * e_i)
-                u_r = e_r * s
-                u_i = -e_i * s
-                jr[i] = u_r
-                ji[i] = u_i
-                v_r = b_r * u_r - b_i * u_i
-                v_i = b_r * u_i + b_i * u_r
-                qr[i] = v_r * u_r - v_i * u_i
-                qi[i] = v_r * u_i + v_i * u_r
+                # d = a - b mu and its conjugate-mode twin e = a - b conj(mu)
+                ir[i], ii[i], pr[i], pim[i] = _recip_and_b_over_square(
+                    a_r - (b_r * m_r - b_i * m_i), a_i - (b_r * m_i + b_i * m_r), b_r, b_i
+                )
+                jr[i], ji[i], qr[i], qi[i] = _recip_and_b_over_square(
+                    a_r - (b_r * m_r + b_i * m_i), a_i - (b_i * m_r - b_r * m_i), b_r, b_i
+                )
             for m in range(M):
                 g = sb[h, m, k]
                 g_r = g.real
