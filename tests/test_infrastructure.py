@@ -147,6 +147,38 @@ def test_vjp_errors():
         register_op("_bad", fwd=_square_fwd, bwd=_square_bwd, inputs=("y",))(_square)
 
 
+# ---------------------------------------------------------------- adapter call planning
+def test_planned_calls_pass_what_they_can_positionally_and_options_by_name():
+    """plan.bind_options / call_in_order: the same call as core_call, whatever the parameter kinds."""
+    import inspect
+
+    from ssmcore.adapters import plan
+    from ssmcore.registry import OpDef
+
+    def fn(a, /, b, c=None, *, mode="x", k=1):
+        return (a, b, c, mode, k)
+
+    def fwd(a, b, c=None, *, mode="x", k=1):  # keyword-or-positional where fn is positional-only
+        return fn(a, b, c, mode=mode, k=k), None
+
+    def fwd_renamed(a, bb, c=None, *, mode="x", k=1):  # a different name stops the positional run
+        raise AssertionError("only inspected")
+
+    def forwarder(*args, **kwargs):
+        return fn(*args, **kwargs)
+
+    op = OpDef("_plan_test", fn, fwd, None, ("a", "b", "c"), inspect.signature(fn))
+    assert plan.n_positional(op, fn) == 3
+    assert plan.n_positional(op, fwd) == 3
+    assert plan.n_positional(op, fwd_renamed) == 1
+    assert plan.n_positional(op, forwarder) == 3
+    present = (True, False, True, False, False)
+    options = {"b": 2.0, "mode": "y", "k": 5}
+    for f in (fn, forwarder):
+        call = plan.bind_options(op, f, present, options)
+        assert call("A", "C") == plan.core_call(op, f, ["A", None, "C", None, None], options) == ("A", 2.0, "C", "y", 5)
+
+
 # ---------------------------------------------------------------- import hygiene
 def test_import_is_light():
     """`import ssmcore` must not import numba, scipy or any framework (nothing compiles)."""

@@ -33,6 +33,7 @@ from ..registry import OpDef, get_op, list_ops
 
 __all__ = [
     "OP_MODULES",
+    "bind_options",
     "call_in_order",
     "core_call",
     "decode_options",
@@ -42,7 +43,7 @@ __all__ = [
     "load_op",
     "load_all_ops",
     "make_wrapper",
-    "n_positional_only",
+    "n_positional",
     "split_values",
     "unflatten_output",
 ]
@@ -213,19 +214,60 @@ def decode_options(encoded: str) -> dict[str, Any]:
     return dict(_literal(ast.parse(encoded, mode="eval").body))
 
 
-def n_positional_only(opdef: OpDef) -> int:
-    """How many leading parameters of the op are positional-only (see :func:`call_in_order`)."""
-    return sum(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in opdef.signature.parameters.values())
+def n_positional(opdef: OpDef, fn: Callable[..., Any]) -> int:
+    """How many leading parameters of the op ``fn`` takes positionally (see :func:`call_in_order`).
 
-
-def call_in_order(fn: Callable[..., Any], names: Sequence[str], n_posonly: int, values: Sequence[Any]) -> Any:
-    """``fn`` called with ``values`` in signature order: the first ``n_posonly`` positionally, the rest by name.
-
-    The same call as :func:`core_call` makes, without splitting and merging options.
+    ``fn`` is the op's public function, its ``fwd``, or a ``*args`` forwarder
+    such as ``functools.partial(ssmcore.vjp, name)``: a leading parameter
+    counts if ``fn`` has a positional parameter of that name at that place, or
+    a ``*args`` there or before.
     """
-    if n_posonly:
-        return fn(*values[:n_posonly], **dict(zip(names[n_posonly:], values[n_posonly:])))
-    return fn(**dict(zip(names, values)))
+    mine = list(inspect.signature(fn).parameters.values())
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    n = 0
+    star = False
+    for k, p in enumerate(opdef.signature.parameters.values()):
+        if p.kind not in positional:
+            break
+        star = star or (k < len(mine) and mine[k].kind is inspect.Parameter.VAR_POSITIONAL)
+        if not star and (k >= len(mine) or mine[k].name != p.name or mine[k].kind not in positional):
+            break
+        n += 1
+    return n
+
+
+def call_in_order(fn: Callable[..., Any], names: Sequence[str], n_pos: int, values: Sequence[Any]) -> Any:
+    """``fn`` called with ``values`` in signature order: the first ``n_pos`` positionally, the rest by name.
+
+    The same call as :func:`core_call` makes, without splitting and merging
+    options; passing what may be passed positionally saves building a dict.
+    """
+    if n_pos == len(values):
+        return fn(*values)
+    return fn(*values[:n_pos], **dict(zip(names[n_pos:], values[n_pos:])))
+
+
+def bind_options(
+    opdef: OpDef, fn: Callable[..., Any], present: Sequence[bool], options: dict[str, Any]
+) -> Callable[..., Any]:
+    """``call(*arrays)``: ``fn`` called with the given arrays and ``options``, merging planned once.
+
+    ``present`` has one flag per parameter (True where the call passes an
+    array); ``call`` takes those arrays in parameter order. The same call as
+    :func:`core_call`, for a host function that runs many times with one set of options.
+    """
+    names = tuple(opdef.signature.parameters)
+    template = [None if p else options[name] for name, p in zip(names, present)]
+    slots = [i for i, p in enumerate(present) if p]
+    n_pos = n_positional(opdef, fn)
+
+    def call(*arrays: Any) -> Any:
+        values = list(template)
+        for i, a in zip(slots, arrays):
+            values[i] = a
+        return call_in_order(fn, names, n_pos, values)
+
+    return call
 
 
 def core_call(opdef: OpDef, fn: Callable[..., Any], arrays: Sequence[Any], options: dict[str, Any]) -> Any:
