@@ -76,7 +76,7 @@ from .adapters.plan import (
     load_all_ops as _load_all_ops,
     load_op as _load_op,
     make_wrapper as _make_wrapper,
-    n_positional_only as _n_positional_only,
+    n_positional as _n_positional,
     split_values as _split_values,
     unflatten_output as _unflatten_output,
 )
@@ -108,16 +108,18 @@ _LIB = _torch.library.Library("ssmcore", "DEF")
 class _Record:
     """Everything the adapter needs about one op, built once."""
 
-    __slots__ = ("opdef", "name", "names", "n_posonly", "grad_pos", "fwd_op", "bwd_op", "fn")
+    __slots__ = ("opdef", "name", "names", "n_pos_fn", "n_pos_fwd", "grad_pos", "fwd_op", "bwd_op", "fn", "wanted")
 
     def __init__(self, opdef: OpDef) -> None:
         self.opdef = opdef
         self.name = opdef.name
         self.names = tuple(opdef.signature.parameters)
-        self.n_posonly = _n_positional_only(opdef)
+        self.n_pos_fn = _n_positional(opdef, opdef.fn)  # leading parameters passed positionally
+        self.n_pos_fwd = _n_positional(opdef, opdef.fwd)
         self.grad_pos = _grad_positions(opdef)
         self.fwd_op, self.bwd_op = _define_library_ops(opdef)
         self.fn: Callable[..., Any] | None = None
+        self.wanted: dict[tuple, tuple] = {}  # (where, needs_input_grad) -> _wanted_gradients(...)
 
 
 _RECORDS: dict[str, _Record] = {}
@@ -150,19 +152,22 @@ def __dir__() -> list[str]:
 
 # ----------------------------------------------------------------------------- tensor <-> numpy
 def _to_numpy(t: Any) -> np.ndarray | None:
-    """Zero-copy NumPy view of a CPU tensor (a copy only for lazy conj/neg views or strided tensors)."""
+    """Zero-copy NumPy view of a CPU tensor (a copy only for lazy conj/neg views).
+
+    Strided tensors give strided views, as NumPy callers may pass: the core
+    accepts any strides. One ``Tensor.numpy()`` call in the common case: every
+    extra call into torch measurably slows the NumPy code that follows it (the
+    CPU's caches and branch predictors are shared), so nothing is asked that
+    ``numpy()`` would not refuse anyway.
+    """
     if t is None:
         return None
-    # Same as t.detach().resolve_conj().resolve_neg().contiguous().numpy(), minus ~2 us of no-op calls.
     if t.requires_grad:
         t = t.detach()
-    if t.is_conj():
-        t = t.resolve_conj()
-    if t.is_neg():
-        t = t.resolve_neg()
-    if not t.is_contiguous():
-        t = t.contiguous()
-    return t.numpy()
+    try:
+        return t.numpy()
+    except RuntimeError:  # the lazy conjugate or negative bit is set
+        return t.resolve_conj().resolve_neg().numpy()
 
 
 def _root(x: np.ndarray) -> np.ndarray:
@@ -172,33 +177,46 @@ def _root(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def _fresh_buffer(x: np.ndarray) -> int | None:
+    """A key of the buffer holding ``x`` if the core allocated it, else None (it may be an input's).
+
+    Memory is fresh when NumPy allocated it (the root of the ``.base`` chain owns
+    its data) or when Numba's runtime did (the root's base is an NRT ``MemInfo``
+    with no parent; a Numba view of an argument has that argument as parent).
+    Inputs reach the core as views of tensor memory, whose roots own nothing,
+    so fresh memory is never an input's. The key tells two results in one
+    buffer apart from two in separate buffers.
+    """
+    r = x if x.base is None else _root(x)
+    b = r.base
+    if b is None:
+        return id(r) if r.flags.owndata else None
+    if type(b).__name__ == "_MemInfo" and getattr(b, "parent", 0) is None:
+        return b.data  # the address of the NRT allocation
+    return None
+
+
 def _outputs_to_torch(flat: list, inputs: list[np.ndarray | None]) -> list[Any]:
     """The core's results ``flat`` as CPU tensors that alias neither ``inputs`` nor each other.
 
-    Fast case, no pairwise overlap checks: a C-contiguous writable ndarray
-    whose memory NumPy allocated in the core -- the root of its ``.base``
-    chain owns its data, while inputs reach the core as views of tensor
-    memory -- and whose root is neither an input's nor an earlier result's, is
-    wrapped by ``torch.from_numpy``. Everything else (memory owned by another
-    object, e.g. a Numba view that may wrap an input) and every result after
-    the first one that needed the checks goes through :func:`_to_torch`
-    (overlap checks, copy if needed).
+    Fast case, no overlap checks: a C-contiguous writable ndarray in a buffer
+    that the core allocated (:func:`_fresh_buffer`) and that no earlier result
+    uses is wrapped by ``torch.from_numpy``. Everything else and every result
+    after the first one that needed the checks goes through :func:`_to_torch`
+    (overlap checks against ``inputs`` and the earlier results, copy if needed).
     """
     outs: list[Any] = []
-    roots: list[np.ndarray] | None = None
+    seen: set[int] = set()
     avoid: list[np.ndarray | None] | None = None
     for k, o in enumerate(flat):
         if avoid is None and type(o) is np.ndarray:
             f = o.flags
             if f.c_contiguous and f.writeable:
-                r = _root(o)
-                if r.base is None and r.flags.owndata:
-                    if roots is None:
-                        roots = [_root(a) for a in inputs if a is not None]
-                    if not any(r is q for q in roots):
-                        roots.append(r)
-                        outs.append(_torch.from_numpy(o))
-                        continue
+                key = _fresh_buffer(o)
+                if key is not None and key not in seen:
+                    seen.add(key)
+                    outs.append(_torch.from_numpy(o))
+                    continue
         if avoid is None:
             avoid = [*inputs, *flat[:k]]
         outs.append(_to_torch(o, avoid))
@@ -387,7 +405,7 @@ class _EagerFunction(_torch.autograd.Function):
         np_arrays: list[np.ndarray | None] = [None] * len(vals)  # one per parameter
         for i, t in zip(where, tensors):
             vals[i] = np_arrays[i] = _to_numpy(t)
-        out, res = _call_in_order(rec.opdef.fwd, rec.names, rec.n_posonly, vals)
+        out, res = _call_in_order(rec.opdef.fwd, rec.names, rec.n_pos_fwd, vals)
         outs, _ = _flatten_output(out, rec.name)
         touts = _outputs_to_torch(outs, np_arrays)
         ctx.rec, ctx.res, ctx.np_arrays, ctx.where = rec, res, np_arrays, where
@@ -396,20 +414,40 @@ class _EagerFunction(_torch.autograd.Function):
         return tuple(touts)
 
     @staticmethod
-    @_once_differentiable
     def backward(ctx: Any, *cotangents: Any) -> tuple:
-        ctx.saved_tensors  # noqa: B018 - raises if an input or output was modified in place
-        rec = ctx.rec
-        cts = [_conj(_to_numpy(c)) for c in cotangents]
-        need = [False] * len(ctx.np_arrays)  # per parameter
-        needs = [False] * len(rec.opdef.inputs)  # per op input: the core's backward skips the others
-        for i, n in zip(ctx.where, ctx.needs_input_grad[3:]):
-            gi = rec.grad_pos[i]
-            if n and gi is not None:
-                need[i] = needs[gi] = True
-        grads = rec.opdef.backward(ctx.res, _unflatten_output(cts), tuple(needs))
-        tgrads = _grads_to_torch(rec, grads, ctx.np_arrays, [*ctx.np_arrays, *cts], need)
-        return (None, None, None, *[tgrads[i] for i in ctx.where])
+        if _torch.is_grad_enabled():  # backward(create_graph=True): a second backward must raise
+            return _eager_backward_once(ctx, *cotangents)
+        # Grad mode is off in a plain backward: skip once_differentiable's no_grad context and checks.
+        return _eager_backward(ctx, *cotangents)
+
+
+def _eager_backward(ctx: Any, *cotangents: Any) -> tuple:
+    """The backward of :class:`_EagerFunction`: the core's ``bwd`` on the kept residuals."""
+    ctx.saved_tensors  # noqa: B018 - raises if an input or output was modified in place
+    rec = ctx.rec
+    cts = [_conj(_to_numpy(c)) for c in cotangents]
+    key = (ctx.where, ctx.needs_input_grad)
+    wanted = rec.wanted.get(key)
+    if wanted is None:
+        wanted = rec.wanted[key] = _wanted_gradients(rec, ctx.where, ctx.needs_input_grad[3:])
+    need, needs = wanted
+    grads = rec.opdef.backward(ctx.res, _unflatten_output(cts), needs)
+    tgrads = _grads_to_torch(rec, grads, ctx.np_arrays, [*ctx.np_arrays, *cts], need)
+    return (None, None, None, *[tgrads[i] for i in ctx.where])
+
+
+def _wanted_gradients(rec: _Record, where: tuple, needs_input_grad: tuple) -> tuple[list[bool], tuple[bool, ...]]:
+    """Which gradients a backward computes: one flag per parameter, and one per op input (``needs``)."""
+    need = [False] * len(rec.names)
+    needs = [False] * len(rec.opdef.inputs)  # the core's backward skips the others
+    for i, n in zip(where, needs_input_grad):
+        gi = rec.grad_pos[i]
+        if n and gi is not None:
+            need[i] = needs[gi] = True
+    return need, tuple(needs)
+
+
+_eager_backward_once = _once_differentiable(_eager_backward)
 
 
 def _make_eager_apply() -> Callable[..., Any]:
@@ -453,6 +491,7 @@ def _call(rec: _Record, values: tuple) -> Any:
     where: list[int] = []  # positions of the array values
     plain = True  # only plain CPU tensors (no subclasses): the eager path is allowed
     half = False  # some floating input is a half type: the results may be cast back
+    grad = False  # some tensor requires a gradient
     for i, v in enumerate(vals):
         tv = type(v)
         if tv is not _TENSOR and tv is not _PARAMETER:
@@ -465,6 +504,10 @@ def _call(rec: _Record, values: tuple) -> Any:
         where.append(i)
         if v.dtype in _UPCAST:
             half = True
+        if not v.is_cpu:
+            _check_cpu(rec.name, [v])
+        if v.requires_grad:
+            grad = True
     promoted = None  # torch's promotion of the floating inputs, to cast half-precision results back
     if half:  # without a half type among the inputs the promotion cannot be one: skip it
         for i in where:
@@ -473,18 +516,15 @@ def _call(rec: _Record, values: tuple) -> Any:
                 promoted = dt if promoted is None else _torch.promote_types(promoted, dt)
                 if dt in _UPCAST:
                     vals[i] = vals[i].to(_UPCAST[dt])
-    for i in where:
-        if not vals[i].is_cpu:
-            _check_cpu(rec.name, [vals[i]])
     if not plain or _torch.compiler.is_compiling() or _functorch_active():
         arrays, options = _split_values(rec.names, vals, _is_array)
         outs = list(_TracedFunction.apply(rec.name, _encode_options(rec.opdef, options), *arrays))
-    elif _torch.is_grad_enabled() and any(vals[i].requires_grad for i in where):
+    elif grad and _torch.is_grad_enabled():
         outs = list(_eager_apply(rec, vals, tuple(where), *[vals[i] for i in where]))
     else:
         for i in where:
             vals[i] = _to_numpy(vals[i])
-        out = _call_in_order(rec.opdef.fn, rec.names, rec.n_posonly, vals)
+        out = _call_in_order(rec.opdef.fn, rec.names, rec.n_pos_fn, vals)
         flat, _ = _flatten_output(out, rec.name)
         outs = _outputs_to_torch(flat, [vals[i] for i in where])
     if promoted in _UPCAST:

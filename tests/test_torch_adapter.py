@@ -157,6 +157,41 @@ def test_torch_func_grad_matches_eager(op, case, make):
         torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
 
+def _lazy(t, kind):
+    """``t``'s values as a tensor that ``Tensor.numpy()`` refuses or views with strides."""
+    if kind == "strided":  # every other element of a wider buffer
+        wide = torch.zeros(*t.shape, 2, dtype=t.dtype)
+        wide[..., 0] = t
+        return wide[..., 0]
+    if kind == "conj":  # lazy conjugate bit (complex only; real .conj() is t itself)
+        return t.conj().resolve_conj().conj() if t.is_complex() else t
+    return torch._neg_view(-t)  # lazy negative bit
+
+
+@pytest.mark.parametrize("kind", ["strided", "conj", "neg"])
+@pytest.mark.parametrize("op, case, make", FIRST_CASES)
+def test_lazy_and_strided_tensors_are_read_correctly(op, case, make, kind):
+    """Views with strides, or with torch's lazy conj/neg bits, give the same values and gradients."""
+    dt = np.complex128 if op in specs.COMPLEX_OK else np.float64
+    args, kw = make(np.random.default_rng(4), dt)
+    targs, tkw = _tensors(args, kw, requires_grad=True)
+    loss, leaves = _loss_fn(op, targs, tkw)
+    plain_value = loss(*leaves)
+    plain_grads = torch.autograd.grad(plain_value, leaves)
+
+    def lazy_loss(*xs):
+        return loss(*[_lazy(x, kind) for x in xs])
+
+    lazy = [_lazy(x, kind) for x in leaves]
+    assert kind == "strided" or any(x.is_conj() or x.is_neg() for x in lazy) or dt != np.complex128
+    lazy_value = lazy_loss(*leaves)
+    torch.testing.assert_close(lazy_value, plain_value, rtol=1e-13, atol=1e-13)
+    for g, e in zip(torch.autograd.grad(lazy_value, leaves), plain_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():  # the no-grad path converts the same way
+        torch.testing.assert_close(lazy_loss(*leaves), plain_value.detach(), rtol=1e-13, atol=1e-13)
+
+
 @pytest.mark.parametrize("op, case, make", FIRST_CASES)
 def test_compile_fullgraph(op, case, make):
     torch._dynamo.reset()
@@ -253,6 +288,16 @@ def test_toy_needs_input_grad_returns_none(toy):
     assert y.grad is None and x.grad is not None
 
 
+def test_toy_create_graph_gives_first_order_and_refuses_second(toy):
+    x = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(3, dtype=torch.float64)
+    # The cotangent reaching toy's backward is x itself, which requires grad.
+    (g,) = torch.autograd.grad((toy(x, y) * x).sum(), x, create_graph=True)
+    torch.testing.assert_close(g.detach(), 2 * x.detach() * y)
+    with pytest.raises(RuntimeError, match="twice"):
+        g.sum().backward()
+
+
 def test_toy_complex_gradient_follows_torch_convention(toy):
     """Compare with torch's own autograd of the same maths (PyTorch's conjugate convention)."""
     x = torch.randn(5, dtype=torch.complex128, requires_grad=True)
@@ -293,6 +338,28 @@ def test_toy_outputs_never_alias_inputs(toy):
     x2 = torch.randn(4, dtype=torch.float64, requires_grad=True)
     out2 = toy(x2, mode="identity")
     assert out2.data_ptr() != x2.data_ptr()
+
+
+def test_results_in_fresh_buffers_are_wrapped_and_views_of_inputs_are_not():
+    """The no-copy rule for results: only memory the core allocated (NumPy or Numba's runtime)."""
+    numba = pytest.importorskip("numba")
+
+    @numba.njit
+    def fresh_and_views(x):
+        buf = np.empty(6)
+        return buf[:3], buf[3:], x[1:], x
+
+    x = torch.arange(4.0, dtype=torch.float64).numpy()
+    first, second, view, same = fresh_and_views(x)
+    keys = [st._fresh_buffer(a) for a in (first, second, view, same, x, np.empty(2), np.empty(4)[1:])]
+    assert keys[0] is not None and keys[0] == keys[1]  # one Numba allocation
+    assert keys[2] is None and keys[3] is None and keys[4] is None  # tensor memory, through Numba or not
+    assert keys[5] is not None and keys[6] is not None and keys[5] != keys[6]
+    outs = st._outputs_to_torch([first, second, view, same], [x])
+    for t, a in zip(outs[2:], (view, same)):
+        assert t.data_ptr() != a.ctypes.data  # copied: the tensors must not alias the input
+        assert np.array_equal(t.numpy(), a)
+    assert outs[0].data_ptr() == first.ctypes.data  # the first fresh result is not copied
 
 
 def test_toy_in_place_modification_is_detected(toy):
