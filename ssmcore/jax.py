@@ -45,7 +45,7 @@ Examples
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
@@ -61,7 +61,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised only without
 from .adapters import specs as _specs
 from .adapters.jax_ffi import host_call as _host_call
 from .adapters.plan import (
-    core_call as _core_call,
+    bind_options as _bind_options,
     decode_options as _decode_options,
     encode_options as _encode_options,
     flatten_output as _flatten_output,
@@ -170,8 +170,11 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
     opdef = rec.opdef
     options = _decode_options(encoded)
 
+    run_fn = _bind_options(opdef, opdef.fn, present, options)
+    run_vjp = _bind_options(opdef, partial(_vjp, name), present, options)
+
     def host_fwd(*arrays: np.ndarray) -> tuple:
-        out = _core_call(opdef, opdef.fn, _full(present, arrays), options)
+        out = run_fn(*arrays)
         outs, _ = _flatten_output(out, name)
         return tuple(np.asarray(o, dtype=_canonical(np.asarray(o).dtype)) for o in outs)
 
@@ -203,7 +206,7 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
 
         def host_bwd(*flat: np.ndarray) -> tuple:
             args, cts = flat[:n], flat[n:]
-            _, pullback = _core_call(opdef, lambda *a, **k: _vjp(name, *a, **k), _full(present, args), options)
+            _, pullback = run_vjp(*args)
             grads = pullback(_unflatten_output(list(cts)), needs=needs)
             result = []
             for a, gi, d in zip(args, pos, diff):
@@ -248,16 +251,21 @@ def _call(opdef: OpDef, values: tuple) -> Any:
     rec = _RECORDS[opdef.name]
     arrays, options = _split_values(rec.names, values, _is_array)
     present = tuple(a is not None for a in arrays)
-    inexact = [np.dtype(a.dtype) for a in arrays if a is not None and np.dtype(a.dtype).kind in "fcV"]
-    promoted = np.dtype(_jnp.result_type(*inexact)) if inexact else None
     ins = []
+    half = False  # some input is a half type: the results may be cast back
     for a in arrays:
         if a is None:
             continue
-        a = _jnp.asarray(a)
+        if type(a) is np.ndarray:  # jit takes NumPy arrays too; the conversion keeps the dtype rules in one place
+            a = _jnp.asarray(a)
         if a.dtype in _UPCAST:
-            a = a.astype(_UPCAST[np.dtype(a.dtype)])
+            half = True
         ins.append(a)
+    promoted = None  # JAX's promotion of the inexact inputs, to cast half-precision results back
+    if half:  # (jnp.result_type costs ~5 us: only when the answer can be a half type)
+        inexact = [np.dtype(a.dtype) for a in ins if np.dtype(a.dtype).kind in "fcV"]
+        promoted = np.dtype(_jnp.result_type(*inexact))
+        ins = [a.astype(_UPCAST[np.dtype(a.dtype)]) if a.dtype in _UPCAST else a for a in ins]
     outs = list(_custom_fn(opdef.name, _encode_options(opdef, options), present)(*ins))
     if promoted in _UPCAST:
         outs = [o.astype(promoted) if o.dtype == _UPCAST[promoted] else o for o in outs]
