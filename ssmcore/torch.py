@@ -10,9 +10,10 @@ How a call runs
 ---------------
 * **Eager** (plain CPU tensors, not compiling, no ``torch.func`` transform):
   one ``torch.autograd.Function`` calls the op's NumPy ``fwd`` on zero-copy
-  views (``t.detach().resolve_conj().contiguous().numpy()``), keeps the
-  residuals on the autograd context and calls ``bwd`` in the backward. Without
-  ``requires_grad`` the NumPy function is called directly.
+  views (``Tensor.numpy()``, strides kept; lazy conj/neg views are resolved
+  first), keeps the residuals on the autograd context and calls ``bwd`` in the
+  backward. Without ``requires_grad`` the NumPy function is called directly.
+  Results in memory the core allocated become tensors without a copy.
 * **Traced** (``torch.compile``, ``torch.func.grad``/``vmap``, tensor
   subclasses): per op, two ``torch.library`` ops ``ssmcore::<op>`` (forward)
   and ``ssmcore::<op>_bwd`` (backward, which recomputes the forward residuals
@@ -238,7 +239,7 @@ def _to_torch(x: Any, avoid: list[np.ndarray | None]) -> Any:
 
 
 def _conj(x: np.ndarray) -> np.ndarray:
-    return np.conj(x) if np.iscomplexobj(x) else x
+    return np.conj(x) if x.dtype.kind == "c" else x  # x is an ndarray: no np.iscomplexobj call
 
 
 def _grads_to_torch(
@@ -504,8 +505,6 @@ def _call(rec: _Record, values: tuple) -> Any:
         where.append(i)
         if v.dtype in _UPCAST:
             half = True
-        if not v.is_cpu:
-            _check_cpu(rec.name, [v])
         if v.requires_grad:
             grad = True
     promoted = None  # torch's promotion of the floating inputs, to cast half-precision results back
@@ -520,10 +519,16 @@ def _call(rec: _Record, values: tuple) -> Any:
         arrays, options = _split_values(rec.names, vals, _is_array)
         outs = list(_TracedFunction.apply(rec.name, _encode_options(rec.opdef, options), *arrays))
     elif grad and _torch.is_grad_enabled():
-        outs = list(_eager_apply(rec, vals, tuple(where), *[vals[i] for i in where]))
+        tensors = [vals[i] for i in where]
+        _check_cpu(rec.name, tensors)
+        outs = list(_eager_apply(rec, vals, tuple(where), *tensors))
     else:
-        for i in where:
-            vals[i] = _to_numpy(vals[i])
+        try:
+            for i in where:
+                vals[i] = _to_numpy(vals[i])
+        except TypeError:  # numpy() refuses tensors on other devices: say so in ssmcore's words
+            _check_cpu(rec.name, [values[i] for i in where])
+            raise
         out = _call_in_order(rec.opdef.fn, rec.names, rec.n_pos_fn, vals)
         flat, _ = _flatten_output(out, rec.name)
         outs = _outputs_to_torch(flat, [vals[i] for i in where])

@@ -377,8 +377,10 @@ def test_toy_zero_length_and_errors(toy):
     assert out.shape == (0,)
     out.sum().backward()
     assert e.grad.shape == (0,)
-    with pytest.raises(TypeError, match=r"toy_torch_adapter: got a tensor on device 'meta'; only CPU"):
-        toy(torch.zeros(2, device="meta"))
+    for rg in (False, True):  # the plain call and the autograd path
+        with pytest.raises(TypeError, match=r"toy_torch_adapter: got a tensor on device 'meta'; only CPU"):
+            toy(torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64, device="meta",
+                                                                 requires_grad=rg))
     with pytest.raises(TypeError, match="c has type dict"):  # traced graphs need literal options
         torch.func.grad(lambda v: toy(v, c={"not": "an option"}).sum())(torch.zeros(2))
     with pytest.raises(TypeError, match="unexpected keyword argument"):
