@@ -270,9 +270,15 @@ def test_paths_agree_with_reference(rng, monkeypatch, dtype, C, L, La, Ra, rever
     for path in ("serial", "channels", "chunked"):
         out = nbscan.scan_fwd(a, arow, b, h0, reverse, path)
         assert_close(out, ref, dtype)
-        for got, want in zip(nbscan.scan_bwd(a, arow, ref, h0, gh, gf, reverse, path), ref_g):
+        full = nbscan.scan_bwd(a, arow, ref, h0, gh, gf, reverse, path)
+        for got, want in zip(full, ref_g):
             assert got.shape == want.shape
             assert_close(got, want, dtype)
+        # Without a's gradient (windows, ragged chunks and tails included): the same g and gh0, bit for bit.
+        g, ga, gh0 = nbscan.scan_bwd(a, arow, ref, h0, gh, gf, reverse, path, need_a=False)
+        assert ga is None
+        np.testing.assert_array_equal(g, full[0])
+        np.testing.assert_array_equal(gh0, full[2])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -900,9 +900,10 @@ def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nit
 
 
 @jit
-def _bwd4(ar, astep, hr, hz, ghr, gr, gar, k0, k1, k2, k3, s0, s1, s2, s3, n, desc, L, zero):
+def _bwd4(ar, astep, hr, hz, ghr, gr, gar, k0, k1, k2, k3, s0, s1, s2, s3, n, desc, L, zero, with_ga=True):
     """Four interleaved lanes of :func:`_bwd2` over chunks of one row (1-D views);
-    ``hz`` is the row's h0. Returns (k0..k3, sum0..sum3)."""
+    ``hz`` is the row's h0. Returns (k0..k3, sum0..sum3). Without ``with_ga``
+    neither ``hr`` nor ``gar`` is touched and the sums are zero."""
     acc0 = zero
     acc1 = zero
     acc2 = zero
@@ -915,6 +916,38 @@ def _bwd4(ar, astep, hr, hz, ghr, gr, gar, k0, k1, k2, k3, s0, s1, s2, s3, n, de
     o2 = s2 + n - 1 if desc else s2
     o3 = s3 + n - 1 if desc else s3
     us = _u(astep)
+    if not with_ga:  # a separate loop, as in _bwd2
+        for i in range(n - 1):
+            j = d * i
+            t0 = _u(o0 + j)
+            t1 = _u(o1 + j)
+            t2 = _u(o2 + j)
+            t3 = _u(o3 + j)
+            y0 = ghr[t0]
+            y1 = ghr[t1]
+            y2 = ghr[t2]
+            y3 = ghr[t3]
+            g0 = y0 + k0
+            g1 = y1 + k1
+            g2 = y2 + k2
+            g3 = y3 + k3
+            gr[t0] = g0
+            gr[t1] = g1
+            gr[t2] = g2
+            gr[t3] = g3
+            w0 = ar[t0 * us]
+            w1 = ar[t1 * us]
+            w2 = ar[t2 * us]
+            w3 = ar[t3 * us]
+            k0 = w0 * k0 + w0 * y0
+            k1 = w1 * k1 + w1 * y1
+            k2 = w2 * k2 + w2 * y2
+            k3 = w3 * k3 + w3 * y3
+        k0 = _bwd_last_no_ga(ar, astep, ghr, gr, k0, o0 + d * (n - 1))
+        k1 = _bwd_last_no_ga(ar, astep, ghr, gr, k1, o1 + d * (n - 1))
+        k2 = _bwd_last_no_ga(ar, astep, ghr, gr, k2, o2 + d * (n - 1))
+        k3 = _bwd_last_no_ga(ar, astep, ghr, gr, k3, o3 + d * (n - 1))
+        return k0, k1, k2, k3, acc0, acc1, acc2, acc3
     for i in range(n - 1):
         j = d * i
         t0 = _u(o0 + j)
@@ -972,6 +1005,14 @@ def _bwd_last(ar, astep, hr, hz, ghr, gr, gar, k, v, d, L):
 
 
 @jit
+def _bwd_last_no_ga(ar, astep, ghr, gr, k, v):
+    """:func:`_bwd_last` without a's gradient: the previous state is not needed."""
+    gv = ghr[_u(v)] + k
+    gr[_u(v)] = gv
+    return ar[_u(v * astep)] * gv
+
+
+@jit
 def _bwd_summary4(ar, astep, ghr, s0, s1, s2, s3, n, desc, one, zero):
     """Carry maps k_out = P k_in + S of four chunks of one row."""
     p0 = one
@@ -1019,17 +1060,18 @@ def _bwd_summary_tail(a, astep, arow, gh, c, s, n, m, desc, one, zero, p, x):
 
 
 @jit
-def _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c, s, n, m, desc, L, zero, k, acc):
+def _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c, s, n, m, desc, L, zero, k, acc, with_ga):
     if n > m:
         s2 = _rest(s, m, desc)
         k, kk, r, rr = _bwd2(a, astep, arow[c], arow[c], h, h0[c], h0[c], gh, c, c, g, ga, k, k, s2, s2, n - m,
-                             desc, L, zero)
+                             desc, L, zero, with_ga)
         return k, acc + r
     return k, acc
 
 
 @jit(parallel=True)
-def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchunk, window, itemsize, one, zero):
+def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchunk, window, itemsize, one, zero,
+                 with_ga):
     C, L = g.shape
     carry = gfinal.copy()
     for c in range(C):
@@ -1066,12 +1108,15 @@ def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchu
                 a[arow[c0]], astep, h[c0], h0[c0], gh[c0], g[c0], ga[c0], start[i0], start[i0 + 1], start[i0 + 2],
                 start[i0 + 3],
                 _first(s0, n0, m, desc), _first(s1, n1, m, desc), _first(s2, n2, m, desc), _first(s3, n3, m, desc),
-                m, desc, L, zero,
+                m, desc, L, zero, with_ga,
             )
-            k0, part[i0] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c0, s0, n0, m, desc, L, zero, k0, e0)
-            k1, part[i0 + 1] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c1, s1, n1, m, desc, L, zero, k1, e1)
-            k2, part[i0 + 2] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c2, s2, n2, m, desc, L, zero, k2, e2)
-            k3, part[i0 + 3] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c3, s3, n3, m, desc, L, zero, k3, e3)
+            k0, part[i0] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c0, s0, n0, m, desc, L, zero, k0, e0, with_ga)
+            k1, part[i0 + 1] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c1, s1, n1, m, desc, L, zero, k1, e1,
+                                         with_ga)
+            k2, part[i0 + 2] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c2, s2, n2, m, desc, L, zero, k2, e2,
+                                         with_ga)
+            k3, part[i0 + 3] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c3, s3, n3, m, desc, L, zero, k3, e3,
+                                         with_ga)
         for c in range(C):
             acc = gsum[c]
             for j in range(nchunk):  # padded duplicates (index >= nitem) are not summed
@@ -1178,9 +1223,8 @@ def scan_bwd(
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """Fused backward: ``(g, ga, gh0)`` in one pass over memory (see the reference).
 
-    ``need_a=False`` returns ``ga = None`` and, on the serial and channel paths,
-    neither reads the states ``h`` nor writes ``ga`` (3 memory streams instead of
-    5); the chunked path computes it anyway.
+    ``need_a=False`` returns ``ga = None`` and neither reads the states ``h``
+    nor writes ``ga`` (3 memory streams instead of 5).
     """
     C, L = gh.shape
     La = a.shape[1]
@@ -1190,8 +1234,8 @@ def scan_bwd(
         return g, (np.zeros((C, La), dtype=gh.dtype) if need_a else None), gh0
     gsum = np.empty(C, dtype=gh.dtype)
     which = choose_path(C, L, path)
-    # Without a's gradient the serial and channel kernels never touch ga: give them an empty one.
-    ga = np.empty((C, La if (need_a or which == "chunked") else 0), dtype=gh.dtype)
+    # Without a's gradient the kernels never touch ga: give them an empty one.
+    ga = np.empty((C, La if need_a else 0), dtype=gh.dtype)
     astep = _astep(a)
     one, zero = _units(gh.dtype)
     desc = not reverse  # the adjoint runs against the forward's direction
@@ -1204,7 +1248,8 @@ def scan_bwd(
         _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero, with_ga)
     else:
         nchunk, window = _chunking(C, L, gh.itemsize)
-        _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchunk, window, gh.itemsize, one, zero)
+        _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchunk, window, gh.itemsize, one, zero,
+                     with_ga)
     if not need_a:
         return g, None, gh0
     if La == 1:
