@@ -271,16 +271,16 @@ def bind_options(
 
 
 def core_call(opdef: OpDef, fn: Callable[..., Any], arrays: Sequence[Any], options: dict[str, Any]) -> Any:
-    """Call ``fn`` (the op's public function or its ``fwd``) with arrays and options merged back."""
-    args = []
-    kwargs = dict(options)
-    for p, arr in zip(opdef.signature.parameters.values(), arrays):
-        value = arr if arr is not None else kwargs.pop(p.name)
-        if p.kind is inspect.Parameter.POSITIONAL_ONLY:
-            args.append(value)
-        else:
-            kwargs[p.name] = value
-    return fn(*args, **kwargs)
+    """Call ``fn`` (the op's public function or its ``fwd``) with arrays and options merged back.
+
+    For one-off calls: positional-only parameters go by position, the rest by
+    name, so ``fn`` need not be inspected (see :func:`bind_options` for calls
+    that repeat).
+    """
+    params = opdef.signature.parameters
+    values = [options[name] if arr is None else arr for name, arr in zip(params, arrays)]
+    n_posonly = sum(p.kind is inspect.Parameter.POSITIONAL_ONLY for p in params.values())
+    return call_in_order(fn, tuple(params), n_posonly, values)
 
 
 # ----------------------------------------------------------------------------- outputs
