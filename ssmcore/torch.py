@@ -52,7 +52,7 @@ tensor([[3.]], dtype=torch.float64)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -243,7 +243,7 @@ def _conj(x: np.ndarray) -> np.ndarray:
 
 
 def _grads_to_torch(
-    rec: _Record, grads: tuple, arrays: list[np.ndarray | None], avoid: list, need: list[bool] | None = None
+    rec: _Record, grads: tuple, arrays: list[np.ndarray | None], avoid: list, need: Sequence[bool] | None = None
 ) -> list[Any]:
     """Core gradients (JAX convention; ``OpDef.backward`` checked their count) -> torch
     gradients, one per parameter (None if no array).
@@ -437,7 +437,7 @@ def _eager_backward(ctx: Any, *cotangents: Any) -> tuple:
     return (None, None, None, *[tgrads[i] for i in ctx.where])
 
 
-def _wanted_gradients(rec: _Record, where: tuple, needs_input_grad: tuple) -> tuple[list[bool], tuple[bool, ...]]:
+def _wanted_gradients(rec: _Record, where: tuple, needs_input_grad: tuple) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
     """Which gradients a backward computes: one flag per parameter, and one per op input (``needs``)."""
     need = [False] * len(rec.names)
     needs = [False] * len(rec.opdef.inputs)  # the core's backward skips the others
@@ -445,7 +445,7 @@ def _wanted_gradients(rec: _Record, where: tuple, needs_input_grad: tuple) -> tu
         gi = rec.grad_pos[i]
         if n and gi is not None:
             need[i] = needs[gi] = True
-    return need, tuple(needs)
+    return tuple(need), tuple(needs)  # cached per pattern and shared by calls: immutable
 
 
 _eager_backward_once = _once_differentiable(_eager_backward)
