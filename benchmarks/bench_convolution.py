@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 import ssmcore
-from ssmcore.convolution import fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
+from ssmcore import fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
 
 
 def _s4d(H, N, dtype=np.complex64, seed=0):
@@ -53,7 +53,7 @@ class DplrKernel:
     param_names = ["L"]
 
     def setup(self, L):
-        from ssmcore.hippo import nplr
+        from ssmcore import nplr
 
         lam, P, B, _ = nplr("legs", 64)
         rng = np.random.default_rng(2)

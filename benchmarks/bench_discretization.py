@@ -3,7 +3,7 @@
 import numpy as np
 
 import ssmcore
-from ssmcore.discretization import cont2discrete, discretize, discretize_diag
+from ssmcore import cont2discrete, discretize, discretize_diag
 
 
 def _stable_systems(batch, n=4, m=1, seed=0):

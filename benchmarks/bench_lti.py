@@ -1,4 +1,4 @@
-"""LTI simulation (``ssmcore.lti``): the dlsim drop-in and the batched core.
+"""LTI simulation (``ssmcore``): the dlsim drop-in and the batched core.
 
 asv: ``cd benchmarks && asv run --python=same --bench bench_lti``.
 The side-by-side comparison with scipy.signal.dlsim is ``benchmarks/compare_dlsim.py``.
@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 import ssmcore
-from ssmcore.discretization import discretize_diag
-from ssmcore.initializers import s4d_lin
-from ssmcore.lti import dlsim, lti_simulate, lti_simulate_diag
+from ssmcore import discretize_diag
+from ssmcore import s4d_lin
+from ssmcore import dlsim, lti_simulate, lti_simulate_diag
 
 
 def stable_system(N, M, P, dtype=np.float64, seed=0):

@@ -1,4 +1,4 @@
-"""asv benchmarks of ``ssmcore.scan.linear_scan`` (forward, forward + backward, peak memory).
+"""asv benchmarks of ``ssmcore.linear_scan`` (forward, forward + backward, peak memory).
 
 Shapes are (channels, L), time last: many channels, a few long channels, and one
 very long series (the time-chunked path). ``a`` is time-varying ``(C, L)`` or
@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 import ssmcore
-from ssmcore.scan import linear_scan
+from ssmcore import linear_scan
 
 
 class LinearScan:

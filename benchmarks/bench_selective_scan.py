@@ -39,7 +39,7 @@ class SelectiveScan:
 
     def setup(self, shape, kind):
         import ssmcore
-        from ssmcore.selective_scan import selective_scan
+        from ssmcore import selective_scan
 
         self.args, self.kw = _inputs(*shape, cplx=kind == "complex")
         self.fn = selective_scan
@@ -67,7 +67,7 @@ class SelectiveStateUpdate:
     param_names = ["batch"]
 
     def setup(self, b):
-        from ssmcore.selective_scan import selective_state_update
+        from ssmcore import selective_state_update
 
         D, N = 1536, 16
         rng = np.random.default_rng(0)

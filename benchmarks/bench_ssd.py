@@ -1,4 +1,4 @@
-"""Mamba-2 SSD (``ssmcore.ssd``): forward and forward+backward.
+"""Mamba-2 SSD (``ssmcore``): forward and forward+backward.
 
 asv: ``cd benchmarks && asv run --python=same --bench bench_ssd``.
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 import ssmcore
-from ssmcore.ssd import ssd
+from ssmcore import ssd
 
 SHAPE = dict(batch=1, L=2048, H=24, P=64, G=1, N=64)
 

@@ -39,7 +39,7 @@ sys.path[:0] = [os.path.join(_HERE, ".."), _HERE]
 
 import ssmcore  # noqa: E402
 from _timing import interleaved_medians  # noqa: E402
-from ssmcore.convolution import fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr  # noqa: E402
+from ssmcore import fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr  # noqa: E402
 
 try:
     import torch
@@ -140,7 +140,7 @@ def bench_diag(quick: bool, repeats: int) -> None:
 
 def bench_dplr(quick: bool, repeats: int) -> None:
     H, N, L = (4, 16, 1024) if quick else (16, 32, 4096)
-    from ssmcore.hippo import nplr
+    from ssmcore import nplr
 
     lam, P, B, _ = nplr("legs", 2 * N)
     rng = np.random.default_rng(1)

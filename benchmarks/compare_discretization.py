@@ -29,7 +29,7 @@ import numba
 import numpy as np
 import scipy.signal as ss
 
-from ssmcore.discretization import discretize, discretize_diag
+from ssmcore import discretize, discretize_diag
 
 
 def interleaved_timings(candidates: dict, rounds: int) -> dict:

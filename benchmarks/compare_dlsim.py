@@ -19,7 +19,7 @@ import scipy.signal
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import format_table, interleaved_medians  # noqa: E402
 
-from ssmcore.lti import dlsim, lti_simulate  # noqa: E402
+from ssmcore import dlsim, lti_simulate  # noqa: E402
 
 
 def stable_system(N, M, P, seed=0):

@@ -1,4 +1,4 @@
-"""Side-by-side timing of ``ssmcore.scan.linear_scan`` against its peers.
+"""Side-by-side timing of ``ssmcore.linear_scan`` against its peers.
 
 One process, candidates interleaved round-robin in every repetition, medians
 reported (``--stat min`` reports the best repetition instead). Because the machine may be shared, read the ratios measured in the same
@@ -120,7 +120,7 @@ def run_case(shape, dtype, reps, rng, with_jax=True, stat="median"):
     import ssmcore
     from scipy.signal import lfilter
 
-    from ssmcore.scan import linear_scan
+    from ssmcore import linear_scan
 
     C, L = shape
     a, b = _data(shape, dtype, rng)

@@ -88,7 +88,7 @@ def torch_selective_scan_ref(u, delta, A, B, C, D, z, delta_bias):
 def candidates(inp):
     """name -> zero-argument callable, for the forward and forward+backward of each side."""
     import ssmcore
-    from ssmcore.selective_scan import selective_scan
+    from ssmcore import selective_scan
 
     kw = dict(D=inp["D"], z=inp["z"], delta_bias=inp["delta_bias"], delta_softplus=True)
     args = (inp["u"], inp["delta"], inp["A"], inp["B"], inp["C"])

@@ -5,7 +5,7 @@ A damped spring (position, velocity) driven by a force u(t):
     x' = [[0, 1], [-k, -c]] x + [0, 1]^T u,     y = position
 
 1. ``ssmcore.discretize`` turns (A, B) into (Ad, Bd) for a step dt (zero-order hold);
-2. ``ssmcore.lti.lti_simulate`` runs x_t = Ad x_{t-1} + Bd u_t, y_t = C x_t;
+2. ``ssmcore.lti_simulate`` runs x_t = Ad x_{t-1} + Bd u_t, y_t = C x_t;
 3. ``ssmcore.vjp`` gives the gradient of a loss with respect to the spring
    constant k, chaining the pullbacks of the two ops by hand (no framework), and
    a finite difference confirms it.
@@ -20,8 +20,8 @@ import argparse
 import numpy as np
 
 import ssmcore
-from ssmcore.discretization import discretize
-from ssmcore.lti import lti_simulate
+from ssmcore import discretize
+from ssmcore import lti_simulate
 
 
 def system(k: float, c: float = 0.4) -> tuple[np.ndarray, np.ndarray]:

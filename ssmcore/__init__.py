@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 from .registry import get_op, list_ops, vjp
 
 # Importing an area registers its ops; none of these imports SciPy or Numba.
-from .convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
-from .discretization import cont2discrete, discretize, discretize_diag
-from .hippo import (
+from ._convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
+from ._discretization import cont2discrete, discretize, discretize_diag
+from ._hippo import (
     dplr,
     hippo,
     hippo_basis,
@@ -27,7 +27,7 @@ from .hippo import (
     nplr_to_dense,
     rank_correction,
 )
-from .initializers import (
+from ._initializers import (
     dt_init,
     inverse_softplus,
     lru_lambda,
@@ -40,10 +40,10 @@ from .initializers import (
     s4d_lin,
     s4d_real,
 )
-from .lti import dlsim, lti_simulate, lti_simulate_diag
-from .scan import linear_scan
-from .selective_scan import selective_scan, selective_state_update
-from .ssd import ssd
+from ._lti import dlsim, lti_simulate, lti_simulate_diag
+from ._scan import linear_scan
+from ._selective_scan import selective_scan, selective_state_update
+from ._ssd import ssd
 
 __all__ = [
     "__version__",

@@ -7,7 +7,7 @@ drives both memories with a signal, reconstructs the signal from the final state
 several state sizes N, saves a figure and prints the reconstruction error and the time
 taken. LegT is an LTI system, so it runs through ssmcore's discretisation and batched LTI
 kernel; LegS is time-varying (its dynamics scale with 1/t) and runs through the readable
-step loop :func:`ssmcore.hippo.hippo_online_coefficients`.
+step loop :func:`ssmcore._hippo.hippo_online_coefficients`.
 
 A second table times a few ssmcore ops against the obvious alternatives (scipy, NumPy).
 """
@@ -40,7 +40,7 @@ def make_signal(L: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
 def _legt_states(u: np.ndarray, N: int, dt: float, theta: float) -> np.ndarray:
     """LegT coefficients over time via discretize + the batched LTI kernel; shape (L, N)."""
     import ssmcore
-    from ssmcore.hippo import hippo
+    from ssmcore._hippo import hippo
 
     A, B = hippo("legt", N, theta=theta)
     Ad, Bd = ssmcore.discretize(A, B[:, None], dt, method="bilinear")
@@ -51,7 +51,7 @@ def _legt_states(u: np.ndarray, N: int, dt: float, theta: float) -> np.ndarray:
 
 def approximation_table(t: np.ndarray, u: np.ndarray, theta: float):
     """Reconstruct ``u`` from the final LegS and LegT states; errors, timings and curves."""
-    from ssmcore.hippo import hippo_online_coefficients, hippo_reconstruct
+    from ssmcore._hippo import hippo_online_coefficients, hippo_reconstruct
 
     dt = t[1] - t[0]
     T = t[-1]

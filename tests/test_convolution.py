@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from vjp_check import check_vjp
 
 import ssmcore
-from ssmcore.convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
+from ssmcore._convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
 
 BACKENDS = ["numba", "numpy"]
 METHODS = ["zoh", "bilinear", "zoh_euler"]
@@ -132,7 +132,7 @@ def test_diag_discretisation_matches_scipy_cont2discrete(rng, method):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_diag_fused_discretisation_matches_discretize_diag(rng, method):
-    disc = pytest.importorskip("ssmcore.discretization")
+    disc = pytest.importorskip("ssmcore._discretization")
     H, N, L = 2, 3, 20
     A = _modes(rng, (H, N))
     A[0, 0] = 1e-9j  # near zero: both must use a stable phi1
@@ -347,9 +347,9 @@ def test_dplr_legs_kernel_equals_dense_bilinear_matrix(backend, L):
 
 
 def test_dplr_with_hippo_nplr_if_available():
-    hippo = pytest.importorskip("ssmcore.hippo")
+    hippo = pytest.importorskip("ssmcore._hippo")
     if not hasattr(hippo, "nplr"):
-        pytest.skip("ssmcore.hippo.nplr not available")
+        pytest.skip("ssmcore._hippo.nplr not available")
     lam, P, B, V = hippo.nplr("legs", 16)
     rng = np.random.default_rng(3)
     Ct = _cnormal(rng, lam.shape[-1])

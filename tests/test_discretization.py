@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from vjp_check import check_vjp
 
 import ssmcore
-from ssmcore.discretization import DENSE_METHODS, DIAG_METHODS, cont2discrete, discretize, discretize_diag
+from ssmcore._discretization import DENSE_METHODS, DIAG_METHODS, cont2discrete, discretize, discretize_diag
 
 SCIPY_METHODS = ("zoh", "foh", "impulse", "bilinear", "tustin", "gbt", "euler", "forward_diff", "backward_diff")
 BACKENDS = ("numba", "numpy")

@@ -20,7 +20,7 @@ from numpy.polynomial import laguerre, legendre
 from scipy import special
 from scipy.integrate import solve_ivp
 
-from ssmcore.hippo import (
+from ssmcore._hippo import (
     MEASURES,
     dplr,
     hippo,
@@ -31,7 +31,7 @@ from ssmcore.hippo import (
     nplr_to_dense,
     rank_correction,
 )
-from ssmcore.initializers import s4d_inv, s4d_legs, s4d_lin
+from ssmcore._initializers import s4d_inv, s4d_legs, s4d_lin
 
 NPLR_MEASURES = ["legs", "legsd", "legt", "lagt", "fout", "fourier2", "fourier_decay", "foud"]
 FOURIER = ["fout", "fourier2", "fourier_decay", "foud"]

@@ -14,8 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from ssmcore.hippo import nplr
-from ssmcore.initializers import (
+from ssmcore._hippo import nplr
+from ssmcore._initializers import (
     dt_init,
     inverse_softplus,
     lru_lambda,

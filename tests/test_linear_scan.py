@@ -1,4 +1,4 @@
-"""Tests of ssmcore.scan.linear_scan: reference agreement, paths, edge cases, VJP."""
+"""Tests of ssmcore._scan.linear_scan: reference agreement, paths, edge cases, VJP."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 import ssmcore
 from ssmcore.backends.numba import scan as nbscan
 from ssmcore.reference import scan as refscan
-from ssmcore.scan import linear_scan
+from ssmcore._scan import linear_scan
 from tests.vjp_check import check_vjp
 
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]

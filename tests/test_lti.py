@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import ssmcore
 from ssmcore.backends.numba import lti as numba_kernels
-from ssmcore.lti import LTI_MODES, dlsim, lti_simulate
+from ssmcore._lti import LTI_MODES, dlsim, lti_simulate
 from ssmcore.reference import lti as reference_kernels
 from vjp_check import check_vjp
 

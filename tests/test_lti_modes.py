@@ -13,11 +13,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ssmcore.convolution import dplr_c_tilde, fft_conv, ssm_kernel_diag, ssm_kernel_dplr
-from ssmcore.discretization import discretize, discretize_diag
-from ssmcore.hippo import nplr, nplr_to_dense
-from ssmcore.initializers import s4d_inv, s4d_lin
-from ssmcore.lti import DIAG_MODES, LTI_MODES, lti_simulate, lti_simulate_diag
+from ssmcore._convolution import dplr_c_tilde, fft_conv, ssm_kernel_diag, ssm_kernel_dplr
+from ssmcore._discretization import discretize, discretize_diag
+from ssmcore._hippo import nplr, nplr_to_dense
+from ssmcore._initializers import s4d_inv, s4d_lin
+from ssmcore._lti import DIAG_MODES, LTI_MODES, lti_simulate, lti_simulate_diag
 from vjp_check import check_vjp
 
 seeds = st.integers(0, 2**32 - 1)
@@ -317,7 +317,7 @@ def test_errors(rng):
 
 
 def test_diag_scan_in_row_blocks_equals_recurrent(rng, monkeypatch):
-    import ssmcore.lti as lti
+    import ssmcore._lti as lti
 
     monkeypatch.setattr(lti, "_SCAN_BLOCK_ELEMENTS", 20)  # 20 // (N L) -> one row per block
     A, B, C = stable_diag(rng, (3, 2, 2)), randn(rng, (2, 2), True), randn(rng, (2, 2), True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ssmcore
-from ssmcore.scan import linear_scan
+from ssmcore._scan import linear_scan
 
 
 @pytest.fixture

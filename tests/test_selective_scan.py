@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import ssmcore
-from ssmcore.selective_scan import selective_scan, selective_state_update
+from ssmcore._selective_scan import selective_scan, selective_state_update
 from tests.vjp_check import check_vjp
 
-# The module object (ssmcore.selective_scan, the attribute, is the function of that name).
-ss_mod = importlib.import_module("ssmcore.selective_scan")
+# The module object (ssmcore._selective_scan, the attribute, is the function of that name).
+ss_mod = importlib.import_module("ssmcore._selective_scan")
 
 OPTS = ("D", "z", "delta_bias", "h0")
 
@@ -240,7 +240,7 @@ def test_constant_parameters_equal_lti_recurrence():
         ref[:, :, t] = np.sum(C * x, axis=-1)
     np.testing.assert_allclose(out, ref, rtol=1e-12, atol=1e-12)
     try:
-        from ssmcore.scan import linear_scan
+        from ssmcore._scan import linear_scan
     except ImportError:  # pragma: no cover - the linear scan is another module's work
         return
     a = np.broadcast_to(Ad[None, :, :, None], (b, D, N, L))

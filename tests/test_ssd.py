@@ -12,7 +12,7 @@ from vjp_check import check_vjp
 
 import ssmcore
 from ssmcore.reference import ssd as ref
-from ssmcore.ssd import ssd
+from ssmcore._ssd import ssd
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -216,8 +216,8 @@ def test_equals_mamba1_selective_scan_loop(rng):
 
 
 def test_equals_ssmcore_selective_scan(rng):
-    """Cross-check with ssmcore.selective_scan (written by another engineer) where it exists."""
-    sel = pytest.importorskip("ssmcore.selective_scan")
+    """Cross-check with ssmcore._selective_scan (written by another engineer) where it exists."""
+    sel = pytest.importorskip("ssmcore._selective_scan")
     x, dt, A, B, C = make_inputs(rng, L=9)
     H = x.shape[2]
     D = rng.standard_normal(H)
@@ -480,7 +480,7 @@ def test_import_is_lazy():
     import subprocess
     import sys
 
-    code = "import sys, ssmcore.ssd; print('numba' in sys.modules, 'scipy' in sys.modules)"
+    code = "import sys, ssmcore._ssd; print('numba' in sys.modules, 'scipy' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.split() == ["False", "False"]
 

@@ -6,7 +6,7 @@ direct (not FFT) convolutions. ``ssmcore.backends.numba.convolution`` exposes th
 same functions with the same signatures; the tests compare the two.
 
 All functions take normalised, already-validated arrays (the front door
-``ssmcore.convolution`` does the validation, broadcasting and discretisation).
+``ssmcore._convolution`` does the validation, broadcasting and discretisation).
 Complex gradients follow the project's convention: the transpose of the
 linearisation, no conjugation (JAX's).
 """

@@ -33,7 +33,7 @@ inside SciPy); the Numba backend supplies a batched kernel of the same name.
 
 The functions here take already validated, broadcast arrays: ``A`` and ``dt`` of
 shape (R, N) and ``B`` of shape (R, N, M); the front door
-(:mod:`ssmcore.discretization`) owns shapes, dtypes and errors.
+(:mod:`ssmcore._discretization`) owns shapes, dtypes and errors.
 """
 
 from __future__ import annotations

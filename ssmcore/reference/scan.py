@@ -1,7 +1,7 @@
 """NumPy specification of the linear scan h_t = a_t h_{t-1} + b_t (forward and backward).
 
 Same function names and signatures as :mod:`ssmcore.backends.numba.scan`; the
-front door :mod:`ssmcore.scan` prepares the arrays once, so these loops only read
+front door :mod:`ssmcore._scan` prepares the arrays once, so these loops only read
 like the maths. Layout (prepared by the front door):
 
 * ``a``: ``(Ra, La)`` coefficient rows, ``La`` is ``L`` (time-varying) or ``1``

@@ -3,7 +3,7 @@
 Readable float64 / complex128 loops over time, vectorised over (batch, channel,
 state).  Same function names and canonical arguments as the Numba kernels in
 :mod:`ssmcore.backends.numba.selective_scan` (see that module's docstring for the
-layouts); the front door :mod:`ssmcore.selective_scan` prepares them.  The
+layouts); the front door :mod:`ssmcore._selective_scan` prepares them.  The
 reference stores every state (it is a specification, not a lean kernel) and
 ignores ``chunk``, ``save`` and ``ckpt``.
 

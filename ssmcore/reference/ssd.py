@@ -1,6 +1,6 @@
 """NumPy specification of Mamba-2 SSD (state space duality), forward and backward.
 
-The kernels here take inputs that the front door :func:`ssmcore.ssd.ssd` has
+The kernels here take inputs that the front door :func:`ssmcore._ssd.ssd` has
 already validated and normalised:
 
 * ``x`` (batch, L, H, P), ``dt`` (batch, L, H) -- the *processed* step

@@ -3,7 +3,7 @@
 Same function names and signatures as :mod:`ssmcore.reference.scan`, which is the
 specification; the layout contract (``a`` rows ``(Ra, La)`` with ``La`` in
 ``{1, L}``, row map ``arow``, ``b`` ``(C, L)`` C-contiguous, one dtype) is
-documented there and established by :mod:`ssmcore.scan`.
+documented there and established by :mod:`ssmcore._scan`.
 
 Why the kernels look the way they do (measured facts in PLATFORM.md):
 

@@ -1,7 +1,7 @@
 """Numba CPU kernels of Mamba's selective scan (forward and memory-lean backward).
 
 Same function names and signatures as :mod:`ssmcore.reference.selective_scan`;
-the front door :mod:`ssmcore.selective_scan` validates and canonicalises the
+the front door :mod:`ssmcore._selective_scan` validates and canonicalises the
 arguments first (see ``_canonical`` there), so these kernels never validate.
 
 Canonical arguments (``rdt`` = real compute dtype, ``sdt`` = state dtype, equal to

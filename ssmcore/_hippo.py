@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from .initializers import _as_generator
+from ._initializers import _as_generator
 from .validation import as_float_array, check_choice, check_dt, check_int
 
 __all__ = [
@@ -239,7 +239,7 @@ def hippo(measure: str, N: int, **params: float) -> tuple[np.ndarray, np.ndarray
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.hippo import hippo
+    >>> from ssmcore import hippo
     >>> A, B = hippo("legs", 3)
     >>> A
     array([[-1.        ,  0.        ,  0.        ],
@@ -286,7 +286,7 @@ def rank_correction(measure: str, N: int, rank: int = 1, **params: float) -> np.
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.hippo import hippo, rank_correction
+    >>> from ssmcore import hippo, rank_correction
     >>> A, _ = hippo("legs", 4); P = rank_correction("legs", 4)
     >>> AP = A + P.T @ P
     >>> np.allclose(AP + AP.T, -np.eye(4))   # -I/2 plus a skew-symmetric part
@@ -380,7 +380,7 @@ def nplr(measure: str, N: int, rank: int = 1, **params: float) -> tuple[np.ndarr
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.hippo import hippo, nplr, nplr_to_dense
+    >>> from ssmcore import hippo, nplr, nplr_to_dense
     >>> Lambda, P, B, V = nplr("legs", 8)
     >>> np.round(Lambda, 4)
     array([-0.5-19.8574j, -0.5 -5.3542j, -0.5 -1.9578j, -0.5 -0.4275j])
@@ -498,7 +498,7 @@ def nplr_to_dense(Lambda: Any, P: Any, B: Any, V: Any) -> tuple[np.ndarray, np.n
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.hippo import hippo, nplr, nplr_to_dense
+    >>> from ssmcore import hippo, nplr, nplr_to_dense
     >>> A, b = nplr_to_dense(*nplr("fout", 6))
     >>> bool(np.allclose(A, hippo("fout", 6)[0]))
     True
@@ -602,7 +602,7 @@ def dplr(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.hippo import dplr
+    >>> from ssmcore import dplr
     >>> Lambda, P, B = dplr("lin", 8, H=2, P_scale=0.0)
     >>> Lambda[0, :3]
     array([-0.5+0.j        , -0.5-3.14159265j, -0.5-6.28318531j])
@@ -737,7 +737,7 @@ def hippo_basis(measure: str, N: int, s: Any, *, t: float, **params: float) -> n
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.hippo import hippo_basis
+    >>> from ssmcore import hippo_basis
     >>> hippo_basis("legs", 3, [0.0, 0.5, 1.0], t=1.0)  # sqrt(2n+1) P_n(2s/t - 1)
     array([[ 1.        ,  1.        ,  1.        ],
            [-1.73205081,  0.        ,  1.73205081],
@@ -827,7 +827,7 @@ def hippo_reconstruct(measure: str, c: Any, s: Any, *, t: float, **params: float
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.hippo import hippo_reconstruct
+    >>> from ssmcore import hippo_reconstruct
     >>> c = np.array([1.0, 0.0, 0.0, 0.0])        # the LegS state of a constant 1
     >>> hippo_reconstruct("legs", c, [0.1, 0.7], t=1.0)
     array([1., 1.])
@@ -923,7 +923,7 @@ def hippo_online_coefficients(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.hippo import hippo_online_coefficients, hippo_reconstruct
+    >>> from ssmcore import hippo_online_coefficients, hippo_reconstruct
     >>> L = 1000; t = np.arange(1, L + 1) / L            # samples on (0, 1]
     >>> u = np.sin(6 * t) + t**2
     >>> x = hippo_online_coefficients("legs", u, 32)   # (L, 32)

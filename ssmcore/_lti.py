@@ -201,7 +201,7 @@ def _causal_conv(u: np.ndarray, K: np.ndarray, backend: str) -> np.ndarray:
     fft_conv is real-only; a complex product is split into real convolutions
     (Re = ur*Kr - ui*Ki, Im = ur*Ki + ui*Kr), skipping the parts that are zero.
     """
-    from .convolution import fft_conv
+    from ._convolution import fft_conv
 
     if not (np.iscomplexobj(u) or np.iscomplexobj(K)):
         return fft_conv(u, K, backend=backend)
@@ -221,13 +221,13 @@ def _causal_conv(u: np.ndarray, K: np.ndarray, backend: str) -> np.ndarray:
 def _run_convolution(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
     """FFT convolution with the impulse response K_l = C A^l B (plus D u and the x0 term).
 
-    Kernels come from :func:`ssmcore.convolution.ssm_kernel_dense`, one (P, M, L)
+    Kernels come from :func:`ssmcore.ssm_kernel_dense`, one (P, M, L)
     block per distinct (A, B, C) triple; the x0 term C A^{t+1} x0 is the kernel of
     the system with B replaced by A x0. The final state needs the recurrence (the
     readout-free recurrent kernel, O(N^2 L)), so it is only run when requested.
     No checkpoints: the backward recomputes them (``ck=None``).
     """
-    from .convolution import ssm_kernel_dense
+    from ._convolution import ssm_kernel_dense
 
     nb, N, M, P, L = ops.batch, ops.N, ops.M, ops.P, ops.L
     y = np.zeros((nb, P, L), dtype=ops.dtype)
@@ -391,9 +391,9 @@ def lti_simulate(
         (a chunk of S steps contributes :math:`A^S`), then every chunk reruns from
         its true initial state. About twice the arithmetic, so it only pays off
         when the batch is smaller than the thread count.
-        ``"convolution"``: FFT convolution (:func:`ssmcore.convolution.fft_conv`)
+        ``"convolution"``: FFT convolution (:func:`ssmcore.fft_conv`)
         with the impulse response :math:`K_l = C A^l B` from
-        :func:`ssmcore.convolution.ssm_kernel_dense` (one (P, M, L) kernel per
+        :func:`ssmcore.ssm_kernel_dense` (one (P, M, L) kernel per
         distinct (A, B, C), O(P M N^2 L) to build), plus :math:`D u` and the x0
         term :math:`C A^{t+1} x_0`; the final state, when requested, costs one
         readout-free recurrence (O(N^2 L)). Complex operands are split into real
@@ -428,7 +428,7 @@ def lti_simulate(
     One 2-state system driven by a unit step, x_t = 0.5 x_{t-1} + u_t:
 
     >>> import numpy as np
-    >>> from ssmcore.lti import lti_simulate
+    >>> from ssmcore import lti_simulate
     >>> A = np.array([[0.5, 0.0], [0.0, 0.25]])
     >>> B = np.ones((2, 1)); C = np.array([[1.0, 0.0]])
     >>> lti_simulate(A, B, C, None, np.ones((1, 4)))
@@ -552,7 +552,7 @@ _SCAN_BLOCK_ELEMENTS = 1 << 23
 
 def _diag_scan(k: Any, ops: _DiagOperands) -> tuple[np.ndarray, np.ndarray]:
     """linear_scan on b = B u over (row, mode) pairs, a block of rows at a time."""
-    from .scan import linear_scan
+    from ._scan import linear_scan
 
     R, N, L = ops.A.shape[0], ops.N, ops.L
     y = np.empty((R, L), dtype=ops.out_dtype)
@@ -720,14 +720,14 @@ def lti_simulate_diag(
         ``"recurrent"``: one fused Numba loop per (batch, channel) row, parallel
         over rows; the N states stay in a small buffer and only y is written
         (memory O(batch H L)).
-        ``"scan"``: :func:`ssmcore.scan.linear_scan` on :math:`b = B u`; it
+        ``"scan"``: :func:`ssmcore.linear_scan` on :math:`b = B u`; it
         materialises the (rows, N, L) states for blocks of (batch, channel) rows
         (~2^23 states at a time), so it does N times the memory traffic of the
         recurrent mode.
         ``"convolution"``: kernels :math:`K_l = \mathrm{proj}(s \sum_n C_n B_n A_n^l)`
         by running products (O(H (N + L)) memory, one kernel per distinct (A, B, C),
         not per batch element when A, B, C have no batch axes), then
-        :func:`ssmcore.convolution.fft_conv`; x0 adds the kernel of
+        :func:`ssmcore.fft_conv`; x0 adds the kernel of
         :math:`C A x_0`; the final state, when requested, costs one more readout-free
         recurrence (O(N L) per row).
         All three agree to rounding.
@@ -759,7 +759,7 @@ def lti_simulate_diag(
     An S4D-style layer (2 channels, 1 conjugate pair each), three ways:
 
     >>> import numpy as np
-    >>> from ssmcore.lti import lti_simulate_diag
+    >>> from ssmcore import lti_simulate_diag
     >>> A = np.array([[0.9 + 0.1j], [0.5 - 0.3j]]); B = np.ones((2, 1)); C = np.array([[1.0], [0.5j]])
     >>> u = np.ones((2, 4))
     >>> y = lti_simulate_diag(A, B, C, None, u, conj_sym=True)
@@ -900,7 +900,7 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarra
     The integrator y[k] = sum_{j<k} u[j] from scipy's own example:
 
     >>> import numpy as np
-    >>> from ssmcore.lti import dlsim
+    >>> from ssmcore import dlsim
     >>> tout, y = dlsim(([1.0], [1.0, -1.0], 1.0), [0.0, 0.0, 1.0, 1.0], t=[0.0, 1.0, 2.0, 3.0])
     >>> y.T
     array([[0., 0., 0., 1.]])

@@ -90,7 +90,7 @@ def s4d_lin(N: int) -> np.ndarray:
 
     Examples
     --------
-    >>> from ssmcore.initializers import s4d_lin
+    >>> from ssmcore import s4d_lin
     >>> s4d_lin(6)
     array([-0.5+0.j        , -0.5-3.14159265j, -0.5-6.28318531j])
     """
@@ -117,7 +117,7 @@ def s4d_inv(N: int) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.initializers import s4d_inv
+    >>> from ssmcore import s4d_inv
     >>> lam = s4d_inv(64)
     >>> [round(float(v), 2) for v in lam.imag[:3]], round(float(lam.imag[-1]), 4)
     ([-1283.43, -414.23, -240.39], -0.3234)
@@ -145,11 +145,11 @@ def s4d_legs(N: int) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.initializers import s4d_legs
+    >>> from ssmcore import s4d_legs
     >>> np.round(s4d_legs(8), 4)
     array([-0.5-19.8574j, -0.5 -5.3542j, -0.5 -1.9578j, -0.5 -0.4275j])
     """
-    from .hippo import nplr  # hippo imports this module; import late to avoid a cycle
+    from ._hippo import nplr  # hippo imports this module; import late to avoid a cycle
 
     _half("s4d_legs", N)
     return nplr("legs", N)[0]
@@ -173,7 +173,7 @@ def s4d_real(N: int) -> np.ndarray:
 
     Examples
     --------
-    >>> from ssmcore.initializers import s4d_real
+    >>> from ssmcore import s4d_real
     >>> s4d_real(4)
     array([-1., -2., -3., -4.])
     """
@@ -199,7 +199,7 @@ def mamba_A_log(D: int, N: int) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.initializers import mamba_A_log
+    >>> from ssmcore import mamba_A_log
     >>> A_log = mamba_A_log(2, 3)
     >>> -np.exp(A_log)
     array([[-1., -2., -3.],
@@ -228,7 +228,7 @@ def mamba2_A_log(H: int, A_init_range: tuple[float, float] = (1.0, 16.0), rng: A
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.initializers import mamba2_A_log
+    >>> from ssmcore import mamba2_A_log
     >>> A = -np.exp(mamba2_A_log(8, rng=0))
     >>> bool(np.all((A <= -1) & (A >= -16)))
     True
@@ -288,7 +288,7 @@ def lru_ring_init(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.initializers import lru_lambda, lru_ring_init
+    >>> from ssmcore import lru_lambda, lru_ring_init
     >>> nu_log, theta_log, gamma_log = lru_ring_init(16, r_min=0.9, r_max=0.999, rng=0)
     >>> r = np.abs(lru_lambda(nu_log, theta_log))
     >>> bool(np.all((r >= 0.9) & (r <= 0.999)))
@@ -329,7 +329,7 @@ def lru_lambda(nu_log: Any, theta_log: Any) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.initializers import lru_lambda
+    >>> from ssmcore import lru_lambda
     >>> lam = lru_lambda(np.log([0.1]), np.log([np.pi / 2]))
     >>> bool(np.allclose(lam, np.exp(-0.1) * 1j))
     True
@@ -371,7 +371,7 @@ def dt_init(
 
     Examples
     --------
-    >>> from ssmcore.initializers import dt_init
+    >>> from ssmcore import dt_init
     >>> dt_init(3, deterministic=True)
     array([0.001, 0.01 , 0.1  ])
     """
@@ -406,7 +406,7 @@ def inverse_softplus(x: Any) -> np.ndarray:
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.initializers import inverse_softplus
+    >>> from ssmcore import inverse_softplus
     >>> y = inverse_softplus([1e-8, 0.1, 50.0])
     >>> bool(np.allclose(np.logaddexp(0.0, y), [1e-8, 0.1, 50.0], rtol=1e-15))
     True
@@ -445,7 +445,7 @@ def mamba_dt_bias(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.initializers import mamba_dt_bias
+    >>> from ssmcore import mamba_dt_bias
     >>> dt = np.logaddexp(0.0, mamba_dt_bias(64, rng=0))   # softplus
     >>> bool(np.all((dt >= 1e-3) & (dt <= 0.1)))
     True

@@ -264,7 +264,7 @@ def ssd(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.ssd import ssd
+    >>> from ssmcore import ssd
     >>> rng = np.random.default_rng(0)
     >>> x = rng.standard_normal((1, 5, 2, 3)); dt = np.full((1, 5, 2), 0.5)
     >>> A = np.array([-1.0, -2.0]); B = rng.standard_normal((1, 5, 1, 4)); C = B.copy()

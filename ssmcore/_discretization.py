@@ -224,7 +224,7 @@ def discretize_diag(
     S4D-Lin modes for H = 2 channels with one step per channel:
 
     >>> import numpy as np
-    >>> from ssmcore.discretization import discretize_diag
+    >>> from ssmcore import discretize_diag
     >>> lam = -0.5 + 1j * np.pi * np.arange(3)            # (N,) = (3,)
     >>> Ad, Bd = discretize_diag(lam, np.ones(3), np.array([0.1, 0.01])[:, None])
     >>> Ad.shape, Bd.shape
@@ -467,7 +467,7 @@ def discretize(
     The check values of ANCHORS.md / scipy for A = [[-1, .5], [0, -2]], B = [1, 1]^T, dt = 0.1:
 
     >>> import numpy as np
-    >>> from ssmcore.discretization import discretize
+    >>> from ssmcore import discretize
     >>> A = np.array([[-1.0, 0.5], [0.0, -2.0]]); B = np.array([[1.0], [1.0]])
     >>> Ad, Bd = discretize(A, B, 0.1)
     >>> np.round(Bd.ravel(), 6)
@@ -536,7 +536,7 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
     The check values of ANCHORS.md section 4.1:
 
     >>> import numpy as np
-    >>> from ssmcore.discretization import cont2discrete
+    >>> from ssmcore import cont2discrete
     >>> sys = ([[-1, 0.5], [0, -2]], [[1], [1]], [[1, 1]], [[0]])
     >>> Ad, Bd, Cd, Dd, dt = cont2discrete(sys, 0.1, method="bilinear")
     >>> np.round(Cd, 6), np.round(Dd, 6)

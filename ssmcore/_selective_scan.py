@@ -312,7 +312,7 @@ def selective_scan(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.selective_scan import selective_scan
+    >>> from ssmcore import selective_scan
     >>> rng = np.random.default_rng(0)
     >>> u = rng.standard_normal((1, 2, 5)); delta = np.full((1, 2, 5), 0.1)
     >>> A = -np.ones((2, 3)); B = np.ones((2, 3)); C = np.ones((2, 3))
@@ -383,7 +383,7 @@ def selective_state_update(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.selective_scan import selective_state_update
+    >>> from ssmcore import selective_state_update
     >>> state = np.zeros((1, 2, 3)); x = np.ones((1, 2)); dt = np.full((1, 2), 0.5)
     >>> A = -np.ones((2, 3)); B = np.ones((1, 3)); C = np.ones((1, 3))
     >>> out, state = selective_state_update(state, x, dt, A, B, C)

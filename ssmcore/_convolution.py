@@ -258,7 +258,7 @@ def ssm_kernel_diag(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.convolution import ssm_kernel_diag
+    >>> from ssmcore import ssm_kernel_diag
     >>> A = np.array([-0.5 + 1j, -0.5 + 3j]); B = np.ones(2); C = np.array([1.0, 0.5j])
     >>> K = ssm_kernel_diag(A, B, C, 0.1, 4)
     >>> K.shape
@@ -495,7 +495,7 @@ def ssm_kernel_dplr(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.convolution import ssm_kernel_dplr
+    >>> from ssmcore import ssm_kernel_dplr
     >>> lam = np.array([-0.5 + 1j, -0.5 + 4j]); P = np.array([[0.3, 0.2j]])
     >>> B = np.array([1.0, 0.5]); Ct = np.array([0.2 - 0.1j, 0.4j]); dt, L = 0.1, 8
     >>> K = ssm_kernel_dplr(lam, P, B, Ct, dt, L)
@@ -537,7 +537,7 @@ def dplr_c_tilde(Lambda: Any, P: Any, C: Any, dt: Any, L: int, *, inverse: bool 
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.convolution import dplr_c_tilde
+    >>> from ssmcore import dplr_c_tilde
     >>> lam = np.array([-0.5 + 1j]); P = np.array([[0.3]]); C = np.array([1.0 + 0.5j])
     >>> Ct = dplr_c_tilde(lam, P, C, 0.1, 16)
     >>> np.allclose(dplr_c_tilde(lam, P, Ct, 0.1, 16, inverse=True), C)
@@ -647,7 +647,7 @@ def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = No
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.convolution import ssm_kernel_dense
+    >>> from ssmcore import ssm_kernel_dense
     >>> Ad = np.array([[0.9, 0.1], [0.0, 0.5]]); Bd = np.array([1.0, 1.0]); C = np.array([1.0, 2.0])
     >>> ssm_kernel_dense(Ad, Bd, C, 3)
     array([3.  , 2.  , 1.45])
@@ -806,7 +806,7 @@ def fft_conv(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.convolution import fft_conv
+    >>> from ssmcore import fft_conv
     >>> u = np.array([[1.0, 2.0, 3.0, 4.0]]); K = np.array([[1.0, 0.5]])
     >>> np.round(fft_conv(u, K, D=np.array([0.1])), 12)
     array([[1.1, 2.7, 4.3, 5.9]])

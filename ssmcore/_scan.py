@@ -275,7 +275,7 @@ def linear_scan(
     Examples
     --------
     >>> import numpy as np
-    >>> from ssmcore.scan import linear_scan
+    >>> from ssmcore import linear_scan
     >>> linear_scan(np.full(4, 0.5), np.ones(4))
     array([1.   , 1.5  , 1.75 , 1.875])
     >>> linear_scan(0.5, np.ones(4), reverse=True)

@@ -1,0 +1,1 @@
+"""CuPy GPU kernels: CUDA C sources in ``kernels/`` compiled at first use (see ``_rawmodule``)."""
