@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "array_kind", "kernels", "select_backend"]
+__all__ = ["BACKENDS", "array_kind", "gpu_available", "kernels", "select_backend"]
 
 BACKENDS = ("numpy", "numba", "cupy")
 
@@ -37,6 +37,18 @@ def array_kind(x: Any) -> str | None:
     if jax is not None and isinstance(x, jax.Array):
         return "jax"
     return None  # other array-likes are converted by np.asarray in validation
+
+
+def gpu_available() -> bool:
+    """True where CuPy is installed and sees a CUDA device (imports CuPy; never raises)."""
+    try:
+        import cupy
+    except Exception:  # not installed, or a broken install
+        return False
+    try:
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
 
 
 def select_backend(fn: str, *arrays: Any, backend: str | None = None) -> str:

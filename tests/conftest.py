@@ -17,3 +17,19 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 @pytest.fixture
 def rng():
     return np.random.default_rng(20261125)
+
+
+def _gpu_available() -> bool:
+    from ssmcore.dispatch import gpu_available
+
+    return gpu_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` run only where CuPy sees a CUDA device."""
+    if _gpu_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (cupy.cuda.is_available() is False or CuPy is missing)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
