@@ -35,6 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from . import _xp
+from .dispatch import array_kind, declare_backends
+
 __all__ = ["OpDef", "get_op", "list_ops", "register_op", "vjp"]
 
 
@@ -49,6 +52,7 @@ class OpDef:
     inputs: tuple[str, ...]
     signature: inspect.Signature  # fn's, without NUMPY_ONLY_PARAMETERS
     bwd_takes_needs: bool = False  # bwd(res, ct, needs) can skip unwanted gradients
+    backends: tuple[str, ...] = ("numpy", "numba")  # where fwd and bwd have kernels
 
     def backward(self, res: Any, cotangent: Any, needs: tuple[bool, ...] | None = None) -> tuple[Any, ...]:
         """Call ``bwd``; with ``needs``, gradients not wanted are ``None`` (skipped if ``bwd`` can)."""
@@ -82,8 +86,14 @@ def register_op(
     fwd: Callable[..., tuple[Any, Any]],
     bwd: Callable[[Any, Any], tuple[Any, ...]],
     inputs: tuple[str, ...],
+    backends: tuple[str, ...] = ("numpy", "numba"),
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Decorator registering the public function ``fn`` as op ``name``."""
+    """Decorator registering the public function ``fn`` as op ``name``.
+
+    ``backends`` declares where the op's forward and backward have kernels
+    (:func:`ssmcore.dispatch.declare_backends`); the dispatcher refuses the others
+    with one uniform error.
+    """
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(fn)
@@ -94,7 +104,8 @@ def register_op(
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"register_op: an op named {name!r} is already registered")
         takes_needs = "needs" in inspect.signature(bwd).parameters
-        _REGISTRY[name] = OpDef(name, fn, fwd, bwd, tuple(inputs), sig, takes_needs)
+        declare_backends(name, tuple(backends))
+        _REGISTRY[name] = OpDef(name, fn, fwd, bwd, tuple(inputs), sig, takes_needs, tuple(backends))
         fn.__ssmcore_op__ = name
         return fn
 
@@ -108,7 +119,7 @@ def get_op(op: str | Callable[..., Any]) -> OpDef:
         return _REGISTRY[key]
     except (KeyError, TypeError):
         known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"vjp: {op!r} is not a registered ssmcore op; registered ops: {known}") from None
+        raise ValueError(f"get_op: {op!r} is not a registered ssmcore op; registered ops: {known}") from None
 
 
 def list_ops() -> list[str]:
@@ -116,24 +127,47 @@ def list_ops() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _namespace_of(x: Any) -> Any:
+    """The array namespace of an op output (NumPy for NumPy outputs)."""
+    kind = array_kind(x)
+    return _xp.namespace(kind) if kind in ("cupy", "strict") else None
+
+
 def _zeros_for(x: Any) -> Any:
     if isinstance(x, tuple):
         return tuple(_zeros_for(e) for e in x)
-    return np.zeros_like(x)
+    xp = _namespace_of(x)
+    return np.zeros_like(x) if xp is None else xp.zeros_like(x)
 
 
-def _fill_cotangent(out: Any, ct: Any) -> Any:
-    """Check the cotangent's structure against ``out`` and fill ``None`` with zeros."""
+def _fill_cotangent(out: Any, ct: Any, op: str = "pullback") -> Any:
+    """Check the cotangent's structure against ``out`` and fill ``None`` with zeros.
+
+    The cotangent is brought to the output's namespace and device (a NumPy or
+    scalar cotangent of a CuPy output is moved to the GPU) and promoted with the
+    output's dtype.
+    """
     if ct is None:
         return _zeros_for(out)
     if isinstance(out, tuple):
         if not isinstance(ct, (tuple, list)) or len(ct) != len(out):
-            raise ValueError(f"pullback: the op returns a tuple of {len(out)} arrays; pass a tuple of {len(out)} cotangents (None for zero)")
-        return tuple(_fill_cotangent(o, c) for o, c in zip(out, ct))
-    c = np.asarray(ct)
-    if c.shape != np.shape(out):
-        raise ValueError(f"pullback: cotangent has shape {c.shape}; expected the output's shape {np.shape(out)}")
-    return c.astype(np.result_type(c.dtype, np.asarray(out).dtype), copy=False)
+            raise ValueError(
+                f"{op} pullback: the op returns a tuple of {len(out)} arrays; "
+                f"pass a tuple of {len(out)} cotangents (None for zero)"
+            )
+        return tuple(_fill_cotangent(o, c, op) for o, c in zip(out, ct))
+    xp = _namespace_of(out)
+    if xp is None:
+        c = np.asarray(ct)
+        if c.shape != np.shape(out):
+            raise ValueError(f"{op} pullback: cotangent has shape {c.shape}; expected the output's shape {np.shape(out)}")
+        return c.astype(np.result_type(c.dtype, np.asarray(out).dtype), copy=False)
+    device = getattr(out, "device", None)
+    c = ct if array_kind(ct) == array_kind(out) else xp.asarray(ct, device=device)
+    if tuple(c.shape) != tuple(out.shape):
+        raise ValueError(f"{op} pullback: cotangent has shape {tuple(c.shape)}; expected the output's shape {tuple(out.shape)}")
+    dt = xp.result_type(c.dtype, out.dtype)
+    return c if c.dtype == dt else xp.astype(c, dt)
 
 
 def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
@@ -175,6 +209,6 @@ def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, C
     out, res = opdef.fwd(*args, **kwargs)
 
     def pullback(cotangent: Any, needs: tuple[bool, ...] | None = None) -> tuple[Any, ...]:
-        return opdef.backward(res, _fill_cotangent(out, cotangent), needs)
+        return opdef.backward(res, _fill_cotangent(out, cotangent, opdef.name), needs)
 
     return out, pullback

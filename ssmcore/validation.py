@@ -12,9 +12,14 @@ Bad shapes raise :class:`ValueError`, bad types and dtypes raise :class:`TypeErr
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from ._xp import dtype_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .dispatch import Target
 
 __all__ = [
     "as_float_array",
@@ -47,8 +52,9 @@ def as_float_array(
     min_ndim: int = 0,
     max_ndim: int | None = None,
     expected: str | None = None,
-) -> np.ndarray:
-    """Convert ``x`` to a floating (or complex) NumPy array, refusing other dtypes.
+    target: "Target | None" = None,
+) -> Any:
+    """Convert ``x`` to a floating (or complex) array, refusing other dtypes.
 
     Python scalars and lists holding integers are promoted to float64 (they carry
     no dtype intent). NumPy arrays of integer or boolean dtype are refused unless
@@ -56,7 +62,13 @@ def as_float_array(
     float16 is upcast to float32. Object and string dtypes are always refused.
     Fewer than ``min_ndim`` or more than ``max_ndim`` dimensions raise the
     standard shape error, naming ``expected``.
+
+    ``target`` (from :func:`ssmcore.dispatch.select`) gives the call's array
+    namespace: NumPy by default; CuPy or array-API-strict arrays are kept in
+    their namespace and on their device, with the same rules and messages.
     """
+    if target is not None and target.kind != "numpy":
+        return _as_float_array_xp(fn, name, x, target, complex_ok, integer_ok, min_ndim, max_ndim, expected)
     typed_input = isinstance(x, np.ndarray) or (hasattr(x, "dtype") and not isinstance(x, (list, tuple)))
     if x is None:
         raise TypeError(f"{fn}: {name} is None; expected an array")
@@ -86,6 +98,46 @@ def as_float_array(
     else:
         raise TypeError(
             f"{fn}: {name} has dtype {arr.dtype}; expected a floating"
+            f"{' or complex' if complex_ok else ''} numeric dtype"
+        )
+    if arr.ndim < min_ndim:
+        raise shape_error(fn, name, arr.shape, expected or f"at least {min_ndim} dimensions")
+    if max_ndim is not None and arr.ndim > max_ndim:
+        raise shape_error(fn, name, arr.shape, expected or f"at most {max_ndim} dimensions")
+    return arr
+
+
+def _as_float_array_xp(
+    fn: str, name: str, x: Any, target: "Target", complex_ok: bool, integer_ok: bool,
+    min_ndim: int, max_ndim: int | None, expected: str | None,
+) -> Any:
+    """:func:`as_float_array` for a non-NumPy namespace (CuPy, array-API-strict)."""
+    xp = target.xp
+    if x is None:
+        raise TypeError(f"{fn}: {name} is None; expected an array")
+    typed_input = hasattr(x, "dtype") and not isinstance(x, (list, tuple))
+    try:
+        arr = x if typed_input and hasattr(x, "__array_namespace__") else target.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{fn}: {name} could not be converted to an array ({exc})") from None
+    dt = arr.dtype
+    if xp.isdtype(dt, ("integral", "bool")):
+        if typed_input and not integer_ok and arr.ndim > 0:
+            raise TypeError(
+                f"{fn}: {name} has dtype {dtype_name(dt)}; expected a floating dtype "
+                f"(float32/float64{'/complex64/complex128' if complex_ok else ''}); "
+                f"cast it explicitly, e.g. {name}.astype(float64)"
+            )
+        arr = xp.astype(arr, xp.float64)
+    elif xp.isdtype(dt, "real floating"):
+        if dt not in (xp.float32, xp.float64):
+            arr = xp.astype(arr, xp.float32)  # float16 (and bfloat16 where a namespace has it)
+    elif xp.isdtype(dt, "complex floating"):
+        if not complex_ok:
+            raise TypeError(f"{fn}: {name} has dtype {dtype_name(dt)}; expected a real floating dtype")
+    else:
+        raise TypeError(
+            f"{fn}: {name} has dtype {dtype_name(dt)}; expected a floating"
             f"{' or complex' if complex_ok else ''} numeric dtype"
         )
     if arr.ndim < min_ndim:
@@ -143,19 +195,22 @@ def check_int(fn: str, name: str, value: Any, *, minimum: int = 1) -> int:
     return int(value)
 
 
-def sum_to_shape(g: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+def sum_to_shape(g: Any, shape: Sequence[int], xp: Any = None) -> Any:
     """Reduce a gradient computed on a broadcast shape back to an input's ``shape``.
 
     The adjoint of NumPy broadcasting: sum over the leading axes that broadcasting
-    added and over the axes where the input had length 1.
+    added and over the axes where the input had length 1. ``xp`` is the array
+    namespace (NumPy's methods when omitted).
     """
     shape = tuple(shape)
     if g.shape == shape:
         return g
     lead = g.ndim - len(shape)
-    if lead > 0:
-        g = g.sum(axis=tuple(range(lead)))
-    axes = tuple(i for i, (gs, s) in enumerate(zip(g.shape, shape)) if s == 1 and gs != 1)
-    if axes:
-        g = g.sum(axis=axes, keepdims=True)
-    return g.reshape(shape)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, (gs, s) in enumerate(zip(g.shape[lead:], shape)) if s == 1 and gs != 1
+    )
+    if xp is None:
+        g = g.sum(axis=axes) if axes else g
+        return g.reshape(shape)
+    g = xp.sum(g, axis=axes, dtype=g.dtype) if axes else g
+    return xp.reshape(g, shape)

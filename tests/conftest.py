@@ -3,6 +3,7 @@ import os
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from namespaces import NAMESPACE_PARAMS
 
 # Property tests: a modest number of examples by default, more with HYPOTHESIS_PROFILE=thorough.
 settings.register_profile(
@@ -33,3 +34,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(params=NAMESPACE_PARAMS)
+def ns(request):
+    """The array namespace a device-neutral test runs on (numpy, strict, cupy); see tests/namespaces.py."""
+    return request.param
