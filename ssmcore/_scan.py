@@ -19,7 +19,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .dispatch import kernels, select_backend
+from ._xp import broadcast_shapes, prod
+from .dispatch import Target, select
 from .registry import register_op
 from .validation import as_float_array, shape_error, sum_to_shape
 
@@ -31,35 +32,38 @@ _FN = "linear_scan"
 class _Prepared(NamedTuple):
     """Inputs in kernel layout plus what the backward needs to undo it."""
 
-    a_rows: np.ndarray  # (Ra, La)
-    arow: np.ndarray  # (C,) intp
-    b2: np.ndarray  # (C, L)
-    h0_flat: np.ndarray  # (C,)
+    a_rows: Any  # (Ra, La)
+    arow: Any  # (C,) int64
+    b2: Any  # (C, L)
+    h0_flat: Any  # (C,)
     out_shape: tuple[int, ...]
     a_shape: tuple[int, ...]
     b_shape: tuple[int, ...]
     h0_shape: tuple[int, ...] | None
-    a_dtype: np.dtype
-    b_dtype: np.dtype
-    h0_dtype: np.dtype | None
-    dtype: np.dtype
+    a_dtype: Any
+    b_dtype: Any
+    h0_dtype: Any
+    dtype: Any
+    target: Target
+    complex_state: bool  # dtype is complex
 
 
-def _weak(x: Any, arr: np.ndarray) -> Any:
+def _weak(x: Any, arr: Any) -> Any:
     """What takes part in dtype promotion: Python scalars stay weak (NEP 50), so
     ``linear_scan(0.9, b32)`` stays float32."""
     return x if type(x) in (int, float, complex) else arr.dtype  # not np.float64 scalars, as in NumPy
 
 
-def _prepare(a: Any, b: Any, h0: Any) -> _Prepared:
-    a_arr = as_float_array(_FN, "a", a)
-    b_arr = as_float_array(_FN, "b", b)
-    h0_arr = None if h0 is None else as_float_array(_FN, "h0", h0)
+def _prepare(a: Any, b: Any, h0: Any, t: Target) -> _Prepared:
+    xp = t.xp
+    a_arr = as_float_array(_FN, "a", a, target=t)
+    b_arr = as_float_array(_FN, "b", b, target=t)
+    h0_arr = None if h0 is None else as_float_array(_FN, "h0", h0, target=t)
     try:
-        out_shape = np.broadcast_shapes(a_arr.shape, b_arr.shape)
+        out_shape = broadcast_shapes(a_arr.shape, b_arr.shape)
     except ValueError:
         raise ValueError(
-            f"{_FN}: a has shape {a_arr.shape} and b has shape {b_arr.shape}, which do not broadcast; "
+            f"{_FN}: a has shape {tuple(a_arr.shape)} and b has shape {tuple(b_arr.shape)}, which do not broadcast; "
             "expected a of shape (..., L) (time-varying) or (..., 1) (constant in time) and b of shape "
             "(..., L), time on the last axis"
         ) from None
@@ -67,28 +71,29 @@ def _prepare(a: Any, b: Any, h0: Any) -> _Prepared:
         raise shape_error(_FN, "b", b_arr.shape, "(..., L) with time on the last axis (a and b are both scalars)")
     lead, L = out_shape[:-1], out_shape[-1]
     promo = [_weak(a, a_arr), _weak(b, b_arr)] + ([] if h0_arr is None else [_weak(h0, h0_arr)])
-    dtype = np.result_type(*promo)
+    dtype = xp.result_type(*promo)
 
-    # a: compact rows (its own leading shape) and a channel -> row map.
+    # a: compact rows (its own leading shape) and a channel -> row map. Layout (contiguity)
+    # is the launchers' business; these are views where the inputs allow.
     La = a_arr.shape[-1] if a_arr.ndim else 1
-    a_lead = a_arr.shape[:-1] if a_arr.ndim else ()
-    Ra = int(np.prod(a_lead, dtype=np.int64))
-    a_rows = np.ascontiguousarray(a_arr.reshape(Ra, La), dtype=dtype)
-    arow = np.ascontiguousarray(
-        np.broadcast_to(np.arange(Ra, dtype=np.intp).reshape(a_lead), lead).reshape(-1)
-    )
-    C = arow.shape[0]
+    a_lead = tuple(a_arr.shape[:-1]) if a_arr.ndim else ()
+    Ra = prod(a_lead)
+    a_rows = xp.astype(xp.reshape(a_arr, (Ra, La)), dtype, copy=False)
+    C = prod(lead)
+    arow = xp.arange(Ra, dtype=xp.int64, device=t.device)
+    if a_lead != lead:  # a shared across broadcast axes: map each channel to its row
+        arow = xp.reshape(xp.broadcast_to(xp.reshape(arow, a_lead), lead), (C,))
 
-    b_full = b_arr if b_arr.shape == out_shape else np.broadcast_to(b_arr, out_shape)
-    b2 = np.ascontiguousarray(b_full, dtype=dtype).reshape(C, L)
+    b_full = b_arr if tuple(b_arr.shape) == out_shape else xp.broadcast_to(b_arr, out_shape)
+    b2 = xp.reshape(xp.astype(b_full, dtype, copy=False), (C, L))
 
     if h0_arr is None:
-        h0_flat = np.zeros(C, dtype=dtype)
+        h0_flat = xp.zeros(C, dtype=dtype, device=t.device)
     else:
         ok = h0_arr.ndim <= len(lead)
         if ok:
             try:
-                ok = np.broadcast_shapes(h0_arr.shape, lead) == lead
+                ok = broadcast_shapes(h0_arr.shape, lead) == lead
             except ValueError:
                 ok = False
         if not ok:
@@ -97,19 +102,20 @@ def _prepare(a: Any, b: Any, h0: Any) -> _Prepared:
                 f"{tuple(lead)} (the output's shape {tuple(out_shape)} without the time axis) or a shape that "
                 "broadcasts to it",
             )
-        h0_flat = np.ascontiguousarray(np.broadcast_to(h0_arr, lead), dtype=dtype).reshape(C)
+        h0_flat = xp.reshape(xp.astype(xp.broadcast_to(h0_arr, lead), dtype, copy=False), (C,))
 
     return _Prepared(
-        a_rows, arow, b2, h0_flat, tuple(out_shape), a_arr.shape, b_arr.shape,
-        None if h0_arr is None else h0_arr.shape, a_arr.dtype, b_arr.dtype,
-        None if h0_arr is None else h0_arr.dtype, dtype,
+        a_rows, arow, b2, h0_flat, tuple(out_shape), tuple(a_arr.shape), tuple(b_arr.shape),
+        None if h0_arr is None else tuple(h0_arr.shape), a_arr.dtype, b_arr.dtype,
+        None if h0_arr is None else h0_arr.dtype, dtype, t, bool(xp.isdtype(dtype, "complex floating")),
     )
 
 
-def _final_state(h: np.ndarray, p: _Prepared, reverse: bool) -> np.ndarray:
+def _final_state(h: Any, p: _Prepared, reverse: bool) -> Any:
+    xp = p.target.xp
     if h.shape[-1] == 0:
-        return p.h0_flat.reshape(p.out_shape[:-1]).copy()
-    return h[..., 0 if reverse else -1].copy()
+        return xp.asarray(xp.reshape(p.h0_flat, p.out_shape[:-1]), copy=True)
+    return xp.asarray(h[..., 0 if reverse else -1], copy=True)
 
 
 def _check_out(out: Any, p: _Prepared, inputs: tuple[np.ndarray, ...]) -> tuple[np.ndarray | None, bool]:
@@ -118,6 +124,8 @@ def _check_out(out: Any, p: _Prepared, inputs: tuple[np.ndarray, ...]) -> tuple[
     Like a NumPy ufunc, any strides are accepted and an ``out`` overlapping an
     input is handled: the kernel then writes a fresh array that is copied into ``out``.
     """
+    if p.target.kind != "numpy":
+        raise TypeError(f"{_FN}: out= is supported for NumPy inputs only; got {p.target.kind} inputs")
     if type(out) is not np.ndarray:
         raise TypeError(f"{_FN}: out must be a NumPy ndarray, got {type(out).__name__}")
     if out.shape != p.out_shape:
@@ -133,18 +141,18 @@ def _check_out(out: Any, p: _Prepared, inputs: tuple[np.ndarray, ...]) -> tuple[
 def _forward(
     a: Any, b: Any, h0: Any, reverse: bool, return_final_state: bool, backend: str | None, out: Any = None
 ) -> tuple[Any, Any]:
-    which = select_backend(_FN, a, b, h0, backend=backend)
-    p = _prepare(a, b, h0)
-    k = kernels(which, "scan")
+    t = select(_FN, a, b, h0, backend=backend)
+    p = _prepare(a, b, h0, t)
+    k = t.kernels("scan")
     buf, copy_back = (None, False) if out is None else _check_out(out, p, (p.a_rows, p.b2, p.h0_flat))
     h2 = k.scan_fwd(p.a_rows, p.arow, p.b2, p.h0_flat, bool(reverse), out=buf)
-    h = h2.reshape(p.out_shape)
+    h = t.xp.reshape(h2, p.out_shape)
     if out is not None:
         if copy_back:
             np.copyto(out, h)
         h = out
     result = (h, _final_state(h, p, reverse)) if return_final_state else h
-    return result, (p, h2, bool(reverse), bool(return_final_state), which)
+    return result, (p, h2, bool(reverse), bool(return_final_state))
 
 
 def _linear_scan_fwd(
@@ -159,42 +167,51 @@ def _linear_scan_fwd(
     return _forward(a, b, h0, reverse, return_final_state, backend)
 
 
-def _to_input(g: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _to_input(g: Any, shape: tuple[int, ...], dtype: Any, p: _Prepared) -> Any:
     """Reduce a gradient to an input's broadcast shape and dtype (real part for a
     real input under the pairing Re(sum(u v)))."""
-    g = sum_to_shape(g, shape)
-    if dtype.kind != "c" and np.iscomplexobj(g):
-        g = g.real
-    # order="C" rather than np.ascontiguousarray, which turns a 0-d gradient into shape (1,)
-    return np.array(g, dtype=dtype, copy=None, order="C")
+    xp = p.target.xp
+    g = sum_to_shape(g, shape, xp)
+    if p.complex_state and dtype != g.dtype and not xp.isdtype(dtype, "complex floating"):
+        g = xp.real(g)
+    return xp.astype(g, dtype, copy=False)
 
 
 def _linear_scan_bwd(
     res: Any, cotangent: Any, needs: tuple[bool, bool, bool] = (True, True, True)
-) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
-    p, h2, reverse, with_final, which = res
+) -> tuple[Any, Any, Any]:
+    p, h2, reverse, with_final = res
+    t = p.target
+    xp = t.xp
     gh, gfinal = cotangent if with_final else (cotangent, None)
     C, L = h2.shape
 
-    def prep(ct: Any, shape: tuple[int, ...]) -> np.ndarray:
-        ct = np.asarray(ct)
-        if p.dtype.kind != "c" and np.iscomplexobj(ct):
-            ct = ct.real
-        return np.ascontiguousarray(np.broadcast_to(ct, shape), dtype=p.dtype)
+    def prep(ct: Any, shape: tuple[int, ...]) -> Any:
+        if not hasattr(ct, "__array_namespace__"):
+            ct = t.asarray(ct)
+        if not p.complex_state and ct.dtype != p.dtype and xp.isdtype(ct.dtype, "complex floating"):
+            ct = xp.real(ct)
+        if tuple(ct.shape) != shape:
+            ct = xp.broadcast_to(ct, shape)
+        return xp.astype(ct, p.dtype, copy=False)
 
-    gh2 = prep(gh, p.out_shape).reshape(C, L)
-    gf = np.zeros(C, dtype=p.dtype) if gfinal is None else prep(gfinal, p.out_shape[:-1]).reshape(C)
-    k = kernels(which, "scan")
+    gh2 = xp.reshape(prep(gh, p.out_shape), (C, L))
+    gf = xp.zeros(C, dtype=p.dtype, device=t.device) if gfinal is None else xp.reshape(prep(gfinal, p.out_shape[:-1]), (C,))
+    k = t.kernels("scan")
     # Without a's gradient the kernel neither reads the states h nor writes ga (3 streams instead of 5).
     g, ga, gh0 = k.scan_bwd(p.a_rows, p.arow, h2, p.h0_flat, gh2, gf, reverse, need_a=needs[0])
     lead = p.out_shape[:-1]
-    grad_a = None if ga is None else _to_input(ga.reshape(lead + (ga.shape[1],)), p.a_shape, p.a_dtype)
-    grad_b = _to_input(g.reshape(p.out_shape), p.b_shape, p.b_dtype) if needs[1] else None
-    grad_h0 = None if (p.h0_shape is None or not needs[2]) else _to_input(gh0.reshape(lead), p.h0_shape, p.h0_dtype)
+    grad_a = None if ga is None else _to_input(xp.reshape(ga, lead + (ga.shape[1],)), p.a_shape, p.a_dtype, p)
+    grad_b = _to_input(xp.reshape(g, p.out_shape), p.b_shape, p.b_dtype, p) if needs[1] else None
+    grad_h0 = (
+        None if (p.h0_shape is None or not needs[2]) else _to_input(xp.reshape(gh0, lead), p.h0_shape, p.h0_dtype, p)
+    )
     return grad_a, grad_b, grad_h0
 
 
-@register_op("linear_scan", fwd=_linear_scan_fwd, bwd=_linear_scan_bwd, inputs=("a", "b", "h0"))
+@register_op(
+    "linear_scan", fwd=_linear_scan_fwd, bwd=_linear_scan_bwd, inputs=("a", "b", "h0"), backends=("numpy", "numba")
+)
 def linear_scan(
     a: Any,
     b: Any,

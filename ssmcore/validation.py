@@ -213,4 +213,4 @@ def sum_to_shape(g: Any, shape: Sequence[int], xp: Any = None) -> Any:
         g = g.sum(axis=axes) if axes else g
         return g.reshape(shape)
     g = xp.sum(g, axis=axes, dtype=g.dtype) if axes else g
-    return xp.reshape(g, shape)
+    return xp.reshape(xp.asarray(g), shape)  # asarray: NumPy reduces to a scalar, keep a 0-d array

@@ -1188,6 +1188,8 @@ def scan_fwd(
     ``out`` (C-contiguous ``(C, L)`` of b's dtype) receives the result if given, so
     benchmarks can time the kernel without the page faults of a fresh array.
     """
+    # Layout is the launcher's business: the front door passes any strides (no-ops when contiguous).
+    a, arow, b, h0 = (np.ascontiguousarray(x) for x in (a, arow, b, h0))
     C, L = b.shape
     out = np.empty((C, L), dtype=b.dtype) if out is None else out
     if C == 0 or L == 0:
@@ -1226,6 +1228,9 @@ def scan_bwd(
     ``need_a=False`` returns ``ga = None`` and neither reads the states ``h``
     nor writes ``ga`` (3 memory streams instead of 5).
     """
+    a, arow, h0, gh, gfinal = (np.ascontiguousarray(x) for x in (a, arow, h0, gh, gfinal))
+    if need_a:
+        h = np.ascontiguousarray(h)
     C, L = gh.shape
     La = a.shape[1]
     g = np.empty((C, L), dtype=gh.dtype)
