@@ -33,6 +33,7 @@ __all__ = [
     "UnsupportedBackendError",
     "array_kind",
     "capabilities",
+    "capability_table",
     "declare_backends",
     "gpu_available",
     "kernels",
@@ -78,6 +79,14 @@ def declare_backends(fn: str, backends: tuple[str, ...]) -> None:
 def capabilities() -> dict[str, tuple[str, ...]]:
     """``{function name: backends}`` for every function that runs kernels (a copy)."""
     return dict(sorted(_CAPABILITIES.items()))
+
+
+def capability_table() -> str:
+    """The capability table as Markdown (docs/backends.md is this text; a test keeps them equal)."""
+    rows = ["| function | " + " | ".join(BACKENDS) + " |", "|---|" + "---|" * len(BACKENDS)]
+    for fn, have in capabilities().items():
+        rows.append(f"| `{fn}` | " + " | ".join("yes" if b in have else "—" for b in BACKENDS) + " |")
+    return "\n".join(rows) + "\n"
 
 
 _BACKEND_WORDS = {"numpy": "NumPy reference", "numba": "Numba CPU kernel", "cupy": "CuPy kernel"}

@@ -63,6 +63,10 @@ def info_lines() -> list[str]:
     for mod in ("torch", "jax"):
         lines.append(f"{mod:<11} {_version(mod)}")
     lines.append("ops         " + ", ".join(ssmcore.list_ops()))
+    from ssmcore.dispatch import capabilities
+
+    gpu = [fn for fn, b in capabilities().items() if "cupy" in b]
+    lines.append("on the GPU  " + (", ".join(gpu) if gpu else "none yet"))
     return lines
 
 

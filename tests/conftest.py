@@ -40,3 +40,25 @@ def pytest_collection_modifyitems(config, items):
 def ns(request):
     """The array namespace a device-neutral test runs on (numpy, strict, cupy); see tests/namespaces.py."""
     return request.param
+
+
+def pytest_generate_tests(metafunc):
+    """A test taking ``backend`` runs on the CPU backends its op declares (the capability table).
+
+    The op is named by ``@pytest.mark.op("name")`` or a module-level ``OP``. An
+    explicit ``@pytest.mark.parametrize("backend", ...)`` wins. CuPy twins are
+    tested through the ``ns`` fixture (CuPy arrays), not through ``backend=``.
+    """
+    if "backend" not in metafunc.fixturenames:
+        return
+    for mark in metafunc.definition.iter_markers("parametrize"):
+        names = mark.args[0]
+        if "backend" in (names.replace(" ", "").split(",") if isinstance(names, str) else names):
+            return
+    marker = metafunc.definition.get_closest_marker("op")
+    op = marker.args[0] if marker else getattr(metafunc.module, "OP", None)
+    if op is None:
+        return
+    from ssmcore.dispatch import capabilities
+
+    metafunc.parametrize("backend", [b for b in capabilities()[op] if b != "cupy"])
