@@ -296,8 +296,9 @@ def test_paths_agree_with_reference(rng, monkeypatch, dtype, C, L, La, Ra, rever
 @pytest.mark.parametrize("threads", [1, 2])
 def test_channel_path_bit_identical_to_serial(rng, dtype, C, L, La, Ra, reverse, threads):
     # The channel path's slots run the same operations per step as the serial pairs,
-    # forward and backward, so the results must agree exactly (NaN included: it must
-    # stay in its own channel).
+    # forward and backward, and the scan kernels are compiled without FMA contraction,
+    # so the results agree exactly on any IEEE host (NaN included: it must stay in its
+    # own channel).
     import numba
 
     a, arow, b, h0 = _kernel_args(rng, C, L, La, Ra, dtype)
@@ -466,3 +467,35 @@ def test_cotangent_shape_checked():
     _, pb = ssmcore.vjp("linear_scan", np.ones((2, 3)), np.ones((2, 3)))
     with pytest.raises(ValueError, match="cotangent has shape"):
         pb(np.ones((2, 4)))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")
+@pytest.mark.parametrize("path", ["serial", "channels", "chunked"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64])
+def test_nonfinite_pattern_matches_the_reference_on_every_path(path, reverse, dtype):
+    """inf stays inf where the sequential loop keeps it (the chunked path once produced NaN from t = 16416)."""
+    C, L = 3, 65536
+    a = np.full((C, L), 0.5, dtype=dtype)
+    b = np.zeros((C, L), dtype=dtype)
+    first = L - 1 if reverse else 0
+    b[0, first] = np.inf
+    b[1, first + (-7 if reverse else 7)] = np.nan
+    a[2, L // 2] = 0.0
+    b[2, L // 3 if not reverse else 2 * L // 3] = -np.inf  # -inf times 0 later: NaN in the loop too
+    arow = np.arange(C)
+    h0 = np.zeros(C, dtype=dtype)
+    want = refscan.scan_fwd(a, arow, b, h0, reverse)
+    got = nbscan.scan_fwd(a, arow, b, h0, reverse, path)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    finite = np.isfinite(want)
+    np.testing.assert_allclose(got[finite], want[finite], rtol=1e-5, atol=0)
+    # backward: an infinite cotangent at the scan's last step runs back through every step
+    gh = np.zeros((C, L), dtype=dtype)
+    gh[0, 0 if reverse else L - 1] = np.inf
+    gf = np.zeros(C, dtype=dtype)
+    hf = np.nan_to_num(want)
+    for w, g in zip(refscan.scan_bwd(a, arow, hf, h0, gh, gf, reverse), nbscan.scan_bwd(a, arow, hf, h0, gh, gf, reverse, path)):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(w))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(w))

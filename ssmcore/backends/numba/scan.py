@@ -77,7 +77,20 @@ import numba
 import numpy as np
 from numba import prange
 
-from ._jit import jit
+from ._jit import jit as _project_jit
+
+
+def jit(fn=None, *, parallel: bool = False):
+    """The project's ``jit`` without FMA contraction (``fastmath={'nsz'}`` only).
+
+    Every path (serial pairs, channel slots) performs the same IEEE operations
+    per step, so their results are bit-identical by construction on any host:
+    with ``contract``, LLVM may fuse ``a * h + b`` in one compiled loop and not
+    in another depending on the target's vector width (seen as 1-ulp
+    differences on a 16-core AVX-512 host). The scan is memory-bound, so the
+    unfused multiply-add costs nothing measurable.
+    """
+    return _project_jit(fn, parallel=parallel, fastmath={"nsz"})
 
 # Kernel indices go through _u: Numba adds a negative-index wrap-around check to
 # every signed index it cannot prove non-negative (3 extra instructions per load,
@@ -1208,8 +1221,26 @@ def scan_fwd(
     else:
         nchunk, window = _chunking(C, L, b.itemsize)
         one, zero = _units(b.dtype)
-        _fwd_chunked(a, astep, arow, b, h0, out, reverse, nchunk, window, b.itemsize, one, zero)
+        final = _fwd_chunked(a, astep, arow, b, h0, out, reverse, nchunk, window, b.itemsize, one, zero)
+        bad = _nonfinite_channels(final)
+        if bad.size:
+            sub = np.empty((bad.size, L), dtype=out.dtype)
+            _fwd_serial(a, astep, arow[bad], b[bad], h0[bad], sub, reverse)
+            out[bad] = sub
     return out
+
+
+def _nonfinite_channels(final: np.ndarray) -> np.ndarray:
+    """Channels whose chunked result must be recomputed serially.
+
+    The chunked paths combine chunk summaries, ``start = P * carry + S``; where a
+    state is infinite or NaN that combination is not the sequential recurrence
+    (an underflowed product P = 0 turns ``0 * inf`` into NaN where the loop keeps
+    inf). A non-finite state stays non-finite for the rest of the scan, so a
+    channel has one iff its final state is non-finite; those channels (rare) are
+    rerun on the serial path, which is the reference's loop.
+    """
+    return np.flatnonzero(~np.isfinite(final))
 
 
 def scan_bwd(
@@ -1255,6 +1286,14 @@ def scan_bwd(
         nchunk, window = _chunking(C, L, gh.itemsize)
         _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchunk, window, gh.itemsize, one, zero,
                      with_ga)
+        bad = _nonfinite_channels(gh0)  # the adjoint's final state (see _nonfinite_channels)
+        if bad.size:
+            sg, sga, sgh0, sgsum = np.empty((bad.size, L), g.dtype), ga[bad], gfinal[bad], gsum[bad]
+            _bwd_serial(a, astep, arow[bad], h[bad], h0[bad], gh[bad], gfinal[bad], sg, sga, sgh0,
+                        sgsum, desc, zero, with_ga)
+            g[bad], gh0[bad], gsum[bad] = sg, sgh0, sgsum
+            if with_ga:
+                ga[bad] = sga
     if not need_a:
         return g, None, gh0
     if La == 1:
