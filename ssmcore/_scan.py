@@ -22,7 +22,7 @@ import numpy as np
 from ._xp import broadcast_shapes, prod
 from .dispatch import Target, select
 from .registry import register_op
-from .validation import as_float_array, shape_error, sum_to_shape
+from .validation import as_float_array, check_bool, shape_error, sum_to_shape
 
 __all__ = ["linear_scan"]
 
@@ -142,17 +142,19 @@ def _forward(
     a: Any, b: Any, h0: Any, reverse: bool, return_final_state: bool, backend: str | None, out: Any = None
 ) -> tuple[Any, Any]:
     t = select(_FN, a, b, h0, backend=backend)
+    reverse = check_bool(_FN, "reverse", reverse)
+    return_final_state = check_bool(_FN, "return_final_state", return_final_state)
     p = _prepare(a, b, h0, t)
     k = t.kernels("scan")
     buf, copy_back = (None, False) if out is None else _check_out(out, p, (p.a_rows, p.b2, p.h0_flat))
-    h2 = k.scan_fwd(p.a_rows, p.arow, p.b2, p.h0_flat, bool(reverse), out=buf)
+    h2 = k.scan_fwd(p.a_rows, p.arow, p.b2, p.h0_flat, reverse, out=buf)
     h = t.xp.reshape(h2, p.out_shape)
     if out is not None:
         if copy_back:
             np.copyto(out, h)
         h = out
     result = (h, _final_state(h, p, reverse)) if return_final_state else h
-    return result, (p, h2, bool(reverse), bool(return_final_state))
+    return result, (p, h2, reverse, return_final_state)
 
 
 def _linear_scan_fwd(

@@ -206,7 +206,16 @@ def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, C
     True
     """
     opdef = get_op(op)
-    out, res = opdef.fwd(*args, **kwargs)
+    try:
+        out, res = opdef.fwd(*args, **kwargs)
+    except TypeError:
+        # A call that does not match the op's signature: say so in the op's terms, not the
+        # private forward's (``_linear_scan_fwd() missing 1 required positional argument``).
+        try:
+            opdef.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"vjp: {opdef.name}: {exc}") from None
+        raise
 
     def pullback(cotangent: Any, needs: tuple[bool, ...] | None = None) -> tuple[Any, ...]:
         return opdef.backward(res, _fill_cotangent(out, cotangent, opdef.name), needs)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "as_float_array",
     "check_alpha",
+    "check_bool",
     "check_choice",
     "check_dt",
     "check_int",
@@ -76,6 +77,8 @@ def as_float_array(
         arr = np.asarray(x)
     except Exception as exc:  # ragged lists and other non-array-likes
         raise TypeError(f"{fn}: {name} could not be converted to an array ({exc})") from None
+    if not arr.dtype.isnative:  # '>f4' on a little-endian host: compute in the native float32
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     kind = arr.dtype.kind
     if kind in "iub":
         if typed_input and not integer_ok and arr.ndim > 0:
@@ -184,6 +187,16 @@ def check_alpha(fn: str, alpha: Any) -> float:
     if not 0.0 <= a <= 1.0:
         raise ValueError(f"{fn}: alpha must be in [0, 1]; got {a!r}")
     return a
+
+
+def check_bool(fn: str, name: str, value: Any) -> bool:
+    """Validate a boolean option: ``True``/``False`` (or NumPy bools), nothing else.
+
+    ``reverse='no'`` would otherwise be truthy and silently run in reverse.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise TypeError(f"{fn}: {name} must be True or False; got {type(value).__name__} {value!r}")
 
 
 def check_int(fn: str, name: str, value: Any, *, minimum: int = 1) -> int:
