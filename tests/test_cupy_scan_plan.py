@@ -1,0 +1,221 @@
+"""CPU tests of the CuPy scan's host side: the planner and a NumPy model of the kernels.
+
+No GPU is needed: :func:`plan_scan` is plain Python, and
+``_chunked_model_fwd``/``_chunked_model_bwd`` replay the kernels' exact
+decomposition (chunks, 32 lanes x 4 steps tiles, Kogge-Stone warp scan,
+``scan_carry``'s rounds, the constant-a ``ga`` reduction order) in NumPy. They
+are checked against the sequential reference; the GPU tests then check the
+kernels against both.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ssmcore.backends.cupy import scan as cs
+from ssmcore.backends.cupy._rawmodule import SOURCES
+from ssmcore.reference import scan as ref
+
+DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
+TOL = {np.float32: 2e-5, np.float64: 1e-12, np.complex64: 2e-5, np.complex128: 1e-12}
+
+
+# --------------------------------------------------------------------------- planner
+
+
+def test_many_channels_one_warp_each():
+    p = cs.plan_scan(8 * 4096, 4096, 4, 132)
+    assert p.path == "channels" and p.nchunk == 1 and p.chunk == 4096
+    assert p.blocks * p.threads // cs.LANES >= 8 * 4096
+
+
+@pytest.mark.parametrize("C, L", [(64, 1 << 20), (1, 1 << 24), (3, 1 << 18)])
+def test_few_long_series_are_chunked(C, L):
+    sm = 132
+    p = cs.plan_scan(C, L, 4, sm)
+    assert p.path == "chunked"
+    assert p.chunk % cs.TILE == 0 and p.chunk * 4 >= cs.MIN_CHUNK_BYTES
+    assert (p.nchunk - 1) * p.chunk < L <= p.nchunk * p.chunk  # chunks cover L, none empty
+    min_steps = cs.MIN_CHUNK_BYTES // 4
+    # enough warps to fill the GPU, unless the minimum chunk length caps them
+    assert C * p.nchunk >= 0.9 * min(sm * cs.WARPS_PER_SM, C * L // min_steps)
+    assert C * p.nchunk <= 2 * sm * cs.WARPS_PER_SM  # workspace O(C x chunks), not O(C x L)
+    assert p.blocks * p.threads // cs.LANES >= C * p.nchunk
+
+
+def test_short_series_stay_one_chunk():
+    assert cs.plan_scan(4, 1000, 4, 132).path == "channels"
+    assert cs.plan_scan(1, 1, 8, 132) == cs.ScanPlan("channels", 1, 1, 1, cs.THREADS)
+
+
+def test_forced_paths_and_chunk():
+    p = cs.plan_scan(2, 1000, 8, 132, path="chunked")
+    assert p.path == "chunked" and p.nchunk > 1 and p.chunk % cs.TILE == 0
+    assert cs.plan_scan(2, 1 << 20, 4, 132, path="channels").nchunk == 1
+    p = cs.plan_scan(5, 1031, 4, 132, chunk=200)
+    assert (p.path, p.chunk, p.nchunk) == ("chunked", 256, 5)
+
+
+def test_empty_shapes_plan():
+    assert cs.plan_scan(0, 100, 4, 132).blocks == 0
+    assert cs.plan_scan(3, 0, 4, 132).path == "channels"
+    assert cs.plan_scan(0, 0, 4, 132, path="chunked").blocks == 0
+
+
+def test_bad_path_and_sizes_raise():
+    with pytest.raises(ValueError, match="linear_scan: unknown path 'serial'"):
+        cs.plan_scan(1, 10, 4, 1, path="serial")
+    with pytest.raises(ValueError, match="plan_scan"):
+        cs.plan_scan(-1, 10, 4, 1)
+    with pytest.raises(ValueError, match="chunk must be positive"):
+        cs.plan_scan(1, 10, 4, 1, chunk=0)
+
+
+def test_source_declared_for_every_dtype_without_compiling():
+    src = SOURCES["scan.cu"]
+    assert src._module is None  # nothing compiled at import
+    for k in cs._KERNELS:
+        for t in ("float", "double", "complex<float>", "complex<double>"):
+            assert f"{k}<{t}>" in src.name_expressions
+    assert any(o.startswith("-I") and o.endswith("kernels") for o in src.options)
+    assert '#include "common.cuh"' in src.code()
+
+
+# --------------------------------------------------------------------------- NumPy model vs reference
+
+
+def _rand(rng, shape, dtype, scale=1.0):
+    x = rng.standard_normal(shape) * scale
+    if np.dtype(dtype).kind == "c":
+        x = x + 1j * rng.standard_normal(shape) * scale
+    return x.astype(dtype)
+
+
+def _case(rng, C, L, dtype, La, Ra=None, zero_h0=False):
+    Ra = C if Ra is None else Ra
+    a = (0.9 * np.exp(1j * _rand(rng, (Ra, La), np.float64, 0.3)) if np.dtype(dtype).kind == "c"
+         else rng.uniform(-1.0, 1.0, (Ra, La))).astype(dtype)
+    arow = (np.arange(C) % Ra).astype(np.intp)
+    b = _rand(rng, (C, L), dtype)
+    h0 = np.zeros(C, dtype) if zero_h0 else _rand(rng, (C,), dtype)
+    return a, arow, b, h0
+
+
+def _close(x, y, dtype):
+    tol = TOL[dtype]
+    np.testing.assert_allclose(x, y, rtol=tol, atol=tol * max(1.0, float(np.max(np.abs(y), initial=0.0))))
+
+
+MODEL_CASES = [
+    # (C, L, La, Ra, path, chunk, carry_threads)
+    (3, 1, "L", None, "channels", None, cs.CARRY_THREADS),
+    (3, 1, 1, None, "chunked", None, cs.CARRY_THREADS),
+    (2, 5, "L", 1, "channels", None, cs.CARRY_THREADS),
+    (4, 127, "L", None, "channels", None, cs.CARRY_THREADS),
+    (4, 131, 1, 2, "channels", None, cs.CARRY_THREADS),  # L prime, partial last tile
+    (3, 131, "L", None, "chunked", 128, 32),  # chunk length not dividing L
+    (2, 1031, 1, None, "chunked", 256, 64),  # L prime, constant a
+    (5, 1031, "L", 2, "chunked", 384, 32),  # shared rows
+    (1, 128 * 131 + 7, "L", None, "chunked", 128, 32),  # 132 chunks: two carry rounds of 128
+    (2, 128 * 131 + 7, 1, None, "chunked", 128, 64),  # 132 chunks over two warps of one round, constant a
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("C, L, La, Ra, path, chunk, threads", MODEL_CASES)
+def test_model_forward_matches_reference(rng, dtype, reverse, C, L, La, Ra, path, chunk, threads):
+    La = L if La == "L" else La
+    a, arow, b, h0 = _case(rng, C, L, dtype, La, Ra)
+    want = ref.scan_fwd(a, arow, b, h0, reverse)
+    got = cs._chunked_model_fwd(a, arow, b, h0, reverse, path=path, chunk=chunk, carry_threads=threads)
+    assert got.dtype == want.dtype
+    _close(got, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("need_a", [True, False])
+@pytest.mark.parametrize("C, L, La, Ra, path, chunk, threads", MODEL_CASES)
+def test_model_backward_matches_reference(rng, dtype, reverse, need_a, C, L, La, Ra, path, chunk, threads):
+    La = L if La == "L" else La
+    a, arow, b, h0 = _case(rng, C, L, dtype, La, Ra)
+    h = ref.scan_fwd(a, arow, b, h0, reverse)
+    gh = _rand(rng, (C, L), dtype)
+    gfinal = _rand(rng, (C,), dtype)
+    g0, ga0, gh00 = ref.scan_bwd(a, arow, h, h0, gh, gfinal, reverse)
+    g, ga, gh0 = cs._chunked_model_bwd(a, arow, h, h0, gh, gfinal, reverse, path=path, need_a=need_a, chunk=chunk,
+                                       carry_threads=threads)
+    _close(g, g0, dtype)
+    _close(gh0, gh00, dtype)
+    if need_a:
+        assert ga.shape == (C, La)
+        _close(ga, ga0, dtype)
+    else:
+        assert ga is None
+
+
+def test_model_empty():
+    a = np.ones((2, 1)); arow = np.arange(2); h0 = np.ones(2)
+    assert cs._chunked_model_fwd(a, arow, np.ones((2, 0)), h0, False).shape == (2, 0)
+    g, ga, gh0 = cs._chunked_model_bwd(a, arow, np.ones((2, 0)), h0, np.ones((2, 0)), np.full(2, 3.0), False)
+    assert g.shape == (2, 0) and ga.shape == (2, 1) and not ga.any()
+    np.testing.assert_array_equal(gh0, [3.0, 3.0])
+    assert cs._chunked_model_fwd(np.ones((1, 5)), np.zeros(0, np.intp), np.ones((0, 5)), np.ones(0), True).shape == (0, 5)
+
+
+def _same_nonfinite(got, want):
+    """Equal where finite (to rounding), and the same NaN and inf pattern elsewhere."""
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(want))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    fin = np.isfinite(want)
+    np.testing.assert_allclose(got[fin], want[fin], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("path, chunk", [("channels", None), ("chunked", 128)])
+@pytest.mark.parametrize("what", ["a_inf", "a_nan", "b_inf", "h0_inf", "a_zero_then_b_inf"])
+def test_model_nonfinite_propagates_like_the_loop(rng, reverse, path, chunk, what):
+    C, L = 3, 517
+    a = rng.uniform(0.5, 0.99, (C, L))
+    b = rng.uniform(0.5, 1.5, (C, L))  # positive: no inf - inf from sign changes
+    h0 = np.zeros(C)  # the default, where a * 0 terms would do damage
+    arow = np.arange(C)
+    t = [3, 200, 400]  # inside a lane, in a later tile, in a later chunk
+    if what == "a_inf":
+        a[np.arange(C), t] = np.inf
+    elif what == "a_nan":
+        a[np.arange(C), t] = np.nan
+    elif what == "b_inf":
+        b[np.arange(C), t] = np.inf
+    elif what == "h0_inf":
+        h0[:] = [np.inf, -np.inf, 1.0]
+    else:
+        a[:, 100] = 0.0
+        b[:, 300] = np.inf
+    if reverse:
+        a, b = a[:, ::-1].copy(), b[:, ::-1].copy()
+    with np.errstate(all="ignore"):
+        want = ref.scan_fwd(a, arow, b, h0, reverse)
+        got = cs._chunked_model_fwd(a, arow, b, h0, reverse, path=path, chunk=chunk)
+        _same_nonfinite(got, want)
+        gh = np.ones((C, L))
+        g0, ga0, gh00 = ref.scan_bwd(a, arow, want, h0, gh, np.zeros(C), reverse)
+        g, ga, gh0 = cs._chunked_model_bwd(a, arow, want, h0, gh, np.zeros(C), reverse, path=path, chunk=chunk)
+    _same_nonfinite(g, g0)
+    _same_nonfinite(ga, ga0)
+    _same_nonfinite(gh0, gh00)
+
+
+def test_model_avoids_inf_times_zero_of_an_identity_start(rng):
+    """The hazard the kernels are built around: h0 = 0 and an inf coefficient after the
+    first step. A scan started from the identity (1, 0) would give NaN here."""
+    a = np.array([[0.5, np.inf, 0.5, 0.5] * 64])
+    b = np.ones((1, 256))
+    want = ref.scan_fwd(a, np.zeros(1, np.intp), b, np.zeros(1), False)
+    with np.errstate(all="ignore"):
+        got = cs._chunked_model_fwd(a, np.zeros(1, np.intp), b, np.zeros(1), False, path="chunked", chunk=128)
+    assert np.isposinf(want[0, 1:]).all() and not np.isnan(want).any()
+    _same_nonfinite(got, want)
