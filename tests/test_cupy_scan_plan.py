@@ -10,6 +10,8 @@ kernels against both.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -80,6 +82,23 @@ def test_source_declared_for_every_dtype_without_compiling():
             assert f"{k}<{t}>" in src.name_expressions
     assert any(o.startswith("-I") and o.endswith("kernels") for o in src.options)
     assert '#include "common.cuh"' in src.code()
+
+
+def test_launch_constants_match_the_kernel_source():
+    """Block sizes are launch bounds in scan.cu: the launcher must use the same numbers."""
+    code = SOURCES["scan.cu"].code()
+
+    def macro(name):
+        m = re.search(rf"^#define {name} (\d+)$", code, re.MULTILINE)
+        assert m, name
+        return int(m.group(1))
+
+    assert macro("SSM_LANES") == cs.LANES and macro("SSM_STEPS") == cs.STEPS
+    assert macro("SSM_THREADS") == cs.THREADS
+    assert macro("SSM_CARRY_THREADS") == cs.CARRY_THREADS
+    assert macro("SSM_CARRY_PER_THREAD") == cs.CARRY_PER_THREAD
+    assert macro("SSM_GA_SUM_THREADS") == cs.GA_SUM_THREADS
+    assert cs.GA_SUM_THREADS & (cs.GA_SUM_THREADS - 1) == 0 and cs.CARRY_THREADS % cs.LANES == 0
 
 
 # --------------------------------------------------------------------------- NumPy model vs reference
@@ -162,7 +181,8 @@ def test_model_empty():
     g, ga, gh0 = cs._chunked_model_bwd(a, arow, np.ones((2, 0)), h0, np.ones((2, 0)), np.full(2, 3.0), False)
     assert g.shape == (2, 0) and ga.shape == (2, 1) and not ga.any()
     np.testing.assert_array_equal(gh0, [3.0, 3.0])
-    assert cs._chunked_model_fwd(np.ones((1, 5)), np.zeros(0, np.intp), np.ones((0, 5)), np.ones(0), True).shape == (0, 5)
+    empty = cs._chunked_model_fwd(np.ones((1, 5)), np.zeros(0, np.intp), np.ones((0, 5)), np.ones(0), True)
+    assert empty.shape == (0, 5)
 
 
 def _same_nonfinite(got, want):

@@ -36,6 +36,11 @@ using ssm::Affine;
 #define SSM_LANES 32
 #define SSM_STEPS 4
 #define SSM_TILE (SSM_LANES * SSM_STEPS)
+// Block sizes the launchers use (scan.py's THREADS, CARRY_THREADS, GA_SUM_THREADS):
+// as launch bounds they guarantee every instantiation fits its launch.
+#define SSM_THREADS 256
+#define SSM_CARRY_THREADS 512
+#define SSM_GA_SUM_THREADS 256
 
 // Four consecutive elements, for 16-byte vector loads/stores (aligned rows only).
 template <class T> struct alignas(16) Vec4 {
@@ -132,7 +137,7 @@ __device__ __forceinline__ T bwd_a_in(const T* __restrict__ arow_p, bool astep, 
 // --------------------------------------------------------------------------- forward
 
 template <class T>
-__global__ void scan_fwd_tiles(const T* __restrict__ a, const long long* __restrict__ arow, long long La,
+__global__ void __launch_bounds__(SSM_THREADS) scan_fwd_tiles(const T* __restrict__ a, const long long* __restrict__ arow, long long La,
                                const T* __restrict__ b, const T* __restrict__ starts, T* __restrict__ out, long long C,
                                long long L, long long nch, long long Lc, int reverse, int vec) {
     long long item = warp_item(C * nch);
@@ -187,7 +192,7 @@ __global__ void scan_fwd_tiles(const T* __restrict__ a, const long long* __restr
 
 // Pass 1 of the chunked forward: the map (f, a, b) of every chunk; nothing else is written.
 template <class T>
-__global__ void scan_fwd_summary(const T* __restrict__ a, const long long* __restrict__ arow, long long La,
+__global__ void __launch_bounds__(SSM_THREADS) scan_fwd_summary(const T* __restrict__ a, const long long* __restrict__ arow, long long La,
                                  const T* __restrict__ b, T* __restrict__ F, T* __restrict__ P, T* __restrict__ S,
                                  long long C, long long L, long long nch, long long Lc, int reverse, int vec) {
     long long item = warp_item(C * nch);
@@ -239,12 +244,12 @@ __global__ void scan_fwd_summary(const T* __restrict__ a, const long long* __res
 #define SSM_MAX_WARPS 32
 
 // Start state of every chunk: starts[c, 0] = h0[c], starts[c, j+1] = map_j(starts[c, j]).
-// One block per channel (blockDim a multiple of 32, at most 1024); each round
+// One block per channel (blockDim a multiple of 32, at most SSM_CARRY_THREADS); each round
 // covers blockDim * 4 chunks: every thread folds its 4 consecutive maps, a warp
 // scan and a scan of the warp totals give each thread the map of the chunks
 // before it, and the thread then walks its own chunks sequentially.
 template <class T>
-__global__ void scan_carry(const T* __restrict__ F, const T* __restrict__ P, const T* __restrict__ S,
+__global__ void __launch_bounds__(SSM_CARRY_THREADS) scan_carry(const T* __restrict__ F, const T* __restrict__ P, const T* __restrict__ S,
                            const T* __restrict__ h0, T* __restrict__ starts, long long C, long long nch) {
     __shared__ ssm::SharedArray<T, SSM_MAX_WARPS> wf, wa, wb;
     __shared__ ssm::SharedArray<T, 1> next_carry;
@@ -322,8 +327,8 @@ __global__ void scan_carry(const T* __restrict__ F, const T* __restrict__ P, con
 
 // ga of constant-in-time coefficients: ga[c] = sum over chunks of part[c, j], in a fixed order.
 template <class T>
-__global__ void scan_ga_sum(const T* __restrict__ part, T* __restrict__ ga, long long C, long long nch) {
-    __shared__ ssm::SharedArray<T, 1024> buf;
+__global__ void __launch_bounds__(SSM_GA_SUM_THREADS) scan_ga_sum(const T* __restrict__ part, T* __restrict__ ga, long long C, long long nch) {
+    __shared__ ssm::SharedArray<T, SSM_GA_SUM_THREADS> buf;
     const long long c = blockIdx.x;
     if (c >= C) return;
     T acc = ssm::zero_of<T>();
@@ -344,7 +349,7 @@ __global__ void scan_ga_sum(const T* __restrict__ part, T* __restrict__ ga, long
 // is the adjoint state entering the chunk (gfinal for the first chunk).
 // need_a == 0: h and ga are never touched.
 template <class T>
-__global__ void scan_bwd_tiles(const T* __restrict__ a, const long long* __restrict__ arow, long long La,
+__global__ void __launch_bounds__(SSM_THREADS) scan_bwd_tiles(const T* __restrict__ a, const long long* __restrict__ arow, long long La,
                                const T* __restrict__ h, const T* __restrict__ h0, const T* __restrict__ gh,
                                const T* __restrict__ starts, T* __restrict__ g, T* __restrict__ ga,
                                T* __restrict__ ga_part, T* __restrict__ gh0, long long C, long long L, long long nch,
@@ -437,7 +442,7 @@ __global__ void scan_bwd_tiles(const T* __restrict__ a, const long long* __restr
 
 // Pass 1 of the chunked backward: the map (f, a, b) of every chunk of the adjoint recurrence.
 template <class T>
-__global__ void scan_bwd_summary(const T* __restrict__ a, const long long* __restrict__ arow, long long La,
+__global__ void __launch_bounds__(SSM_THREADS) scan_bwd_summary(const T* __restrict__ a, const long long* __restrict__ arow, long long La,
                                  const T* __restrict__ gh, T* __restrict__ F, T* __restrict__ P, T* __restrict__ S,
                                  long long C, long long L, long long nch, long long Lc, int reverse, int vec) {
     long long item = warp_item(C * nch);
