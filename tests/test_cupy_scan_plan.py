@@ -4,8 +4,10 @@ No GPU is needed: :func:`plan_scan` is plain Python, and
 ``_chunked_model_fwd``/``_chunked_model_bwd`` replay the kernels' exact
 decomposition (chunks, 32 lanes x 4 steps tiles, Kogge-Stone warp scan,
 ``scan_carry``'s rounds, the constant-a ``ga`` reduction order) in NumPy. They
-are checked against the sequential reference; the GPU tests then check the
-kernels against both.
+are checked against the sequential reference. Last, ``scan.cu`` itself is
+compiled as host C++ against a small emulation of the CUDA features it uses and
+run through scan.py's launchers (needs g++ with C++20); the GPU tests then
+check the real kernels against the reference and Numba.
 """
 
 from __future__ import annotations
@@ -239,3 +241,231 @@ def test_model_avoids_inf_times_zero_of_an_identity_start(rng):
         got = cs._chunked_model_fwd(a, np.zeros(1, np.intp), b, np.zeros(1), False, path="chunked", chunk=128)
     assert np.isposinf(want[0, 1:]).all() and not np.isnan(want).any()
     _same_nonfinite(got, want)
+
+
+# --------------------------------------------------------------------------- scan.cu itself, run on the host
+#
+# The CUDA source compiled as C++ against a tiny host emulation (one std::thread
+# per CUDA thread, warp shuffles through a per-warp exchange buffer and
+# barrier, blocks one after another; std::complex for CuPy's complex), driven by
+# scan.py's own launchers with NumPy arrays standing in for CuPy's. This runs
+# the kernels' actual code (indexing, vector loads, lane bookkeeping, carries),
+# which the NumPy model above only mirrors. It says nothing about GPU-only
+# matters (memory model, real warp scheduling, speed).
+
+_EMU_COMPLEX = """
+#pragma once
+#include <complex>
+template <class T> using complex = std::complex<T>;
+"""
+
+_EMU_HEADER = r"""
+#pragma once
+#include <algorithm>
+#include <barrier>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+using std::max;
+using std::min;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __shared__ static
+struct Dim3 { unsigned x = 0, y = 0, z = 0; };
+inline thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 blockDim, gridDim;
+struct WarpX { std::barrier<> bar{32}; unsigned long long slot[32]; };
+inline thread_local WarpX* tl_warp = nullptr;
+inline std::barrier<>* g_block_bar = nullptr;
+template <class V> inline V exchange(V v, int src) {
+    int lane = threadIdx.x & 31;
+    unsigned long long raw = 0;
+    std::memcpy(&raw, &v, sizeof(V));
+    tl_warp->slot[lane] = raw;
+    tl_warp->bar.arrive_and_wait();
+    unsigned long long got = tl_warp->slot[src];
+    tl_warp->bar.arrive_and_wait();
+    V out;
+    std::memcpy(&out, &got, sizeof(V));
+    return out;
+}
+template <class V> inline V __shfl_sync(unsigned, V v, int src) { return exchange(v, src & 31); }
+template <class V> inline V __shfl_up_sync(unsigned, V v, unsigned d) {
+    int l = threadIdx.x & 31, s = l - (int)d; return exchange(v, s >= 0 ? s : l);
+}
+template <class V> inline V __shfl_down_sync(unsigned, V v, unsigned d) {
+    int l = threadIdx.x & 31, s = l + (int)d; return exchange(v, s < 32 ? s : l);
+}
+template <class V> inline V __shfl_xor_sync(unsigned, V v, int m) { return exchange(v, (threadIdx.x & 31) ^ m); }
+inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+inline void launch(unsigned grid, unsigned block, const std::function<void()>& body) {
+    blockDim.x = block; gridDim.x = grid;
+    for (unsigned bi = 0; bi < grid; ++bi) {
+        std::vector<std::unique_ptr<WarpX>> warps;
+        for (unsigned w = 0; w < block / 32; ++w) warps.emplace_back(new WarpX());
+        std::barrier<> bb(block);
+        g_block_bar = &bb;
+        std::vector<std::thread> ts;
+        for (unsigned t = 0; t < block; ++t)
+            ts.emplace_back([&, t] { threadIdx.x = t; blockIdx.x = bi; tl_warp = warps[t / 32].get(); body(); });
+        for (auto& th : ts) th.join();
+    }
+}
+#include "scan.cu"
+typedef long long ll;
+typedef const void* cv;
+#define INST(T, tag) \
+extern "C" void scan_fwd_tiles_##tag(unsigned g, unsigned b, cv a, cv arow, ll La, cv bb, cv st, void* out, ll C, \
+        ll L, ll nch, ll Lc, int rev, int vec) { \
+    launch(g, b, [=] { scan_fwd_tiles<T>((const T*)a, (const ll*)arow, La, (const T*)bb, (const T*)st, (T*)out, C, \
+                                         L, nch, Lc, rev, vec); }); } \
+extern "C" void scan_fwd_summary_##tag(unsigned g, unsigned b, cv a, cv arow, ll La, cv bb, void* F, void* P, \
+        void* S, ll C, ll L, ll nch, ll Lc, int rev, int vec) { \
+    launch(g, b, [=] { scan_fwd_summary<T>((const T*)a, (const ll*)arow, La, (const T*)bb, (T*)F, (T*)P, (T*)S, C, \
+                                           L, nch, Lc, rev, vec); }); } \
+extern "C" void scan_carry_##tag(unsigned g, unsigned b, cv F, cv P, cv S, cv h0, void* st, ll C, ll nch) { \
+    launch(g, b, [=] { scan_carry<T>((const T*)F, (const T*)P, (const T*)S, (const T*)h0, (T*)st, C, nch); }); } \
+extern "C" void scan_ga_sum_##tag(unsigned g, unsigned b, cv part, void* ga, ll C, ll nch) { \
+    launch(g, b, [=] { scan_ga_sum<T>((const T*)part, (T*)ga, C, nch); }); } \
+extern "C" void scan_bwd_tiles_##tag(unsigned g, unsigned b, cv a, cv arow, ll La, cv h, cv h0, cv gh, cv st, \
+        void* gg, void* ga, void* part, void* gh0, ll C, ll L, ll nch, ll Lc, int rev, int vec, int need_a) { \
+    launch(g, b, [=] { scan_bwd_tiles<T>((const T*)a, (const ll*)arow, La, (const T*)h, (const T*)h0, \
+        (const T*)gh, (const T*)st, (T*)gg, (T*)ga, (T*)part, (T*)gh0, C, L, nch, Lc, rev, vec, need_a); }); } \
+extern "C" void scan_bwd_summary_##tag(unsigned g, unsigned b, cv a, cv arow, ll La, cv gh, void* F, void* P, \
+        void* S, ll C, ll L, ll nch, ll Lc, int rev, int vec) { \
+    launch(g, b, [=] { scan_bwd_summary<T>((const T*)a, (const ll*)arow, La, (const T*)gh, (T*)F, (T*)P, (T*)S, C, \
+                                           L, nch, Lc, rev, vec); }); }
+INST(float, f32)
+INST(double, f64)
+INST(complex<float>, c64)
+INST(complex<double>, c128)
+"""
+
+_EMU_TAGS = {"float": "f32", "double": "f64", "complex<float>": "c64", "complex<double>": "c128"}
+
+
+@pytest.fixture(scope="module")
+def emulated_kernels(tmp_path_factory):
+    """``scan.cu`` compiled for the host (skipped without a C++20 g++)."""
+    import ctypes
+    import shutil
+    import subprocess
+
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("needs g++ to run scan.cu on the host")
+    d = tmp_path_factory.mktemp("scan_emu")
+    (d / "cupy").mkdir()
+    (d / "cupy" / "complex.cuh").write_text(_EMU_COMPLEX)
+    (d / "emu.cpp").write_text(_EMU_HEADER)
+    lib = d / "libscan_emu.so"
+    # Plain complex products (as thrust's), no FMA contraction (as the NumPy reference).
+    cmd = [cxx, "-std=c++20", "-O1", "-fcx-limited-range", "-ffp-contract=off", "-shared", "-fPIC", f"-I{d}",
+           f"-I{SOURCES['scan.cu'].path.parent}", "-o", str(lib), str(d / "emu.cpp"), "-lpthread"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        if "barrier" in res.stderr and "No such file" in res.stderr:
+            pytest.skip("g++ without C++20 <barrier>")
+        raise AssertionError(f"scan.cu does not compile as host C++:\n{res.stderr[-4000:]}")
+    return ctypes.CDLL(str(lib))
+
+
+@pytest.fixture
+def host_cupy(emulated_kernels, monkeypatch):
+    """Route scan.py's launchers to the host kernels: NumPy stands in for CuPy, 1 SM,
+    and forced chunking uses 128-step chunks (many chunks from short series)."""
+    import ctypes
+    import sys
+    import types
+
+    fake = types.ModuleType("cupy")
+    for n in ("empty", "zeros", "ascontiguousarray", "asarray", "int64", "ndarray"):
+        setattr(fake, n, getattr(np, n))
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+
+    def get(name):
+        kernel, cxx = name[:-1].split("<", 1)
+        fn = getattr(emulated_kernels, f"{kernel}_{_EMU_TAGS[cxx]}")
+
+        def call(grid, block, args):
+            conv = [ctypes.c_uint(grid[0]), ctypes.c_uint(block[0])]
+            for x in args:
+                if isinstance(x, np.ndarray):
+                    conv.append(ctypes.c_void_p(x.ctypes.data))
+                elif isinstance(x, np.int64):
+                    conv.append(ctypes.c_longlong(int(x)))
+                elif isinstance(x, np.int32):
+                    conv.append(ctypes.c_int(int(x)))
+                else:
+                    raise TypeError(f"{name}: unexpected kernel argument {type(x).__name__}")
+            fn(*conv)
+
+        return call
+
+    plan = cs.plan_scan
+    monkeypatch.setattr(cs.SCAN, "get", get)
+    monkeypatch.setattr(cs, "_vec_ok", lambda L, *xs: L % 4 == 0 and all(x.ctypes.data % 16 == 0 for x in xs))
+    monkeypatch.setattr(cs, "_sm_count", lambda: 1)
+    monkeypatch.setattr(cs, "plan_scan", lambda C, L, it, sm, path="auto", chunk=None: plan(
+        C, L, it, sm, path, 128 if path == "chunked" else chunk))
+    return cs
+
+
+EMU_CASES = [
+    # (dtype, C, L, La, Ra)
+    (np.float64, 3, 7, "L", 3),  # partial lanes, scalar loads
+    (np.complex64, 2, 520, "L", 1),  # vector loads (L % 4 == 0), 5 chunks, shared row
+    (np.float32, 3, 131, 1, 3),  # constant a, L prime
+    (np.complex128, 1, 1, 1, 1),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["channels", "chunked"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype, C, L, La, Ra", EMU_CASES)
+def test_host_run_of_scan_cu_matches_reference(host_cupy, rng, path, reverse, dtype, C, L, La, Ra):
+    La = L if La == "L" else La
+    a, arow, b, h0 = _case(rng, C, L, dtype, La, Ra)
+    want = ref.scan_fwd(a, arow, b, h0, reverse)
+    _close(host_cupy.scan_fwd(a, arow, b, h0, reverse, path=path), want, dtype)
+    gh, gfinal = _rand(rng, (C, L), dtype), _rand(rng, (C,), dtype)
+    g0, ga0, gh00 = ref.scan_bwd(a, arow, want, h0, gh, gfinal, reverse)
+    g, ga, gh0 = host_cupy.scan_bwd(a, arow, want, h0, gh, gfinal, reverse, path=path)
+    _close(g, g0, dtype)
+    _close(ga, ga0, dtype)
+    _close(gh0, gh00, dtype)
+    g, ga, gh0 = host_cupy.scan_bwd(a, arow, np.full_like(want, np.nan), h0, gh, gfinal, reverse, path=path,
+                                    need_a=False)  # h is never read
+    assert ga is None
+    _close(g, g0, dtype)
+    _close(gh0, gh00, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("what", ["a_inf", "a_zero_then_b_inf"])
+def test_host_run_of_scan_cu_nonfinite(host_cupy, what):
+    C, L = 2, 517
+    rng = np.random.default_rng(5)
+    a = rng.uniform(0.5, 0.99, (C, L))
+    b = rng.uniform(0.5, 1.5, (C, L))
+    if what == "a_inf":
+        a[:, [3, 300]] = np.inf
+    else:
+        a[:, 100] = 0.0
+        b[:, 300] = np.inf
+    arow, h0 = np.arange(C), np.zeros(C)
+    for path in ("channels", "chunked"):
+        with np.errstate(all="ignore"):
+            want = ref.scan_fwd(a, arow, b, h0, True)
+            g0, ga0, gh00 = ref.scan_bwd(a, arow, want, h0, np.ones((C, L)), np.zeros(C), True)
+        _same_nonfinite(host_cupy.scan_fwd(a, arow, b, h0, True, path=path), want)
+        g, ga, gh0 = host_cupy.scan_bwd(a, arow, want, h0, np.ones((C, L)), np.zeros(C), True, path=path)
+        _same_nonfinite(g, g0)
+        _same_nonfinite(ga, ga0)
+        _same_nonfinite(gh0, gh00)
