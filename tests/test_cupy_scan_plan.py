@@ -44,8 +44,24 @@ def test_few_long_series_are_chunked(C, L):
     min_steps = cs.MIN_CHUNK_BYTES // 4
     # enough warps to fill the GPU, unless the minimum chunk length caps them
     assert C * p.nchunk >= 0.9 * min(sm * cs.WARPS_PER_SM, C * L // min_steps)
-    assert C * p.nchunk <= 2 * sm * cs.WARPS_PER_SM  # workspace O(C x chunks), not O(C x L)
+    assert C * p.nchunk <= sm * cs.WARPS_PER_SM  # one wave (no partial second one); workspace O(C x chunks)
     assert p.blocks * p.threads // cs.LANES >= C * p.nchunk
+
+
+@pytest.mark.parametrize("warps", [8, 24, 64])
+def test_chunked_plan_fills_one_wave_of_resident_warps(warps):
+    for C, L in ((64, 1 << 20), (1, 1 << 24), (7, 1 << 22)):
+        p = cs.plan_scan(C, L, 4, 132, warps_per_sm=warps)
+        assert p.path == "chunked"
+        assert 0.9 * 132 * warps <= C * p.nchunk <= 132 * warps
+
+
+def test_resident_warps_from_registers():
+    assert cs.resident_warps(68) == 24  # 2304 registers per warp: 3 blocks of 8 warps
+    assert cs.resident_warps(202) == 8
+    assert cs.resident_warps(32) == 64  # limited by 2048 threads per SM
+    assert cs.resident_warps(32, max_threads_per_sm=1536) == 48
+    assert cs.resident_warps(255, threads=1024) == 32  # at least one block
 
 
 def test_short_series_stay_one_chunk():
@@ -411,8 +427,9 @@ def host_cupy(emulated_kernels, monkeypatch):
     monkeypatch.setattr(cs.SCAN, "get", get)
     monkeypatch.setattr(cs, "_vec_ok", lambda L, *xs: L % 4 == 0 and all(x.ctypes.data % 16 == 0 for x in xs))
     monkeypatch.setattr(cs, "_sm_count", lambda: 1)
-    monkeypatch.setattr(cs, "plan_scan", lambda C, L, it, sm, path="auto", chunk=None: plan(
-        C, L, it, sm, path, 128 if path == "chunked" else chunk))
+    monkeypatch.setattr(cs, "_warps_per_sm", lambda kernel: cs.WARPS_PER_SM)
+    monkeypatch.setattr(cs, "plan_scan", lambda C, L, it, sm, path="auto", chunk=None, warps_per_sm=cs.WARPS_PER_SM:
+                        plan(C, L, it, sm, path, 128 if path == "chunked" else chunk, warps_per_sm))
     return cs
 
 

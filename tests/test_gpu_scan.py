@@ -137,9 +137,11 @@ def test_constant_a_gradient_is_deterministic(rng):
 def test_auto_chooses_both_regimes_and_they_agree(rng, dtype):
     cs = _cs()
     sm = cs._sm_count()
-    for C, L in ((1, 1 << 18), (sm * cs.WARPS_PER_SM, 256)):
+    warps = cs._warps_per_sm(f"scan_fwd_tiles<{cs.dtype_name(np.dtype(dtype))}>")
+    assert 8 <= warps <= 64
+    for C, L in ((1, 1 << 18), (sm * warps, 256)):
         a, arow, b, h0 = _case(rng, C, L, dtype, L, C)
-        plan = cs.plan_scan(C, L, np.dtype(dtype).itemsize, sm)
+        plan = cs.plan_scan(C, L, np.dtype(dtype).itemsize, sm, warps_per_sm=warps)
         assert plan.path == ("chunked" if C == 1 else "channels")
         args = _d(a, arow, b, h0)
         _close(cs.scan_fwd(*args, True), ref.scan_fwd(a, arow, b, h0, True), dtype)

@@ -63,7 +63,7 @@ LANES = 32
 STEPS = 4  # consecutive time steps per lane and tile
 TILE = LANES * STEPS  # steps per warp tile; chunk lengths are multiples of it
 THREADS = 256  # threads per block of the tile and summary kernels (8 warps)
-WARPS_PER_SM = 32  # warps of work per SM the planner aims at (half of an H100/H200 SM's 64)
+WARPS_PER_SM = 32  # warps per SM the planner aims at when the kernel's occupancy is not given
 MIN_CHUNK_BYTES = 1 << 12  # bytes of b per chunk (8 tiles of float32): shorter chunks cost more in
 # per-chunk start-up and carry scan than the extra warps gain
 CARRY_THREADS = 512  # threads per channel of scan_carry (4 chunk maps each per round)
@@ -112,10 +112,26 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def plan_scan(C: int, L: int, itemsize: int, sm_count: int, path: str = "auto", chunk: int | None = None) -> ScanPlan:
+def resident_warps(num_regs: int, threads: int = THREADS, max_threads_per_sm: int = 2048,
+                   regs_per_sm: int = 65536, max_blocks_per_sm: int = 32) -> int:
+    """Warps of a kernel that fit on one SM at once, from its registers per thread.
+
+    Registers are allocated per warp in units of 256; a block needs all its
+    warps' registers (the kernels use no shared memory that would limit more).
+    """
+    warps = threads // LANES
+    per_warp = _round_up(max(int(num_regs), 1) * LANES, 256)
+    blocks = min(regs_per_sm // (per_warp * warps), max_threads_per_sm // threads, max_blocks_per_sm)
+    return max(1, blocks) * warps
+
+
+def plan_scan(C: int, L: int, itemsize: int, sm_count: int, path: str = "auto", chunk: int | None = None,
+              warps_per_sm: int = WARPS_PER_SM) -> ScanPlan:
     """Choose the work split of a ``(C, L)`` scan on a GPU with ``sm_count`` SMs.
 
-    The GPU needs about ``sm_count * WARPS_PER_SM`` warps of work. With at
+    The GPU needs about ``sm_count * warps_per_sm`` warps of work (the
+    launchers pass the tile kernel's :func:`resident_warps`, so that the
+    chunked regime runs in one full wave, without a partial second one). With at
     least half that many channels (or series shorter than two minimum chunks)
     every channel is one warp (``"channels"``). Otherwise each channel is cut
     into enough chunks to give that many warps, each chunk at least
@@ -130,7 +146,7 @@ def plan_scan(C: int, L: int, itemsize: int, sm_count: int, path: str = "auto", 
         raise ValueError(f"linear_scan: unknown path {path!r}; expected one of {PATHS}")
     if C < 0 or L < 0 or itemsize <= 0 or sm_count <= 0:
         raise ValueError(f"plan_scan: expected C, L >= 0 and itemsize, sm_count > 0, got {(C, L, itemsize, sm_count)}")
-    target = sm_count * WARPS_PER_SM
+    target = sm_count * max(1, warps_per_sm)
     min_chunk = max(TILE, _round_up(MIN_CHUNK_BYTES // itemsize, TILE))
     if chunk is not None:
         if chunk <= 0:
@@ -143,7 +159,7 @@ def plan_scan(C: int, L: int, itemsize: int, sm_count: int, path: str = "auto", 
             which = "channels" if (C >= target // 2 or L < 2 * min_chunk) else "chunked"
         # Forced chunking of short series still cuts them (down to one tile per chunk).
         floor = min_chunk if path == "auto" else TILE
-        want = max(1, -(-target // max(C, 1)))
+        want = max(1, target // max(C, 1))  # rounded down: C * nchunk <= target, one wave
         clen = max(floor, _round_up(-(-max(L, 1) // want), TILE))
     if which == "channels":
         nchunk, clen = 1, L
@@ -159,17 +175,36 @@ def plan_scan(C: int, L: int, itemsize: int, sm_count: int, path: str = "auto", 
 # --------------------------------------------------------------------------- launchers
 
 
-_SM_COUNT: dict[int, int] = {}
+_DEVICE: dict[int, tuple[int, int, int]] = {}
+_RESIDENT: dict[tuple[int, str], int] = {}
 
 
-def _sm_count() -> int:
-    """Streaming multiprocessors of the current device (a host-side attribute query, cached)."""
+def _device_limits() -> tuple[int, int, int]:
+    """(SMs, threads per SM, registers per SM) of the current device (host attribute queries, cached)."""
     import cupy
 
     dev = cupy.cuda.Device()
-    n = _SM_COUNT.get(dev.id)
+    lim = _DEVICE.get(dev.id)
+    if lim is None:
+        at = dev.attributes
+        lim = _DEVICE[dev.id] = (int(at["MultiProcessorCount"]), int(at["MaxThreadsPerMultiProcessor"]),
+                                 int(at["MaxRegistersPerMultiprocessor"]))
+    return lim
+
+
+def _sm_count() -> int:
+    return _device_limits()[0]
+
+
+def _warps_per_sm(kernel: str) -> int:
+    """Resident warps per SM of a tile kernel (compiles the source on first use; no device sync)."""
+    import cupy
+
+    key = (cupy.cuda.Device().id, kernel)
+    n = _RESIDENT.get(key)
     if n is None:
-        n = _SM_COUNT[dev.id] = int(dev.attributes["MultiProcessorCount"])
+        _, threads_per_sm, regs_per_sm = _device_limits()
+        n = _RESIDENT[key] = resident_warps(SCAN.get(kernel).num_regs, THREADS, threads_per_sm, regs_per_sm)
     return n
 
 
@@ -226,10 +261,11 @@ def scan_fwd(
             f"scan_fwd: out must be a C-contiguous CuPy array of shape {(C, L)} and dtype {b.dtype}, got "
             f"{type(out).__name__} {getattr(out, 'shape', None)} {getattr(out, 'dtype', None)}"
         )
-    plan = plan_scan(C, L, b.itemsize, _sm_count() if C and L else 1, path)
     if C == 0 or L == 0:
+        plan_scan(C, L, b.itemsize, 1, path)  # validates path
         return out
     name = dtype_name(b.dtype)
+    plan = plan_scan(C, L, b.itemsize, _sm_count(), path, warps_per_sm=_warps_per_sm(f"scan_fwd_tiles<{name}>"))
     La = a.shape[1]
     vec = _vec_ok(L, b, out, *((a,) if La != 1 else ()))
     grid, block = (plan.blocks,), (plan.threads,)
@@ -266,10 +302,11 @@ def scan_bwd(
     La = a.shape[1]
     dtype = gh.dtype
     g = cp.empty((C, L), dtype=dtype)
-    plan = plan_scan(C, L, gh.itemsize, _sm_count() if C and L else 1, path)
     if C == 0 or L == 0:
+        plan_scan(C, L, gh.itemsize, 1, path)  # validates path
         return g, (cp.zeros((C, La), dtype=dtype) if need_a else None), gfinal.copy()
     name = dtype_name(dtype)
+    plan = plan_scan(C, L, gh.itemsize, _sm_count(), path, warps_per_sm=_warps_per_sm(f"scan_bwd_tiles<{name}>"))
     astep = La != 1
     ga = cp.empty((C, La), dtype=dtype) if need_a else None
     gh0 = cp.empty(C, dtype=dtype)
