@@ -11,7 +11,8 @@ The CUDA C lives in ``kernels/scan.cu`` (helpers shared with later kernels in
 ``kernels/common.cuh``), declared below with one instantiation per dtype and
 compiled by NVRTC on first use. Launches go to CuPy's current stream; nothing
 here synchronises or copies device data to the host (the planner needs only
-shapes, the SM count and pointer alignments, all known on the host).
+shapes, device attributes, the kernels' register counts and pointer
+alignments, all known on the host).
 
 Work split (:func:`plan_scan`), one warp per (channel, chunk) of time, walking
 tiles of 32 lanes x 4 consecutive steps (16-byte vector loads where rows are
@@ -20,7 +21,9 @@ aligned) with a warp-shuffle scan of the steps' affine maps:
 * ``"channels"``: enough channels to fill the GPU (or short series): one chunk
   per channel, started from ``h0``. Memory traffic: read a, b, write h once.
 * ``"chunked"``: few long series. Time is cut into chunks of ``chunk`` steps
-  (a multiple of the 128-step tile). Pass 1 writes each chunk's map
+  (a multiple of the 128-step tile), as many as make one full wave of the
+  tile kernel's resident warps (:func:`resident_warps`). Pass 1 writes each
+  chunk's map
   (first coefficient, product of coefficients, end state from its first
   input); ``scan_carry`` scans those maps per channel into each chunk's true
   start state (no division by cumulative products); pass 2 recomputes every
@@ -39,8 +42,9 @@ are combined, a map never starts from an identity (1, 0) and a zero state is
 applied as ``b + f * 0`` (see ``common.cuh``), so the a * 0 terms that turn a
 later inf into NaN never appear. What no reassociated scan can reproduce: a
 run whose coefficient product is 0 * inf (a zero coefficient followed by an
-infinite one inside one combined run) or over/underflows while the sequential
-states stay finite; there the result is NaN/inf/0 where the loop is finite.
+infinite one inside one combined run), or one that over/underflows while the
+sequential states stay finite; there the result can be NaN, inf or 0 where the
+loop's is not.
 :func:`_chunked_model_fwd` and :func:`_chunked_model_bwd` are NumPy models of
 exactly these kernels (same chunks, tiles, lanes and combine order), which the
 CPU tests check against the reference.
@@ -49,7 +53,6 @@ CPU tests check against the reference.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,7 +60,7 @@ import numpy as np
 
 from ._rawmodule import KERNEL_DIR, declare, dtype_name
 
-__all__ = ["PATHS", "ScanPlan", "plan_scan", "scan_bwd", "scan_fwd"]
+__all__ = ["PATHS", "ScanPlan", "plan_scan", "resident_warps", "scan_bwd", "scan_fwd"]
 
 LANES = 32
 STEPS = 4  # consecutive time steps per lane and tile
