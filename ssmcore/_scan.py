@@ -212,7 +212,8 @@ def _linear_scan_bwd(
 
 
 @register_op(
-    "linear_scan", fwd=_linear_scan_fwd, bwd=_linear_scan_bwd, inputs=("a", "b", "h0"), backends=("numpy", "numba")
+    "linear_scan", fwd=_linear_scan_fwd, bwd=_linear_scan_bwd, inputs=("a", "b", "h0"),
+    backends=("numpy", "numba", "cupy"),
 )
 def linear_scan(
     a: Any,
@@ -253,8 +254,9 @@ def linear_scan(
         Also return the last state computed: ``h[..., -1]`` (``h[..., 0]`` when
         reversed; ``h0`` when ``L == 0``), of shape ``out.shape[:-1]``, ready to
         be passed as ``h0`` of the next segment of a stream.
-    backend : {None, "numba", "numpy"}, optional
-        Force a backend; by default NumPy arrays run on the Numba kernels.
+    backend : {None, "numba", "numpy", "cupy"}, optional
+        Force a backend; by default NumPy arrays run on the Numba kernels and
+        CuPy arrays on the CuPy kernels (:mod:`ssmcore.backends.cupy.scan`).
     out : ndarray, optional
         Array of the output's shape and dtype to write the states into, as for
         a NumPy ufunc; it is returned as ``h``. Reusing one buffer across calls
