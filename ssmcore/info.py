@@ -59,6 +59,12 @@ def info_lines() -> list[str]:
         lines.append(f"numba layer {_numba_threading()}")
     except Exception as exc:
         lines.append(f"numba layer unavailable ({type(exc).__name__}: {exc})")
+    try:
+        from ssmcore.backends.numba._jit import cache_location
+
+        lines.append(f"numba cache {cache_location()}  (override with NUMBA_CACHE_DIR)")
+    except Exception as exc:
+        lines.append(f"numba cache unknown ({type(exc).__name__}: {exc})")
     lines.append(f"cupy        {_cupy_status()}")
     for mod in ("torch", "jax"):
         lines.append(f"{mod:<11} {_version(mod)}")
