@@ -1,0 +1,150 @@
+"""The compile gate: every declared CUDA source compiles with NVRTC for sm_80 and sm_90 (no GPU needed).
+
+Runs in the normal test suite, so CI compiles every kernel on every push. Where the gate's
+dependencies (cupy, cuda-bindings, nvidia-cuda-nvrtc) are missing the tests skip locally, but
+fail when the ``CI`` environment variable is set: CI installs the ``test`` extra, which has them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from ssmcore.backends.cupy import compile_gate as gate
+from ssmcore.backends.cupy._rawmodule import SOURCES, Source
+
+DATA = Path(__file__).parent / "data" / "cuda"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gate_dependencies() -> str | None:
+    """None if the gate can run here, else why not."""
+    try:
+        gate._nvrtc()
+        gate.cupy_options()
+    except gate.GateDependencyError as exc:
+        return str(exc)
+    return None
+
+
+_MISSING = _gate_dependencies()
+
+
+@pytest.fixture(autouse=True)
+def _needs_gate_dependencies():
+    if _MISSING is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run the compile gate, but its dependencies are missing: {_MISSING}")
+    pytest.skip(f"compile gate dependencies missing (they are in the test extra): {_MISSING}")
+
+
+@dataclass
+class _FileSource(Source):
+    """A Source whose file lives outside the package's kernels/ folder (test data only)."""
+
+    root: Path = DATA
+
+    @property
+    def path(self) -> Path:
+        return self.root / self.file
+
+
+TEMPLATE = ("scan_serial<float>", "scan_serial<double>", "scan_serial<complex<float>>", "scan_serial<complex<double>>")
+
+
+def test_package_sources_compile_for_every_arch():
+    """The real gate over the package: every declared source, every instantiation, sm_80 and sm_90."""
+    out = io.StringIO()
+    status = gate.run_gate(out=out)
+    report = out.getvalue()
+    assert status == 0, report
+    for src in SOURCES.values():
+        for arch in gate.ARCHS:
+            assert f"ok     {src.file} [{arch}]" in report, report
+
+
+def test_gate_runs_as_a_module():
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssmcore.backends.cupy.compile_gate"], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "compile gate passed" in proc.stdout
+
+
+def test_template_source_compiles_and_every_dtype_resolves():
+    src = _FileSource("template_scan.cu", TEMPLATE)
+    for arch in gate.ARCHS:
+        res = gate.compile_source(src, arch)
+        assert res.ok, res.log
+        assert set(res.lowered) == set(TEMPLATE)
+        # Mangled C++ names, one distinct kernel per instantiation.
+        assert all(name.startswith("_Z") for name in res.lowered.values())
+        assert len(set(res.lowered.values())) == len(TEMPLATE)
+
+
+def test_gate_passes_on_a_clean_kernel_folder():
+    out = io.StringIO()
+    status = gate.run_gate([_FileSource("template_scan.cu", TEMPLATE)], kernel_dir=DATA, out=out)
+    assert status == 0, out.getvalue()
+    assert "compile gate passed: 1 source(s) x 2 arch(s), 0 error(s)" in out.getvalue()
+
+
+def test_broken_source_reports_file_and_line(tmp_path):
+    (tmp_path / "broken.cu").write_text(
+        "template <typename T>\n"
+        "__global__ void broken(T* x) {\n"
+        "    T y = x[0];\n"
+        "    x[0] = y + undeclared_name;\n"  # line 4
+        "}\n"
+    )
+    src = _FileSource("broken.cu", ("broken<float>",), root=tmp_path)
+    out = io.StringIO()
+    status = gate.run_gate([src], kernel_dir=tmp_path, archs=("sm_90",), out=out)
+    report = out.getvalue()
+    assert status == 1
+    assert "FAILED broken.cu [sm_90]" in report
+    assert "broken.cu(4): error" in report and "undeclared_name" in report, report
+    assert "compile gate FAILED" in report
+
+
+def test_unresolved_name_expression_fails(tmp_path):
+    # An instantiation the source cannot provide: a missing dtype specialisation must fail the gate.
+    (tmp_path / "only_float.cu").write_text(
+        "template <typename T> __global__ void k(T* x);\n"
+        "template <> __global__ void k<float>(float* x) { x[0] = 1.0f; }\n"
+    )
+    res = gate.compile_source(_FileSource("only_float.cu", ("k<float>", "k<int>"), root=tmp_path), "sm_90")
+    # NVRTC either refuses the program or leaves k<int> without a definition; both must fail.
+    assert not res.ok
+
+
+def test_dead_and_missing_sources_are_reported(tmp_path):
+    (tmp_path / "used.cu").write_text('#include "used.cuh"\n__global__ void k(float* x) { x[0] = f(); }\n')
+    (tmp_path / "used.cuh").write_text("__device__ inline float f() { return 1.0f; }\n")
+    (tmp_path / "orphan.cu").write_text("__global__ void orphan() {}\n")
+    (tmp_path / "orphan.cuh").write_text("#pragma once\n")
+    sources = [_FileSource("used.cu", ("k",), root=tmp_path), _FileSource("absent.cu", ("k",), root=tmp_path)]
+    problems = gate.check_declarations(sources, tmp_path)
+    text = "\n".join(problems)
+    assert len(problems) == 3, text
+    assert "orphan.cu: dead source (declared by no module)" in text
+    assert "orphan.cuh: dead source (included by no declared source)" in text
+    assert "absent.cu: declared but" in text and "does not exist" in text
+    out = io.StringIO()
+    assert gate.run_gate(sources, kernel_dir=tmp_path, archs=("sm_90",), out=out) == 1
+    assert "ok     used.cu [sm_90]" in out.getvalue()
+
+
+def test_every_declared_source_is_under_the_package():
+    # Shipped as package data: a declared file must sit in kernels/ (pyproject's package-data glob).
+    for src in SOURCES.values():
+        assert src.path.parent.name == "kernels", src.file
+        assert src.path.suffix == ".cu", src.file
