@@ -32,7 +32,7 @@ Conventions
   is a half type.
 * Python scalars, strings, booleans and None pass through unchanged, as
   constants; they get no gradient. NumPy arrays are converted to tensors.
-* **CUDA tensors** run on the CuPy backend (see :ref:`docs/gpu.md`): inputs
+* **CUDA tensors** run on the CuPy backend (see docs/gpu.md): inputs
   become CuPy arrays without a copy (``cupy.from_dlpack``), the core op runs
   with CuPy's current stream set to torch's current stream of the tensors'
   device, and the results come back as tensors through ``torch.from_dlpack``,
