@@ -623,7 +623,7 @@ def _cuda_outputs(flat: list, inputs: list) -> list[Any]:
         if not o.flags.c_contiguous or any(
             x is not None and br.may_share_memory(o, x) for x in (*inputs, *done)
         ):
-            o = xp.ascontiguousarray(o).copy()
+            o = xp.array(o, order="C", copy=True)
         done.append(o)
         outs.append(br.to_torch(o))
     return outs

@@ -202,14 +202,25 @@ def compile_source(source: Any, arch: str, base_options: Sequence[str] | None = 
 
 
 # ----------------------------------------------------------------------------- declarations
-def import_backend_modules() -> list[str]:
-    """Import every public module of ``ssmcore.backends.cupy`` (they declare their sources)."""
+def import_backend_modules(errors: list[str] | None = None) -> list[str]:
+    """Import every public module of ``ssmcore.backends.cupy`` (they declare their sources).
+
+    A module that fails to import is reported in ``errors`` (raised if ``errors`` is None):
+    its sources would otherwise silently escape the gate.
+    """
     pkg = importlib.import_module(_PACKAGE)
     names = []
     for info in pkgutil.iter_modules(pkg.__path__):
         if info.name.startswith("_") or info.name == "compile_gate":
             continue
-        importlib.import_module(f"{_PACKAGE}.{info.name}")
+        full = f"{_PACKAGE}.{info.name}"
+        try:
+            importlib.import_module(full)
+        except Exception as exc:
+            if errors is None:
+                raise
+            errors.append(f"import {full} failed: {type(exc).__name__}: {exc}")
+            continue
         names.append(info.name)
     return names
 
@@ -264,22 +275,25 @@ def run_gate(
     """
     out = sys.stdout if out is None else out
     try:
-        _nvrtc()
+        nvrtc = _nvrtc()
         base = cupy_options()
     except GateDependencyError as exc:
         print(str(exc), file=out)
         return 2
+    _, major, minor = nvrtc.nvrtcVersion()
+    print(f"compile gate: NVRTC {major}.{minor}, targets {', '.join(archs)}", file=out)
     from . import _rawmodule
 
+    problems: list[str] = []
     if sources is None:
-        mods = import_backend_modules()
+        mods = import_backend_modules(problems)
         print(f"compile gate: imported {len(mods)} module(s): {', '.join(mods) or '(none)'}", file=out)
         sources = list(_rawmodule.SOURCES.values())
     else:
         sources = list(sources)
     kernel_dir = _rawmodule.KERNEL_DIR if kernel_dir is None else kernel_dir
     failed = 0
-    problems = check_declarations(sources, kernel_dir)
+    problems += check_declarations(sources, kernel_dir)
     for p in problems:
         print(f"ERROR  {p}", file=out)
     failed += len(problems)
@@ -291,7 +305,8 @@ def run_gate(
             print(res.line(), file=out)
             if not res.ok:
                 failed += 1
-                print("       NVRTC log:", file=out)
+            if not res.ok or res.log:  # the log of a success holds its warnings
+                print("       NVRTC log:" if not res.ok else "       NVRTC warnings:", file=out)
                 for line in (res.log or "(empty)").splitlines():
                     print(f"       | {line}", file=out)
     n = len(sources)
