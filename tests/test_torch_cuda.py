@@ -235,7 +235,16 @@ def _cupy_inputs(args, kw):
 
 
 def _has_cupy_kernel(op, make) -> bool:
-    """Whether the core runs op on CuPy arrays: True, False on the uniform error, else raise."""
+    """Whether the core runs op on CuPy arrays.
+
+    From the declared capability table where there is one (``ssmcore.dispatch.capabilities``),
+    else by a probe call: True if it runs, False on the uniform error, any other error raises.
+    """
+    from ssmcore import dispatch
+
+    caps = getattr(dispatch, "capabilities", None)
+    if caps is not None and op in caps():
+        return "cupy" in caps()[op]
     args, kw = make(np.random.default_rng(0), np.float64)
     ca, ck = _cupy_inputs(args, kw)
     try:
@@ -303,12 +312,12 @@ def test_cuda_gradcheck_float64(op, case, make):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])
 @pytest.mark.parametrize("op,case,make", FIRST_CASES)
-def test_cuda_compile_fullgraph(op, case, make, backend):
+def test_cuda_compile_fullgraph(op, case, make, compiler):
     if not _has_cupy_kernel(op, make):
         pytest.skip(f"{op} has no CuPy kernel yet")
-    if backend == "inductor" and op != "linear_scan":
+    if compiler == "inductor" and op != "linear_scan":
         pytest.skip("inductor is exercised on linear_scan only (compile time)")
     torch._dynamo.reset()
     args, kw = make(np.random.default_rng(13), np.float64)
@@ -320,7 +329,7 @@ def test_cuda_compile_fullgraph(op, case, make, backend):
 
     eager = f(*ta, **tk)
     g_eager = torch.autograd.grad(eager, _leaves(ta, tk))
-    compiled = torch.compile(f, fullgraph=True, backend=backend)
+    compiled = torch.compile(f, fullgraph=True, backend=compiler)
     traced = compiled(*ta, **tk)
     g_traced = torch.autograd.grad(traced, _leaves(ta, tk))
     torch.testing.assert_close(traced, eager)
