@@ -21,11 +21,6 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false   # JAX would otherwise take 75% of t
 export PYTHONDONTWRITEBYTECODE=1
 py=${PYTHON:-python3}
 
-if [ -n "${OUT:-}" ]; then
-    mkdir -p "$OUT"
-    exec > >(tee "$OUT/gpu_check.log") 2>&1
-fi
-
 status=0
 step() {  # step <name> <seconds> <command...>
     local name=$1 limit=$2
@@ -41,6 +36,7 @@ step() {  # step <name> <seconds> <command...>
     [ "$rc" -eq 0 ] || status=1
 }
 
+main() {
 echo "=== gpu_check on $(hostname) at $(date -u +%FT%TZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "(nvidia-smi unavailable)"
 "$py" - <<'PY'
@@ -51,14 +47,25 @@ for m in ("numpy", "torch", "cupy", "jax", "triton", "numba"):
     except Exception as exc:
         print(f"{m}: {type(exc).__name__}: {exc}")
 import ssmcore.dispatch as d
-print("ssmcore sees a GPU:", d.gpu_available())
+ok = d.gpu_available()
+print("ssmcore sees a GPU:", ok)
+if not ok:
+    print("WARNING: no CUDA device: the GPU tests will skip and the benchmarks cannot run")
 PY
 
 # Budgets add up to 5.5 minutes: tests 3 min, gate 0.5 min, benchmarks 2 min.
 step "GPU tests" 180 "$py" -m pytest -m gpu -q -rfEs -p no:cacheprovider tests
 step "compile gate" 30 "$py" -m ssmcore.backends.cupy.compile_gate
-step "GPU benchmarks" 120 "$py" benchmarks/compare_gpu.py ${OUT:+--log "$OUT/compare_gpu.txt"}
+step "GPU benchmarks" 120 "$py" benchmarks/compare_gpu.py   # tables also to $OUT/compare_gpu.txt
 
 echo
 if [ "$status" -eq 0 ]; then echo "=== gpu_check: all steps passed"; else echo "=== gpu_check: FAILED (see above)"; fi
-exit "$status"
+return "$status"
+}
+
+if [ -n "${OUT:-}" ]; then
+    mkdir -p "$OUT"
+    main 2>&1 | tee "$OUT/gpu_check.log"
+    exit "${PIPESTATUS[0]}"
+fi
+main

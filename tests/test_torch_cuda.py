@@ -364,7 +364,7 @@ def test_cuda_runs_on_torchs_current_stream():
         h2 = st.linear_scan(a, b)
         (g,) = torch.autograd.grad(h2.sum(), a)
         out = h.clone()
-    assert cupy.cuda.get_current_stream() == before  # the adapter restored CuPy's stream
+    assert cupy.cuda.get_current_stream().ptr == before.ptr  # the adapter restored CuPy's stream
     side.synchronize()
     np.testing.assert_allclose(out.cpu().numpy(), ref, rtol=1e-4, atol=1e-4)
     assert torch.isfinite(g).all()
