@@ -399,3 +399,91 @@ def test_cuda_mixed_with_cpu_is_a_type_error():
     for rg in (False, True):
         with pytest.raises(TypeError, match=r"linear_scan: got tensors on devices \['cpu', 'cuda:0'\]"):
             st.linear_scan(a.requires_grad_(rg), b)
+
+
+# ---------------------------------------------------------------------------- the real bridge, mocked CuPy
+class _Recorder:
+    def __init__(self):
+        self.events = []
+
+
+def _fake_cupy(rec, with_from_external=True):
+    class Ctx:
+        def __init__(self, what):
+            self.what = what
+
+        def __enter__(self):
+            rec.events.append(("enter", self.what))
+
+        def __exit__(self, *exc):
+            rec.events.append(("exit", self.what))
+
+    class Stream:
+        @classmethod
+        def from_external(cls, obj):
+            rec.events.append(("from_external", obj.__cuda_stream__()))
+            return Ctx(("stream", obj.__cuda_stream__()[1]))
+
+    if not with_from_external:
+        del Stream.from_external
+
+    def external_stream(ptr, device_id):
+        rec.events.append(("ExternalStream", ptr, device_id))
+        return Ctx(("stream", ptr))
+
+    cuda = SimpleNamespace(Stream=Stream, ExternalStream=external_stream, Device=lambda i: Ctx(("device", i)))
+    return SimpleNamespace(cuda=cuda, from_dlpack=np.from_dlpack)
+
+
+class _TorchStream:
+    def __init__(self, device_index, ptr):
+        self.device_index, self.cuda_stream = device_index, ptr
+
+    def __cuda_stream__(self):
+        return (0, self.cuda_stream)
+
+
+@pytest.mark.parametrize("with_from_external", [True, False])
+def test_bridge_scope_sets_device_then_torchs_stream(monkeypatch, with_from_external):
+    rec = _Recorder()
+    bridge = st._CupyBridge()
+    bridge._cp = _fake_cupy(rec, with_from_external)
+    current = {"s": _TorchStream(1, 0xABC)}
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: current["s"])
+    with bridge.scope(torch.device("cuda", 1)):
+        rec.events.append("body")
+    made = ("from_external", (0, 0xABC)) if with_from_external else ("ExternalStream", 0xABC, 1)
+    assert rec.events == [made, ("enter", ("device", 1)), ("enter", ("stream", 0xABC)), "body",
+                          ("exit", ("stream", 0xABC)), ("exit", ("device", 1))]
+    rec.events.clear()
+    with bridge.scope(torch.device("cuda", 1)):  # the wrapped stream is reused
+        pass
+    assert made not in rec.events
+    current["s"] = _TorchStream(1, 0xDEF)  # another torch stream: wrapped anew
+    with bridge.scope(torch.device("cuda", 1)):
+        pass
+    assert ("enter", ("stream", 0xDEF)) in rec.events
+
+
+def test_bridge_scope_restores_on_error(monkeypatch):
+    rec = _Recorder()
+    bridge = st._CupyBridge()
+    bridge._cp = _fake_cupy(rec)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _TorchStream(0, 7))
+    with pytest.raises(RuntimeError, match="inside"):
+        with bridge.scope(torch.device("cuda", 0)):
+            raise RuntimeError("inside")
+    assert rec.events[-2:] == [("exit", ("stream", 7)), ("exit", ("device", 0))]
+
+
+def test_bridge_to_core_detaches_and_resolves_lazy_views():
+    bridge = st._CupyBridge()
+    bridge._cp = SimpleNamespace(from_dlpack=np.from_dlpack)
+    z = torch.tensor([1 + 2j, 3 - 1j], dtype=torch.complex128, requires_grad=True)
+    np.testing.assert_array_equal(bridge.to_core(z.conj()), np.array([1 - 2j, 3 + 1j]))
+    neg = z.detach().conj().imag  # a lazy negative view
+    assert neg.is_neg()
+    np.testing.assert_array_equal(bridge.to_core(neg), np.array([-2.0, 1.0]))
+    x = torch.arange(6.0, dtype=torch.float64).reshape(2, 3).t()  # strided views keep their strides (zero-copy)
+    v = bridge.to_core(x)
+    assert v.strides == (8, 24) and np.shares_memory(v, x.numpy())
