@@ -36,7 +36,8 @@ Conventions
   become CuPy arrays without a copy (``cupy.from_dlpack``), the core op runs
   with CuPy's current stream set to torch's current stream of the tensors'
   device, and the results come back as tensors through ``torch.from_dlpack``,
-  again without a copy. Eager, autograd (the backward runs on the GPU too) and
+  again without a copy; what the core allocates comes from torch's caching
+  allocator. Eager, autograd (the backward runs on the GPU too) and
   the traced path (a ``"CUDA"`` kernel of each ``torch.library`` op) all work
   this way. An op without a CuPy kernel raises the core's error for the
   (op, backend) pair; nothing is copied to the host. Tensors on different
@@ -525,6 +526,7 @@ class _CupyBridge:
     def __init__(self) -> None:
         self._cp: Any = None
         self._streams: dict[tuple[int, int], Any] = {}
+        self._allocators: dict[int, Callable[[int], Any]] = {}
 
     @property
     def xp(self) -> Any:
@@ -554,14 +556,19 @@ class _CupyBridge:
         return _torch.from_dlpack(x)
 
     def scope(self, device: Any) -> Any:
-        """A context with CuPy's current device and stream set to torch's for ``device``.
+        """A context with CuPy's current device, stream and allocator set to torch's for ``device``.
 
         Kernels launch on CuPy's current stream, so they are ordered with torch's
         work on the same stream and need no synchronisation; inside the context
         the DLPack exchanges need none either (producer and consumer stream agree).
+        Memory the core allocates (outputs, workspace) comes from torch's caching
+        allocator (:func:`_torch_allocator`), not from CuPy's pool.
         """
         cp = self.xp
         ts = _torch.cuda.current_stream(device)
+        alloc = self._allocators.get(ts.device_index)
+        if alloc is None:
+            alloc = self._allocators[ts.device_index] = _torch_allocator(cp, _torch.device("cuda", ts.device_index))
         key = (ts.device_index, ts.cuda_stream)
         stream = self._streams.get(key)
         if stream is None:
@@ -573,27 +580,58 @@ class _CupyBridge:
             if len(self._streams) > 64:  # streams come from torch's pools: a handful in practice
                 self._streams.clear()
             self._streams[key] = stream
-        return _CudaScope(cp.cuda.Device(ts.device_index), stream)
+        return _CudaScope(cp.cuda.Device(ts.device_index), stream, cp.cuda.using_allocator(alloc))
 
     def may_share_memory(self, x: Any, y: Any) -> bool:
         return bool(self.xp.may_share_memory(x, y))
 
 
+def _torch_allocator(cp: Any, device: Any) -> Callable[[int], Any]:
+    """A CuPy allocator (``size -> MemoryPointer``) drawing from torch's caching allocator on ``device``.
+
+    Why: with CuPy's own pool, the memory of every result a torch user keeps
+    would sit in a second cache that torch cannot see or reuse
+    (``torch.cuda.memory_allocated`` would not count it, and freed blocks would
+    stay reserved by CuPy while torch runs out of memory). Each block is a uint8
+    tensor allocated on torch's current stream; the CuPy memory keeps it alive,
+    and the results' tensors keep the CuPy memory alive through DLPack.
+    """
+    index = device.index if device.index is not None else -1
+
+    def alloc(size: int) -> Any:
+        block = _torch.empty((size,), dtype=_torch.uint8, device=device)
+        return cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(block.data_ptr(), size, block, index), 0)
+
+    return alloc
+
+
 class _CudaScope:
-    """``with device, stream:`` as one context manager."""
+    """``with device, stream, allocator:`` as one context manager."""
 
-    __slots__ = ("device", "stream")
+    __slots__ = ("device", "stream", "allocator")
 
-    def __init__(self, device: Any, stream: Any) -> None:
-        self.device, self.stream = device, stream
+    def __init__(self, device: Any, stream: Any, allocator: Any) -> None:
+        self.device, self.stream, self.allocator = device, stream, allocator
 
     def __enter__(self) -> None:
         self.device.__enter__()
-        self.stream.__enter__()
+        try:
+            self.stream.__enter__()
+            try:
+                self.allocator.__enter__()
+            except BaseException:
+                self.stream.__exit__(None, None, None)
+                raise
+        except BaseException:
+            self.device.__exit__(None, None, None)
+            raise
 
     def __exit__(self, *exc: Any) -> None:
         try:
-            self.stream.__exit__(*exc)
+            try:
+                self.allocator.__exit__(*exc)
+            finally:
+                self.stream.__exit__(*exc)
         finally:
             self.device.__exit__(*exc)
 

@@ -431,7 +431,11 @@ def _fake_cupy(rec, with_from_external=True):
         rec.events.append(("ExternalStream", ptr, device_id))
         return Ctx(("stream", ptr))
 
-    cuda = SimpleNamespace(Stream=Stream, ExternalStream=external_stream, Device=lambda i: Ctx(("device", i)))
+    cuda = SimpleNamespace(Stream=Stream, ExternalStream=external_stream, Device=lambda i: Ctx(("device", i)),
+                           using_allocator=lambda alloc: Ctx(("allocator",)),
+                           UnownedMemory=lambda ptr, size, owner, dev: SimpleNamespace(ptr=ptr, size=size,
+                                                                                       owner=owner, dev=dev),
+                           MemoryPointer=lambda mem, offset: SimpleNamespace(mem=mem, offset=offset))
     return SimpleNamespace(cuda=cuda, from_dlpack=np.from_dlpack)
 
 
@@ -453,8 +457,8 @@ def test_bridge_scope_sets_device_then_torchs_stream(monkeypatch, with_from_exte
     with bridge.scope(torch.device("cuda", 1)):
         rec.events.append("body")
     made = ("from_external", (0, 0xABC)) if with_from_external else ("ExternalStream", 0xABC, 1)
-    assert rec.events == [made, ("enter", ("device", 1)), ("enter", ("stream", 0xABC)), "body",
-                          ("exit", ("stream", 0xABC)), ("exit", ("device", 1))]
+    assert rec.events == [made, ("enter", ("device", 1)), ("enter", ("stream", 0xABC)), ("enter", ("allocator",)),
+                          "body", ("exit", ("allocator",)), ("exit", ("stream", 0xABC)), ("exit", ("device", 1))]
     rec.events.clear()
     with bridge.scope(torch.device("cuda", 1)):  # the wrapped stream is reused
         pass
@@ -473,7 +477,16 @@ def test_bridge_scope_restores_on_error(monkeypatch):
     with pytest.raises(RuntimeError, match="inside"):
         with bridge.scope(torch.device("cuda", 0)):
             raise RuntimeError("inside")
-    assert rec.events[-2:] == [("exit", ("stream", 7)), ("exit", ("device", 0))]
+    assert rec.events[-3:] == [("exit", ("allocator",)), ("exit", ("stream", 7)), ("exit", ("device", 0))]
+
+
+def test_torch_allocator_hands_out_torch_memory_kept_alive_by_cupy():
+    rec = _Recorder()
+    alloc = st._torch_allocator(_fake_cupy(rec), torch.device("cpu"))  # the CPU stands in for a GPU here
+    p = alloc(1000)
+    assert p.offset == 0 and p.mem.size == 1000 and p.mem.dev == -1
+    block = p.mem.owner  # the tensor whose memory CuPy uses: kept alive by the CuPy memory object
+    assert block.dtype == torch.uint8 and block.numel() == 1000 and block.data_ptr() == p.mem.ptr
 
 
 def test_bridge_to_core_detaches_and_resolves_lazy_views():
