@@ -57,6 +57,7 @@ class _FileSource(Source):
         return self.root / self.file
 
 
+INCLUDE_DATA = (f"-I{DATA}",)  # template_scan.cu includes a local header, as the package's sources do
 TEMPLATE = ("scan_serial<float>", "scan_serial<double>", "scan_serial<complex<float>>", "scan_serial<complex<double>>")
 
 
@@ -80,7 +81,7 @@ def test_package_sources_compile_for_every_arch():
 
 
 def test_template_source_compiles_and_every_dtype_resolves():
-    src = _FileSource("template_scan.cu", TEMPLATE)
+    src = _FileSource("template_scan.cu", TEMPLATE, INCLUDE_DATA)
     for arch in gate.ARCHS:
         res = gate.compile_source(src, arch)
         assert res.ok, res.log
@@ -92,7 +93,7 @@ def test_template_source_compiles_and_every_dtype_resolves():
 
 def test_gate_passes_on_a_clean_kernel_folder():
     out = io.StringIO()
-    status = gate.run_gate([_FileSource("template_scan.cu", TEMPLATE)], kernel_dir=DATA, out=out)
+    status = gate.run_gate([_FileSource("template_scan.cu", TEMPLATE, INCLUDE_DATA)], kernel_dir=DATA, out=out)
     assert status == 0, out.getvalue()
     assert "compile gate passed: 1 source(s) x 2 arch(s), 0 error(s)" in out.getvalue()
 
@@ -131,7 +132,8 @@ def test_dead_and_missing_sources_are_reported(tmp_path):
     (tmp_path / "used.cuh").write_text("__device__ inline float f() { return 1.0f; }\n")
     (tmp_path / "orphan.cu").write_text("__global__ void orphan() {}\n")
     (tmp_path / "orphan.cuh").write_text("#pragma once\n")
-    sources = [_FileSource("used.cu", ("k",), root=tmp_path), _FileSource("absent.cu", ("k",), root=tmp_path)]
+    sources = [_FileSource("used.cu", ("k",), (f"-I{tmp_path}",), root=tmp_path),
+               _FileSource("absent.cu", ("k",), root=tmp_path)]
     problems = gate.check_declarations(sources, tmp_path)
     text = "\n".join(problems)
     assert len(problems) == 3, text
@@ -165,3 +167,10 @@ def test_a_backend_module_that_fails_to_import_fails_the_gate(monkeypatch):
     assert gate.import_backend_modules(errors) == []
     assert errors and "import ssmcore.backends.cupy.scan failed: SyntaxError: simulated" in errors[0]
     assert pkg  # the package itself still imports
+
+
+def test_local_headers_need_the_sources_include_option():
+    # As under cupy.RawModule, the source's own folder is not searched: a missing -I must fail here.
+    res = gate.compile_source(_FileSource("template_scan.cu", TEMPLATE), "sm_90")
+    assert not res.ok
+    assert "template_helpers.cuh" in res.log, res.log

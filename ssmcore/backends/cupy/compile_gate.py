@@ -63,6 +63,12 @@ ARCHS: tuple[str, ...] = ("sm_80", "sm_90")
 # CuPy adds both to every NVRTC compile of a RawModule (cupy/cuda/compiler.py).
 _CUPY_NVRTC_EXTRA: tuple[str, ...] = ("--device-as-default-execution-space", "-ftz=true")
 
+# The program is named by its path so that errors point at the file; without this option NVRTC
+# would also search that path's folder for #include "...", which CuPy (compiling the source text
+# as "kern.cu" elsewhere) does not: a source relying on it would pass here and fail on the GPU.
+# Local headers must come through the source's own -I option.
+_GATE_ONLY: tuple[str, ...] = ("--no-source-include",)
+
 _INCLUDE = re.compile(r'^\s*#\s*include\s*"([^"]+)"', re.MULTILINE)
 
 _PACKAGE = "ssmcore.backends.cupy"
@@ -168,7 +174,7 @@ def compile_source(source: Any, arch: str, base_options: Sequence[str] | None = 
 
     nvrtc = _nvrtc()
     opts = tuple(cupy_options() if base_options is None else base_options)
-    opts = opts + tuple(COMPILE_OPTIONS) + tuple(source.options) + (f"-arch={arch}",)
+    opts = opts + tuple(COMPILE_OPTIONS) + tuple(source.options) + _GATE_ONLY + (f"-arch={arch}",)
     name = _display_name(Path(source.path))
     t0 = time.perf_counter()
     err, prog = nvrtc.nvrtcCreateProgram(source.code().encode(), name.encode(), 0, [], [])
