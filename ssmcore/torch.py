@@ -32,7 +32,16 @@ Conventions
   is a half type.
 * Python scalars, strings, booleans and None pass through unchanged, as
   constants; they get no gradient. NumPy arrays are converted to tensors.
-* CUDA tensors raise a TypeError: there is no GPU backend yet.
+* **CUDA tensors** run on the CuPy backend (see docs/gpu.md): inputs
+  become CuPy arrays without a copy (``cupy.from_dlpack``), the core op runs
+  with CuPy's current stream set to torch's current stream of the tensors'
+  device, and the results come back as tensors through ``torch.from_dlpack``,
+  again without a copy; what the core allocates comes from torch's caching
+  allocator. Eager, autograd (the backward runs on the GPU too) and
+  the traced path (a ``"CUDA"`` kernel of each ``torch.library`` op) all work
+  this way. An op without a CuPy kernel raises the core's error for the
+  (op, backend) pair; nothing is copied to the host. Tensors on different
+  devices in one call raise a TypeError.
 * ``needs_input_grad`` is passed on to the core's backward: gradients of
   inputs that do not need one are None, and ops whose backward separates
   (``fft_conv``, ``linear_scan``) skip their work (eager path; the traced
@@ -100,6 +109,7 @@ _NP_OF = {
 _TORCH_OF = {v: k for k, v in _NP_OF.items()}
 _UPCAST = {_torch.float16: _torch.float32, _torch.bfloat16: _torch.float32, _torch.complex32: _torch.complex64}
 _TENSOR = _torch.Tensor
+_CPU_PROBE = _torch.empty(0)  # stands for a CPU tensor in device checks
 _PARAMETER = _torch.nn.Parameter  # with _TENSOR: the plain types that may take the eager path
 
 # One library for all ops; ops are defined lazily, the first time an adapter function is built.
@@ -276,13 +286,34 @@ def _grads_to_torch(
 
 
 # ----------------------------------------------------------------------------- torch.library ops (traced path)
-def _check_cpu(name: str, tensors: Any) -> None:
+def _unsupported_device(name: str, t: Any) -> TypeError:
+    return TypeError(
+        f"ssmcore.torch.{name}: got a tensor on device '{t.device}'; only CPU and CUDA tensors are supported. "
+        f"Move it with .cpu() or .cuda()"
+    )
+
+
+def _on_cuda(name: str, tensors: Any) -> bool:
+    """False if every tensor is on the CPU, True if every one is on one CUDA device, else a TypeError.
+
+    The all-CPU answer costs one ``is_cpu`` per tensor (what the CPU path always paid).
+    """
     for t in tensors:
         if t is not None and not t.is_cpu:
-            raise TypeError(
-                f"ssmcore.torch.{name}: got a tensor on device '{t.device}'; only CPU tensors are supported "
-                f"(there is no GPU backend yet). Move it with .cpu()"
-            )
+            break
+    else:
+        return False
+    present = [t for t in tensors if t is not None]
+    for t in present:
+        if not (t.is_cpu or t.is_cuda):
+            raise _unsupported_device(name, t)
+    devices = {t.device for t in present}
+    if len(devices) > 1:
+        raise TypeError(
+            f"ssmcore.torch.{name}: got tensors on devices {sorted(map(str, devices))}; "
+            f"pass all tensors on one device (CPU or one CUDA device)"
+        )
+    return True
 
 
 def _define_library_ops(opdef: OpDef) -> tuple[Any, Any]:
@@ -307,23 +338,28 @@ def _define_library_ops(opdef: OpDef) -> tuple[Any, Any]:
         avoid = list(np_arrays) + cts
         return [g for g in _grads_to_torch(_RECORDS[name], grads, np_arrays, avoid) if g is not None]
 
-    def on_cuda(arrays: list, *rest: Any) -> list:
-        _check_cpu(name, [a for a in arrays if a is not None])
-        return []
+    def fwd_cuda(arrays: list, options: str) -> list:
+        _on_cuda(name, arrays)  # the dispatcher picked CUDA: refuse a CPU tensor among them
+        return _cuda_forward(opdef, arrays, _decode_options(options))
+
+    def bwd_cuda(arrays: list, cotangents: list, options: str) -> list:
+        _on_cuda(name, [*arrays, *cotangents])
+        return _cuda_backward(_RECORDS[name], arrays, cotangents, _decode_options(options))
 
     def fwd_fake(arrays: list, options: str) -> list:
         specs = [None if a is None else _specs.ArraySpec(tuple(a.shape), _np_dtype(a.dtype)) for a in arrays]
         out = _specs.output_spec(opdef, specs, _decode_options(options))
         outs = list(out) if isinstance(out, tuple) else [out]
-        return [_empty_of(s) for s in outs]
+        device = next((a.device for a in arrays if a is not None), None)  # results live where the inputs do
+        return [_empty_of(s, device) for s in outs]
 
     def bwd_fake(arrays: list, cotangents: list, options: str) -> list:
         return [_torch.empty_like(a, memory_format=_torch.contiguous_format) for a in arrays if a is not None]
 
     _LIB.impl(name, fwd_cpu, "CPU")
     _LIB.impl(f"{name}_bwd", bwd_cpu, "CPU")
-    _LIB.impl(name, on_cuda, "CUDA")
-    _LIB.impl(f"{name}_bwd", on_cuda, "CUDA")
+    _LIB.impl(name, fwd_cuda, "CUDA")
+    _LIB.impl(f"{name}_bwd", bwd_cuda, "CUDA")
     _torch.library.register_fake(f"ssmcore::{name}", fwd_fake, lib=_LIB)
     _torch.library.register_fake(f"ssmcore::{name}_bwd", bwd_fake, lib=_LIB)
     fwd_op = getattr(_torch.ops.ssmcore, name).default
@@ -340,8 +376,8 @@ def _np_dtype(dt: Any) -> np.dtype:
         raise TypeError(f"ssmcore.torch: unsupported tensor dtype {dt}") from None
 
 
-def _empty_of(spec: _specs.ArraySpec) -> Any:
-    return _torch.empty(spec.shape, dtype=_TORCH_OF[np.dtype(spec.dtype)])
+def _empty_of(spec: _specs.ArraySpec, device: Any = None) -> Any:
+    return _torch.empty(spec.shape, dtype=_TORCH_OF[np.dtype(spec.dtype)], device=device)
 
 
 def _sequential_vmap(fn: Any) -> Callable[..., Any]:
@@ -477,6 +513,268 @@ def _make_eager_apply() -> Callable[..., Any]:
 _eager_apply = _make_eager_apply()
 
 
+# ----------------------------------------------------------------------------- CUDA tensors (CuPy backend)
+class _CupyBridge:
+    """How CUDA tensors meet the core: CuPy arrays through DLPack, on torch's current stream.
+
+    One instance, :data:`_BRIDGE`, serves every CUDA call; CuPy is imported on the
+    first CUDA call only, so CPU users never import it. The CPU tests swap in a
+    NumPy stand-in with the same four methods to exercise the CUDA path's logic
+    (conversion, gradients, aliasing) without a device.
+    """
+
+    def __init__(self) -> None:
+        self._cp: Any = None
+        self._streams: dict[tuple[int, int], Any] = {}
+        self._allocators: dict[int, Callable[[int], Any]] = {}
+
+    @property
+    def xp(self) -> Any:
+        if self._cp is None:
+            try:
+                import cupy
+            except ImportError as exc:
+                raise ImportError(
+                    "ssmcore.torch: CUDA tensors run on ssmcore's CuPy backend, which needs CuPy; "
+                    'install the extra matching your CUDA major: pip install "ssmcore[cuda13]" (or "ssmcore[cuda12]")'
+                ) from exc
+            self._cp = cupy
+        return self._cp
+
+    def to_core(self, t: Any) -> Any:
+        """A zero-copy CuPy view of CUDA tensor ``t`` (lazy conj/neg views are resolved first)."""
+        if t.requires_grad:
+            t = t.detach()
+        if t.is_conj():
+            t = t.resolve_conj()
+        if t.is_neg():
+            t = t.resolve_neg()
+        return self.xp.from_dlpack(t)
+
+    def to_torch(self, x: Any) -> Any:
+        """A CUDA tensor viewing CuPy array ``x`` (zero-copy)."""
+        return _torch.from_dlpack(x)
+
+    def scope(self, device: Any) -> Any:
+        """A context with CuPy's current device, stream and allocator set to torch's for ``device``.
+
+        Kernels launch on CuPy's current stream, so they are ordered with torch's
+        work on the same stream and need no synchronisation; inside the context
+        the DLPack exchanges need none either (producer and consumer stream agree).
+        Memory the core allocates (outputs, workspace) comes from torch's caching
+        allocator (:func:`_torch_allocator`), not from CuPy's pool.
+        """
+        cp = self.xp
+        ts = _torch.cuda.current_stream(device)
+        alloc = self._allocators.get(ts.device_index)
+        if alloc is None:
+            alloc = self._allocators[ts.device_index] = _torch_allocator(cp, _torch.device("cuda", ts.device_index))
+        key = (ts.device_index, ts.cuda_stream)
+        stream = self._streams.get(key)
+        if stream is None:
+            from_external = getattr(cp.cuda.Stream, "from_external", None)
+            if from_external is not None and hasattr(ts, "__cuda_stream__"):  # cupy >= 14, torch >= 2.10
+                stream = from_external(ts)
+            else:  # ExternalStream is deprecated in cupy 14 but is what older versions have
+                stream = cp.cuda.ExternalStream(ts.cuda_stream, ts.device_index)
+            if len(self._streams) > 64:  # streams come from torch's pools: a handful in practice
+                self._streams.clear()
+            self._streams[key] = stream
+        return _CudaScope(cp.cuda.Device(ts.device_index), stream, cp.cuda.using_allocator(alloc))
+
+    def may_share_memory(self, x: Any, y: Any) -> bool:
+        return bool(self.xp.may_share_memory(x, y))
+
+
+def _torch_allocator(cp: Any, device: Any) -> Callable[[int], Any]:
+    """A CuPy allocator (``size -> MemoryPointer``) drawing from torch's caching allocator on ``device``.
+
+    Why: with CuPy's own pool, the memory of every result a torch user keeps
+    would sit in a second cache that torch cannot see or reuse
+    (``torch.cuda.memory_allocated`` would not count it, and freed blocks would
+    stay reserved by CuPy while torch runs out of memory). Each block is a uint8
+    tensor allocated on torch's current stream; the CuPy memory keeps it alive,
+    and the results' tensors keep the CuPy memory alive through DLPack.
+    """
+    index = device.index if device.index is not None else -1
+
+    def alloc(size: int) -> Any:
+        block = _torch.empty((size,), dtype=_torch.uint8, device=device)
+        return cp.cuda.MemoryPointer(cp.cuda.UnownedMemory(block.data_ptr(), size, block, index), 0)
+
+    return alloc
+
+
+class _CudaScope:
+    """``with device, stream, allocator:`` as one context manager."""
+
+    __slots__ = ("device", "stream", "allocator")
+
+    def __init__(self, device: Any, stream: Any, allocator: Any) -> None:
+        self.device, self.stream, self.allocator = device, stream, allocator
+
+    def __enter__(self) -> None:
+        self.device.__enter__()
+        try:
+            self.stream.__enter__()
+            try:
+                self.allocator.__enter__()
+            except BaseException:
+                self.stream.__exit__(None, None, None)
+                raise
+        except BaseException:
+            self.device.__exit__(None, None, None)
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            try:
+                self.allocator.__exit__(*exc)
+            finally:
+                self.stream.__exit__(*exc)
+        finally:
+            self.device.__exit__(*exc)
+
+
+_BRIDGE: Any = _CupyBridge()
+
+
+def _is_core_array(x: Any) -> bool:
+    return hasattr(x, "__dlpack__") and hasattr(x, "dtype") and hasattr(x, "shape")
+
+
+def _cuda_outputs(flat: list, inputs: list) -> list[Any]:
+    """The core's CuPy results as CUDA tensors that alias neither ``inputs`` nor each other.
+
+    A result is wrapped as it is when it is C-contiguous and shares no memory
+    with an input or an earlier result; otherwise it is copied on the device
+    first (never through the host). C order also keeps ``torch.from_dlpack``
+    away from negative strides.
+    """
+    br = _BRIDGE
+    xp = br.xp
+    done: list[Any] = []
+    outs: list[Any] = []
+    for o in flat:
+        if not _is_core_array(o):  # a Python or NumPy scalar from a core function
+            o = xp.asarray(o)
+        if not o.flags.c_contiguous or any(
+            x is not None and br.may_share_memory(o, x) for x in (*inputs, *done)
+        ):
+            o = xp.array(o, order="C", copy=True)
+        done.append(o)
+        outs.append(br.to_torch(o))
+    return outs
+
+
+def _cuda_grads(rec: _Record, grads: tuple, arrays: list, avoid: list, device: Any, need: Sequence[bool] | None = None) -> list[Any]:
+    """:func:`_grads_to_torch` for CuPy gradients: torch's conjugate convention, input dtypes, on ``device``."""
+    xp = _BRIDGE.xp
+    out: list[Any] = []
+    where: list[int] = []
+    flat: list[Any] = []
+    for k, (arr, gi) in enumerate(zip(arrays, rec.grad_pos)):
+        if arr is None or (need is not None and not need[k]):
+            out.append(None)
+            continue
+        g = grads[gi] if gi is not None else None
+        if g is None:
+            out.append(_torch.zeros(arr.shape, dtype=_TORCH_OF.get(np.dtype(arr.dtype), _torch.float64), device=device))
+            continue
+        g = xp.asarray(g)
+        if g.dtype.kind == "c":
+            g = xp.conj(g)
+        if g.dtype != arr.dtype:
+            g = g.real if (np.dtype(arr.dtype).kind != "c" and g.dtype.kind == "c") else g
+            g = g.astype(arr.dtype)
+        where.append(len(out))
+        flat.append(g)
+        out.append(None)
+    for k, t in zip(where, _cuda_outputs(flat, avoid)):
+        out[k] = t
+    return out
+
+
+def _cuda_conj(x: Any) -> Any:
+    return _BRIDGE.xp.conj(x) if x.dtype.kind == "c" else x
+
+
+def _device_of(tensors: Any) -> Any:
+    return next(t.device for t in tensors if t is not None)
+
+
+def _cuda_forward(opdef: OpDef, arrays: list, options: dict) -> list:
+    """The traced path's CUDA forward: the public function on CuPy views, results as tensors."""
+    with _BRIDGE.scope(_device_of(arrays)):
+        xs = [None if a is None else _BRIDGE.to_core(a) for a in arrays]
+        out = _core_call(opdef, opdef.fn, xs, options)
+        outs, _ = _flatten_output(out, opdef.name)
+        return _cuda_outputs(outs, xs)
+
+
+def _cuda_backward(rec: _Record, arrays: list, cotangents: list, options: dict) -> list:
+    """The traced path's CUDA backward: forward again for the residuals, then the core's backward."""
+    opdef = rec.opdef
+    device = _device_of(arrays)
+    with _BRIDGE.scope(device):
+        xs = [None if a is None else _BRIDGE.to_core(a) for a in arrays]
+        cts = [_cuda_conj(_BRIDGE.to_core(c)) for c in cotangents]
+        _, res = _core_call(opdef, opdef.fwd, xs, options)
+        grads = opdef.backward(res, _unflatten_output(cts))
+        return [g for g in _cuda_grads(rec, grads, xs, [*xs, *cts], device) if g is not None]
+
+
+class _CudaFunction(_torch.autograd.Function):
+    """The eager autograd path for CUDA tensors: the core's ``fwd``/``bwd`` on CuPy views.
+
+    Same contract as :class:`_EagerFunction` (residuals kept on ctx, no
+    recomputation); CuPy's stream is torch's current stream in the forward and
+    again in the backward (autograd runs a backward on the forward's stream).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, rec: _Record, values: list, where: tuple, *tensors: Any) -> tuple:
+        device = _device_of(tensors)
+        vals = list(values)
+        xs: list[Any] = [None] * len(vals)
+        with _BRIDGE.scope(device):
+            for i, t in zip(where, tensors):
+                vals[i] = xs[i] = _BRIDGE.to_core(t)
+            out, res = _call_in_order(rec.opdef.fwd, rec.names, rec.n_pos_fwd, vals)
+            outs, _ = _flatten_output(out, rec.name)
+            touts = _cuda_outputs(outs, xs)
+        ctx.rec, ctx.res, ctx.xs, ctx.where, ctx.device = rec, res, xs, where, device
+        ctx.save_for_backward(*tensors, *touts)  # for autograd's in-place-modification check
+        return tuple(touts)
+
+    @staticmethod
+    @_once_differentiable
+    def backward(ctx: Any, *cotangents: Any) -> tuple:
+        ctx.saved_tensors  # noqa: B018 - raises if an input or output was modified in place
+        rec = ctx.rec
+        need, needs = _wanted_gradients(rec, ctx.where, ctx.needs_input_grad[3:])
+        with _BRIDGE.scope(ctx.device):
+            cts = [_cuda_conj(_BRIDGE.to_core(c)) for c in cotangents]
+            grads = rec.opdef.backward(ctx.res, _unflatten_output(cts), needs)
+            tgrads = _cuda_grads(rec, grads, ctx.xs, [*ctx.xs, *cts], ctx.device, need)
+        return (None, None, None, *[tgrads[i] for i in ctx.where])
+
+
+def _cuda_call(rec: _Record, vals: list, where: tuple, grad: bool) -> list:
+    """An eager call on CUDA tensors (``vals`` in signature order, tensors at ``where``)."""
+    if grad:
+        return list(_CudaFunction.apply(rec, vals, where, *[vals[i] for i in where]))
+    vals = list(vals)
+    with _BRIDGE.scope(vals[where[0]].device):
+        xs = []
+        for i in where:
+            vals[i] = _BRIDGE.to_core(vals[i])
+            xs.append(vals[i])
+        out = _call_in_order(rec.opdef.fn, rec.names, rec.n_pos_fn, vals)
+        flat, _ = _flatten_output(out, rec.name)
+        return _cuda_outputs(flat, xs)
+
+
 # ----------------------------------------------------------------------------- the generic call
 def _is_array(v: Any) -> bool:
     return isinstance(v, (_torch.Tensor, np.ndarray))
@@ -520,18 +818,32 @@ def _call(rec: _Record, values: tuple) -> Any:
         outs = list(_TracedFunction.apply(rec.name, _encode_options(rec.opdef, options), *arrays))
     elif grad and _torch.is_grad_enabled():
         tensors = [vals[i] for i in where]
-        _check_cpu(rec.name, tensors)
-        outs = list(_eager_apply(rec, vals, tuple(where), *tensors))
+        if _on_cuda(rec.name, tensors):
+            outs = _cuda_call(rec, vals, tuple(where), True)
+        else:
+            outs = list(_eager_apply(rec, vals, tuple(where), *tensors))
     else:
         try:
             for i in where:
                 vals[i] = _to_numpy(vals[i])
-        except TypeError:  # numpy() refuses tensors on other devices: say so in ssmcore's words
-            _check_cpu(rec.name, [values[i] for i in where])
-            raise
+        except TypeError:  # numpy() refuses tensors on other devices
+            # Mixed or unsupported devices raise here; all on one CUDA device means the first
+            # tensor failed, so every vals[i] is still a tensor.
+            # Tensors converted before the failure were CPU ones: stand in an empty CPU tensor for each.
+            seen = [_CPU_PROBE if isinstance(vals[j], np.ndarray) else vals[j] for j in where]
+            if not _on_cuda(rec.name, seen):
+                raise
+            return _finish(_cuda_call(rec, vals, tuple(where), False), promoted)
         out = _call_in_order(rec.opdef.fn, rec.names, rec.n_pos_fn, vals)
         flat, _ = _flatten_output(out, rec.name)
         outs = _outputs_to_torch(flat, [vals[i] for i in where])
+    if promoted in _UPCAST:
+        outs = [o.to(promoted) if o.dtype == _UPCAST[promoted] else o for o in outs]
+    return _unflatten_output(outs)
+
+
+def _finish(outs: list, promoted: Any) -> Any:
+    """The tail of :func:`_call` for the CUDA path."""
     if promoted in _UPCAST:
         outs = [o.to(promoted) if o.dtype == _UPCAST[promoted] else o for o in outs]
     return _unflatten_output(outs)

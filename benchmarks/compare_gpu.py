@@ -1,0 +1,608 @@
+"""GPU side-by-side: ssmcore's CuPy kernels against d2d copy, JAX and accelerated-scan, in one process.
+
+Run on a GPU machine (``benchmarks/gpu_check.sh`` runs it after the GPU tests)::
+
+    PYTHONPATH=$PWD:$PWD/.gpu-peers python benchmarks/compare_gpu.py [--rounds 7] [--only scan]
+    python benchmarks/compare_gpu.py --dry-run      # list the cases (works without a GPU)
+
+Method: every case's candidates are timed in one process, in interleaved rounds
+(A, B, C, A, B, C, ...), and the median is reported. Candidates that run on torch's
+current stream (ssmcore, copy, accelerated-scan, torch) are timed with CUDA events
+around a calibrated number of back-to-back calls; JAX, which runs on its own
+streams, with the wall clock around the same number of calls and
+``block_until_ready``. Bandwidth counts what a candidate must read and write
+(linear_scan: a and b read, h written; the copy: one read and one write), so
+"of copy" is the fraction of the measured device-to-device copy bandwidth.
+Peak memory is measured in one separate call per candidate: CuPy's pool (a
+memory hook) plus torch's allocator, above what was allocated before the call,
+against the bytes of the call's outputs.
+
+Every row that cannot run says why (op without a CuPy kernel, peer not
+installed, dtype the peer does not support) instead of failing the script.
+Inputs are realistic: decays a ~ U[0.9, 0.999] (times e^{i theta}, |theta| < 0.1,
+for complex), b ~ N(0, 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+try:
+    from benchmarks._timing import format_table
+except ImportError:  # run as a script: benchmarks/ itself is on sys.path
+    from _timing import format_table
+
+__all__ = ["CASES", "Case", "Result", "Skip", "bytes_moved", "format_results", "main", "parse_args", "select_cases"]
+
+
+class Skip(Exception):
+    """A candidate that cannot run here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: an op at one size, and the candidates measured side by side."""
+
+    key: str
+    title: str
+    op: str  # "linear_scan" or "lti_simulate_diag"
+    shape: tuple[int, ...]  # linear_scan: (batch, channels, L); lti_simulate_diag: (B, H, N, L)
+    dtype: str
+    candidates: tuple[str, ...]
+    target: str  # what the issue asks this case to show
+    backward: bool = False  # candidates named "... fwd+bwd" are compared with their "... fwd"
+
+
+SCAN_PEERS = ("jax.lax.associative_scan", "accelerated_scan.scalar", "accelerated_scan.warp")
+
+CASES: tuple[Case, ...] = (
+    Case("scan-f32-many", "linear_scan fwd, many channels", "linear_scan", (8, 4096, 4096), "float32",
+         ("d2d copy", "ssmcore.torch", "ssmcore (CuPy arrays)", *SCAN_PEERS), ">= 0.85 of copy (goal 0.95)"),
+    Case("scan-f32-long", "linear_scan fwd, few long series", "linear_scan", (1, 64, 1 << 20), "float32",
+         ("d2d copy", "ssmcore.torch", *SCAN_PEERS), ">= 0.4 of copy (goal 0.8)"),
+    Case("scan-f32-bwd", "linear_scan fwd+bwd / fwd", "linear_scan", (8, 4096, 4096), "float32",
+         ("ssmcore.torch fwd", "ssmcore.torch fwd+bwd", "accelerated_scan.scalar fwd",
+          "accelerated_scan.scalar fwd+bwd"), "fwd+bwd / fwd <= 2.5", backward=True),
+    Case("scan-f32-long-bwd", "linear_scan fwd+bwd / fwd, few long series", "linear_scan", (1, 64, 1 << 20),
+         "float32", ("ssmcore.torch fwd", "ssmcore.torch fwd+bwd"), "fwd+bwd / fwd <= 2.5", backward=True),
+    Case("scan-f64-many", "linear_scan fwd float64", "linear_scan", (8, 4096, 4096), "float64",
+         ("d2d copy", "ssmcore.torch"), ">= 0.8 of copy"),
+    Case("scan-c64-many", "linear_scan fwd complex64", "linear_scan", (8, 4096, 4096), "complex64",
+         ("d2d copy", "ssmcore.torch"), ">= 0.8 of copy"),
+    Case("s4d-c64", "lti_simulate_diag, S4D sizes (B, H, N, L)", "lti_simulate_diag", (16, 1024, 64, 4096),
+         "complex64", ("ssmcore recurrent", "ssmcore convolution", "ssmcore scan", "torch S4D recipe"),
+         "faster than the torch recipe"),
+)
+
+
+@dataclass
+class Result:
+    """One measured (or skipped) row."""
+
+    case: Case
+    candidate: str
+    seconds: float | None = None
+    peak_bytes: int | None = None
+    out_bytes: int | None = None
+    note: str = ""
+    samples: list[float] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- host-side helpers
+def _itemsize(dtype: str) -> int:
+    return {"float32": 4, "float64": 8, "complex64": 8, "complex128": 16}[dtype]
+
+
+def bytes_moved(case: Case, candidate: str) -> int | None:
+    """The bytes a candidate must read plus write (None: no bandwidth figure for it).
+
+    linear_scan forward reads a and b and writes h (3 arrays); the backward reads
+    a, h and the cotangent and writes both gradients (5 more); a copy reads and
+    writes one array. lti_simulate_diag reads u and writes y (real float32); the
+    parameters are O(H N), negligible.
+    """
+    if case.op == "linear_scan":
+        n = 1
+        for s in case.shape:
+            n *= s
+        size = n * _itemsize(case.dtype)
+        if candidate == "d2d copy":
+            return 2 * size
+        if candidate.endswith("fwd+bwd"):
+            return 8 * size
+        return 3 * size
+    if case.op == "lti_simulate_diag":
+        b, h, _, length = case.shape
+        return 2 * b * h * length * 4
+    return None
+
+
+def select_cases(only: str | None) -> list[Case]:
+    """The cases whose key or title matches the regular expression ``only`` (all if None)."""
+    if not only:
+        return list(CASES)
+    pat = re.compile(only)
+    return [c for c in CASES if pat.search(c.key) or pat.search(c.title)]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="ssmcore GPU benchmarks against copy, JAX and accelerated-scan")
+    p.add_argument("--dry-run", action="store_true", help="list the cases and candidates; touch no GPU")
+    p.add_argument("--rounds", type=int, default=7, help="interleaved rounds per case (median reported)")
+    p.add_argument("--min-time", type=float, default=0.02, help="seconds per sample (calls are batched up to it)")
+    p.add_argument("--only", default=None, help="regular expression selecting cases by key or title")
+    p.add_argument("--warp", action="store_true",
+                   help="include accelerated_scan.warp (builds a CUDA extension with nvcc: about a minute)")
+    p.add_argument("--log", default=None, help="also write the tables here (default $OUT/compare_gpu.txt if OUT is set)")
+    args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
+    if args.log is None and os.environ.get("OUT"):
+        args.log = os.path.join(os.environ["OUT"], "compare_gpu.txt")
+    return args
+
+
+def _fmt_bytes(n: int | None) -> str:
+    return "" if n is None else f"{n / 2**20:.0f}"
+
+
+def format_results(results: list[Result], copy_bandwidth: float | None) -> str:
+    """One table per case: time, bandwidth, fraction of copy, peak memory against outputs, notes."""
+    blocks = []
+    by_case: dict[str, list[Result]] = {}
+    for r in results:
+        by_case.setdefault(r.case.key, []).append(r)
+    for key, rows in by_case.items():
+        case = rows[0].case
+        times = {r.candidate: r.seconds for r in rows}
+        table = []
+        for r in rows:
+            if r.seconds is None:
+                table.append([r.candidate, "skip", "", "", "", "", r.note])
+                continue
+            moved = bytes_moved(case, r.candidate)
+            bw = moved / r.seconds / 1e9 if moved else None
+            frac = f"{bw * 1e9 / copy_bandwidth:.2f}" if (bw and copy_bandwidth) else ""
+            note = r.note
+            if case.backward and r.candidate.endswith("fwd+bwd"):
+                fwd = times.get(r.candidate[: -len("fwd+bwd")] + "fwd")
+                if fwd:
+                    note = (f"fwd+bwd/fwd = {r.seconds / fwd:.2f}" + (f"; {note}" if note else ""))
+            ratio = (f"{r.peak_bytes / r.out_bytes:.2f}" if (r.peak_bytes is not None and r.out_bytes) else "")
+            table.append([r.candidate, f"{r.seconds * 1e3:.3f}", "" if bw is None else f"{bw:.0f}", frac,
+                          _fmt_bytes(r.peak_bytes), ratio, note])
+        shape = "x".join(map(str, case.shape))
+        head = f"{case.title}  ({shape} {case.dtype}; must show: {case.target})"
+        blocks.append(head + "\n" + format_table(
+            table, ["candidate", "ms", "GB/s", "of copy", "peak MiB", "peak/out", "note"]))
+    return "\n\n".join(blocks)
+
+
+def dry_run_listing(cases: Sequence[Case]) -> str:
+    rows = [[c.key, c.title, "x".join(map(str, c.shape)), c.dtype, ", ".join(c.candidates), c.target] for c in cases]
+    return format_table(rows, ["key", "case", "shape", "dtype", "candidates", "must show"])
+
+
+# ----------------------------------------------------------------------------- GPU side
+def _timed_gpu(candidates: dict[str, tuple[Callable[[], Any], str]], rounds: int, min_time: float) -> dict[str, list[float]]:
+    """Seconds per call, ``rounds`` interleaved samples per candidate.
+
+    Each candidate is ``(fn, timer)``: ``timer`` "events" records CUDA events on
+    torch's current stream around the calls, "wall" uses the clock and blocks on
+    the last result (JAX).
+    """
+    import torch
+
+    def measure(fn: Callable[[], Any], timer: str, n: int) -> float:
+        if timer == "events":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(n):
+                fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / n
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(n):
+            out = fn()
+        _block(out)
+        return (time.perf_counter() - t0) / n
+
+    number = {}
+    for name, (fn, timer) in candidates.items():
+        measure(fn, timer, 1)  # warm-up: compiles, autotunes, fills pools
+        n = 1
+        while True:
+            dt = measure(fn, timer, n) * n
+            if dt >= min_time or n >= 1 << 12:
+                break
+            n = max(2 * n, int(n * min_time / max(dt, 1e-9)) + 1) if dt > 0 else 2 * n
+        number[name] = n
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(rounds):
+        for name, (fn, timer) in candidates.items():
+            samples[name].append(measure(fn, timer, number[name]))
+    return samples
+
+
+def _block(out: Any) -> None:
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            _block(o)
+    elif hasattr(out, "block_until_ready"):
+        out.block_until_ready()
+
+
+def _nbytes(out: Any) -> int:
+    if isinstance(out, (tuple, list)):
+        return sum(_nbytes(o) for o in out)
+    if hasattr(out, "element_size"):
+        return out.numel() * out.element_size()
+    return int(getattr(out, "nbytes", 0))
+
+
+class _PeakHook:
+    """Peak bytes handed out by CuPy's memory pool (a cupy MemoryHook), above the start."""
+
+    def __init__(self) -> None:
+        import cupy
+
+        class Hook(cupy.cuda.MemoryHook):
+            name = "ssmcore_peak"
+
+            def __init__(self) -> None:
+                self.now = 0
+                self.peak = 0
+
+            def malloc_postprocess(self, **kw: Any) -> None:
+                self.now += kw["mem_size"]
+                self.peak = max(self.peak, self.now)
+
+            def free_postprocess(self, **kw: Any) -> None:
+                self.now -= kw["mem_size"]
+
+        self.hook = Hook()
+
+
+def _peak_memory(fn: Callable[[], Any], timer: str) -> tuple[int | None, int | None]:
+    """(peak bytes above the start, output bytes) of one call; None where it cannot be seen (JAX)."""
+    if timer != "events":
+        return None, None
+    import torch
+
+    try:
+        peak = _PeakHook().hook
+    except Exception:  # noqa: BLE001 - no CuPy: torch's allocator only
+        peak = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    if peak is not None:
+        with peak:
+            out = fn()
+            torch.cuda.synchronize()
+    else:
+        out = fn()
+        torch.cuda.synchronize()
+    total = torch.cuda.max_memory_allocated() - base + (peak.peak if peak is not None else 0)
+    n = _nbytes(out)
+    del out
+    return total, n
+
+
+def _inputs_scan(case: Case, seed: int = 0) -> tuple[Any, Any]:
+    import torch
+
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    real = torch.float32 if case.dtype in ("float32", "complex64") else torch.float64
+    a = torch.empty(case.shape, device="cuda", dtype=real).uniform_(0.9, 0.999, generator=g)
+    b = torch.randn(case.shape, device="cuda", dtype=real, generator=g)
+    if case.dtype.startswith("complex"):
+        theta = torch.empty(case.shape, device="cuda", dtype=real).uniform_(-0.1, 0.1, generator=g)
+        a = torch.polar(a, theta)
+        b = torch.complex(b, torch.randn(case.shape, device="cuda", dtype=real, generator=g))
+    return a.contiguous(), b.contiguous()
+
+
+def _scan_candidate(case: Case, name: str, a: Any, b: Any, warp: bool) -> tuple[Callable[[], Any], str]:
+    import torch
+
+    base = name.removesuffix(" fwd+bwd").removesuffix(" fwd")
+    bwd = name.endswith("fwd+bwd")
+    if name == "d2d copy":
+        dst = torch.empty_like(b)
+        return (lambda: dst.copy_(b)), "events"
+    if base == "ssmcore.torch":
+        import ssmcore.torch as st
+
+        if not bwd:
+            def fwd() -> Any:
+                with torch.no_grad():
+                    return st.linear_scan(a, b)
+            _probe(fwd)
+            return fwd, "events"
+        ag, bg = a.detach().requires_grad_(), b.detach().requires_grad_()
+        ct = torch.ones_like(b)
+
+        def fwd_bwd() -> Any:
+            h = st.linear_scan(ag, bg)
+            return torch.autograd.grad(h, (ag, bg), ct)
+
+        _probe(fwd_bwd)
+        return fwd_bwd, "events"
+    if name == "ssmcore (CuPy arrays)":
+        import cupy
+
+        import ssmcore
+
+        ca, cb = cupy.from_dlpack(a), cupy.from_dlpack(b)
+        fn = lambda: ssmcore.linear_scan(ca, cb)  # noqa: E731 - on CuPy's stream: the null stream, as torch's
+        _probe(fn)
+        return fn, "events"
+    if name == "jax.lax.associative_scan":
+        try:
+            import jax
+            import jax.numpy as jnp
+        except ImportError as exc:
+            raise Skip(f"jax not importable: {exc}") from None
+        if not any(d.platform == "gpu" for d in jax.devices()):
+            raise Skip("jax sees no GPU")
+        if case.dtype not in ("float32", "complex64"):
+            raise Skip("x64 off in jax (single precision only)")
+
+        def combine(x: Any, y: Any) -> Any:
+            return x[0] * y[0], y[0] * x[1] + y[1]
+
+        f = jax.jit(lambda a, b: jax.lax.associative_scan(combine, (a, b), axis=-1)[1])
+        ja, jb = jnp.asarray(a.cpu().numpy()), jnp.asarray(b.cpu().numpy())
+        return (lambda: f(ja, jb)), "wall"
+    if base.startswith("accelerated_scan"):
+        variant = base.split(".")[1]
+        if variant == "warp" and not warp:
+            raise Skip("off by default (nvcc build ~1 min): --warp")
+        if case.dtype != "float32":
+            raise Skip("float32/bfloat16 only")
+        try:
+            mod = __import__(f"accelerated_scan.{variant}", fromlist=["scan"])
+        except ImportError as exc:
+            raise Skip(f"not importable ({exc}); run benchmarks/gpu_peers_setup.sh") from None
+        scan = mod.scan
+        if not bwd:
+            def fwd() -> Any:
+                with torch.no_grad():
+                    return scan(a, b)
+            return fwd, "events"
+        ag, bg = a.detach().requires_grad_(), b.detach().requires_grad_()
+        ct = torch.ones_like(b)
+
+        def fwd_bwd() -> Any:
+            return torch.autograd.grad(scan(ag, bg), (ag, bg), ct)
+
+        return fwd_bwd, "events"
+    raise Skip(f"unknown candidate {name!r}")
+
+
+_NO_KERNEL = re.compile(r"no CuPy kernel", re.IGNORECASE)
+
+
+def _probe(fn: Callable[[], Any]) -> None:
+    """Run once; the core's error for an op without a CuPy kernel becomes a Skip."""
+    try:
+        fn()
+    except Exception as exc:  # noqa: BLE001 - classified here
+        if _NO_KERNEL.search(str(exc)):
+            raise Skip(str(exc).splitlines()[0]) from None
+        raise
+
+
+def _s4d_inputs(case: Case) -> dict[str, Any]:
+    import math
+
+    import torch
+
+    bsz, h, n, length = case.shape
+    g = torch.Generator(device="cuda").manual_seed(1)
+    # S4D-Lin: lambda_n = -1/2 + i pi n, dt log-uniform in [1e-3, 1e-1], ZOH.
+    dt = torch.exp(torch.empty(h, 1, device="cuda").uniform_(math.log(1e-3), math.log(1e-1), generator=g))
+    lam = torch.complex(torch.full((h, n), -0.5, device="cuda"),
+                        math.pi * torch.arange(n, device="cuda", dtype=torch.float32).expand(h, n))
+    dtA = lam * dt
+    A = torch.exp(dtA)
+    B = (A - 1) / lam  # B_c = 1
+    C = torch.complex(torch.randn(h, n, device="cuda", generator=g), torch.randn(h, n, device="cuda", generator=g))
+    C = C * (0.5 ** 0.5)
+    D = torch.randn(h, device="cuda", generator=g)
+    u = torch.randn(bsz, h, length, device="cuda", generator=g)
+    return {"A": A.contiguous(), "B": B.contiguous(), "C": C.contiguous(), "D": D, "u": u, "dtA": dtA, "L": length}
+
+
+def _s4d_candidate(case: Case, name: str, x: dict[str, Any]) -> tuple[Callable[[], Any], str]:
+    import torch
+
+    if name == "torch S4D recipe":
+        A, B, C, D, u, L = x["A"], x["B"], x["C"], x["D"], x["u"], x["L"]
+        logA = torch.log(A)
+        ar = torch.arange(L, device="cuda", dtype=torch.float32)
+
+        def recipe() -> Any:
+            with torch.no_grad():
+                vand = torch.exp(logA.unsqueeze(-1) * ar)  # (H, N, L) Vandermonde
+                K = 2 * torch.einsum("hn,hnl->hl", C * B, vand).real
+                k_f = torch.fft.rfft(K, n=2 * L)
+                u_f = torch.fft.rfft(u, n=2 * L)
+                y = torch.fft.irfft(u_f * k_f, n=2 * L)[..., :L]
+                return y + u * D.unsqueeze(-1)
+
+        return recipe, "events"
+    if name.startswith("ssmcore "):
+        import ssmcore.torch as st
+
+        mode = name.split()[1]
+
+        def fn() -> Any:
+            with torch.no_grad():
+                return st.lti_simulate_diag(x["A"], x["B"], x["C"], x["D"], x["u"], conj_sym=True, mode=mode)
+
+        _probe(fn)
+        return fn, "events"
+    raise Skip(f"unknown candidate {name!r}")
+
+
+def _check_s4d(case: Case, fns: dict[str, Callable[[], Any]], notes: dict[str, str]) -> None:
+    """Every ssmcore mode against the torch recipe (a wrong fast kernel must not look good)."""
+    import torch
+
+    ref_fn = fns.get("torch S4D recipe")
+    if ref_fn is None:
+        return
+    ref = ref_fn()
+    scale = ref.abs().max().item()
+    for name, fn in fns.items():
+        if name.startswith("ssmcore"):
+            err = (fn() - ref).abs().max().item() / max(scale, 1e-30)
+            notes[name] = f"max rel err vs recipe {err:.1e}"
+    del ref
+    torch.cuda.synchronize()
+
+
+def _check_scan(fns: dict[str, Callable[[], Any]], notes: dict[str, str]) -> None:
+    """Forward candidates against ssmcore.torch (max relative error), so speed is not bought with error."""
+    ref_fn = fns.get("ssmcore.torch")
+    if ref_fn is None:
+        return
+    ref = ref_fn()
+    scale = float(ref.abs().max())
+    for name, fn in fns.items():
+        if name in ("d2d copy", "ssmcore.torch") or name.endswith("fwd+bwd"):
+            continue
+        out = fn()
+        try:
+            import torch
+
+            o = out if isinstance(out, torch.Tensor) else torch.from_dlpack(out)  # JAX, CuPy: zero-copy
+            err = float((o - ref).abs().max()) / max(scale, 1e-30)
+            notes[name] = f"max rel err vs ssmcore {err:.1e}"
+        except Exception as exc:  # noqa: BLE001 - a note, not a failure
+            notes[name] = f"(no error check: {type(exc).__name__})"
+        del out
+    del ref
+
+
+def run_case(case: Case, args: argparse.Namespace) -> list[Result]:
+    import torch
+
+    results: dict[str, Result] = {}
+    fns: dict[str, tuple[Callable[[], Any], str]] = {}
+    notes: dict[str, str] = {}
+    try:
+        inputs = _s4d_inputs(case) if case.op == "lti_simulate_diag" else _inputs_scan(case)
+    except Exception as exc:  # noqa: BLE001
+        return [Result(case, c, note=f"inputs failed: {type(exc).__name__}: {exc}") for c in case.candidates]
+    for name in case.candidates:
+        results[name] = Result(case, name)
+        try:
+            if case.op == "lti_simulate_diag":
+                fns[name] = _s4d_candidate(case, name, inputs)
+            else:
+                fns[name] = _scan_candidate(case, name, *inputs, warp=args.warp)
+        except Skip as exc:
+            results[name].note = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a broken candidate is reported, the others still run
+            results[name].note = f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            traceback.print_exc(file=sys.stderr)
+    try:
+        if case.op == "lti_simulate_diag":
+            _check_s4d(case, {k: f for k, (f, _) in fns.items()}, notes)
+        else:
+            _check_scan({k: f for k, (f, _) in fns.items()}, notes)
+    except Exception as exc:  # noqa: BLE001
+        print(f"{case.key}: accuracy check failed: {exc}", file=sys.stderr)
+    for name, (fn, timer) in fns.items():
+        try:
+            results[name].peak_bytes, results[name].out_bytes = _peak_memory(fn, timer)
+        except Exception as exc:  # noqa: BLE001
+            notes[name] = f"peak memory failed: {exc}"
+    if fns:
+        samples = _timed_gpu(fns, args.rounds, args.min_time)
+        for name, s in samples.items():
+            results[name].samples = s
+            results[name].seconds = statistics.median(s)
+            results[name].note = notes.get(name, results[name].note)
+    del inputs, fns
+    torch.cuda.empty_cache()
+    try:
+        import cupy
+
+        cupy.get_default_memory_pool().free_all_blocks()
+    except Exception:  # noqa: BLE001
+        pass
+    return list(results.values())
+
+
+def copy_bandwidth() -> float:
+    """Bytes per second of a 1 GiB device-to-device copy (read + write counted)."""
+    import torch
+
+    src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
+    dst = torch.empty_like(src)
+    s = _timed_gpu({"copy": ((lambda: dst.copy_(src)), "events")}, rounds=5, min_time=0.02)["copy"]
+    del src, dst
+    return 2 * (1 << 30) / statistics.median(s)
+
+
+def environment() -> str:
+    import torch
+
+    lines = [f"python {sys.version.split()[0]}, torch {torch.__version__}"]
+    for mod in ("cupy", "jax", "triton"):
+        try:
+            lines.append(f"{mod} {__import__(mod).__version__}")
+        except Exception as exc:  # noqa: BLE001
+            lines.append(f"{mod}: not importable ({type(exc).__name__})")
+    lines.append(f"device {torch.cuda.get_device_name()}")
+    return ", ".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cases = select_cases(args.only)
+    if args.dry_run:
+        print(dry_run_listing(cases))
+        return 0
+    try:
+        import torch
+    except ImportError:
+        print("compare_gpu: torch is needed to time on the GPU", file=sys.stderr)
+        return 2
+    if not torch.cuda.is_available():
+        print("compare_gpu: no CUDA device; use --dry-run to list the cases", file=sys.stderr)
+        return 2
+    header = environment()
+    bw = copy_bandwidth()
+    header += f"\nd2d copy bandwidth (1 GiB, read + write): {bw / 1e9:.0f} GB/s"
+    print(header, flush=True)
+    results: list[Result] = []
+    for case in cases:
+        t0 = time.perf_counter()
+        rows = run_case(case, args)
+        results += rows
+        print("\n" + format_results(rows, bw) + f"\n({time.perf_counter() - t0:.1f} s)", flush=True)
+    if args.log:
+        with open(args.log, "w") as f:
+            f.write(header + "\n\n" + format_results(results, bw) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
