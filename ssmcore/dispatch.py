@@ -96,7 +96,7 @@ def _unsupported(fn: str, backend: str, kind: str) -> UnsupportedBackendError:
     have = _CAPABILITIES.get(fn, ())
     hint = ""
     if backend == "cupy" and kind == "cupy":
-        hint = "; run it on the CPU with NumPy arrays (cupy.asnumpy) or watch the capability table in docs/gpu.md"
+        hint = "; run it on the CPU with NumPy arrays (cupy.asnumpy) (docs/backends.md lists what runs where)"
     return UnsupportedBackendError(
         f"{fn}: no {_BACKEND_WORDS[backend]} yet; it runs on {', '.join(have) or 'no backend'}{hint}"
     )
