@@ -23,6 +23,7 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from types import ModuleType
 from typing import Any
 
@@ -36,6 +37,17 @@ from .validation import as_float_array, check_choice, shape_error, sum_to_shape
 __all__ = ["DIAG_MODES", "LTI_MODES", "dlsim", "lti_simulate", "lti_simulate_diag"]
 
 _OPERAND_NAMES = ("A", "B", "C", "D", "u", "x0")
+
+
+@lru_cache(maxsize=64)
+def _is_complex(xp: ModuleType, dtype: Any) -> bool:
+    # cached: the namespace's isdtype costs ~1 us a call, and the glue asks a dozen times
+    return _xp.is_complex_dtype(xp, dtype)
+
+
+def _reshape(xp: ModuleType, x: Any, shape: tuple[int, ...]) -> Any:
+    """``xp.reshape`` that skips the call when ``x`` already has ``shape`` (per-call overhead)."""
+    return x if tuple(x.shape) == shape else xp.reshape(x, shape)
 
 # dlsim is not a registered op (scipy's API, not differentiable) but runs the LTI
 # kernels: it declares its backends like the ops do (see dlsim for what runs where).
@@ -130,8 +142,10 @@ def _prepare(fn: str, t: Target, A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any
             return xp.zeros((1,) + core, dtype=dtype, device=t.device), np.zeros(batch, dtype=np.int64)
         count = _xp.prod(lead)
         # the index map depends on shapes only: built on the host, sent to the device once
-        index = np.broadcast_to(np.arange(count, dtype=np.int64).reshape(lead), batch_shape).ravel()
-        return xp.astype(xp.reshape(a, (count,) + core), dtype, copy=False), index
+        index = np.arange(count, dtype=np.int64)
+        if lead != batch_shape:
+            index = np.broadcast_to(index.reshape(lead), batch_shape).ravel()
+        return xp.astype(_reshape(xp, a, (count,) + core), dtype, copy=False), index
 
     cores = ((N, N), (N, M), (P, N), (P, M), (M, L), (N,))
     flats = [flat(a, s, core) for a, s, core in zip(given, leads, cores)]
@@ -186,7 +200,7 @@ def _causal_conv(xp: ModuleType, u: Any, K: Any, backend: str) -> Any:
     """
     from ._convolution import fft_conv
 
-    u_c, k_c = _xp.is_complex_dtype(xp, u.dtype), _xp.is_complex_dtype(xp, K.dtype)
+    u_c, k_c = _is_complex(xp, u.dtype), _is_complex(xp, K.dtype)
     if not (u_c or k_c):
         return fft_conv(u, K, backend=backend)
     ur, ui = (xp.real(u), xp.imag(u)) if u_c else (u, None)
@@ -291,8 +305,8 @@ def _forward(A, B, C, D, u, x0, mode, return_final_state, backend, keep_checkpoi
     runner = LTI_MODES[mode] if ops.batch else _run_recurrent
     run = runner(t.kernels("lti"), ops, keep_checkpoints)
     xp = t.xp
-    y = xp.reshape(run.y, ops.batch_shape + (ops.P, ops.L))
-    out = (y, xp.reshape(run.x_final, ops.batch_shape + (ops.N,))) if return_final_state else y
+    y = _reshape(xp, run.y, ops.batch_shape + (ops.P, ops.L))
+    out = (y, _reshape(xp, run.x_final, ops.batch_shape + (ops.N,))) if return_final_state else y
     return out, _Residuals(ops, run, bool(return_final_state))
 
 
@@ -306,8 +320,8 @@ def _grad_for(xp: ModuleType, g: Any, batch_shape: tuple[int, ...], core: tuple[
     if given is None:
         return None
     shape, dtype = given
-    g = sum_to_shape(xp.reshape(g, batch_shape + core), shape, xp)
-    if not _xp.is_complex_dtype(xp, dtype) and _xp.is_complex_dtype(xp, g.dtype):
+    g = sum_to_shape(_reshape(xp, g, batch_shape + core), shape, xp)
+    if not _is_complex(xp, dtype) and _is_complex(xp, g.dtype):
         g = xp.real(g)  # real input of a complex computation: transpose of the real linearisation
     return xp.astype(g, dtype, copy=False)
 
@@ -321,8 +335,8 @@ def _as_cotangent(t: Target, g: Any, shape: tuple[int, ...], dtype: Any, real: b
     xp = t.xp
     if g is None:
         return xp.zeros(shape, dtype=dtype, device=t.device)
-    g = xp.reshape(g, shape)
-    if real and _xp.is_complex_dtype(xp, g.dtype):
+    g = _reshape(xp, g, shape)
+    if real and _is_complex(xp, g.dtype):
         g = xp.real(g)
     return xp.astype(g, dtype, copy=False)
 
@@ -334,7 +348,7 @@ def _lti_simulate_bwd(res: _Residuals, cotangent) -> tuple[Any | None, ...]:
     xp = t.xp
     gy, g_final = cotangent if res.return_final_state else (cotangent, None)
     nb, N, P, L = ops.batch, ops.N, ops.P, ops.L
-    real = not _xp.is_complex_dtype(xp, ops.dtype)
+    real = not _is_complex(xp, ops.dtype)
     gy, g_final = _as_cotangent(t, gy, (nb, P, L), ops.dtype, real), _as_cotangent(t, g_final, (nb, N), ops.dtype, real)
     k = t.kernels("lti")
     ck, K = run.ck, run.K
@@ -509,7 +523,7 @@ def _diag_prepare(fn, t, A, B, C, D, u, x0, conj_sym, real_output) -> _DiagOpera
         raise ValueError(f"{fn}: conj_sym=True means a real output 2 Re(C x); got real_output=False")
     if real_output:
         for name, x in (("u", u), ("D", D)):
-            if x is not None and _xp.is_complex_dtype(xp, x.dtype):
+            if x is not None and _is_complex(xp, x.dtype):
                 raise TypeError(
                     f"{fn}: {name} must be real when the output is real (conj_sym or real_output); "
                     f"got {_xp.dtype_name(x.dtype)}"
@@ -530,13 +544,14 @@ def _diag_prepare(fn, t, A, B, C, D, u, x0, conj_sym, real_output) -> _DiagOpera
     def rows(a, core, dt):
         if a is None:
             return xp.zeros((R,) + core, dtype=dt, device=t.device)
-        full = xp.broadcast_to(a, batch_shape + (H,) + core)
-        return xp.astype(xp.reshape(full, (R,) + core), dt, copy=False)
+        shape = batch_shape + (H,) + core
+        full = a if tuple(a.shape) == shape else xp.broadcast_to(a, shape)
+        return xp.astype(_reshape(xp, full, (R,) + core), dt, copy=False)
 
     return _DiagOperands(
         rows(A, (N,), dtype), rows(B, (N,), dtype), rows(C, (N,), dtype),
         rows(D, (), out_dtype), rows(u, (L,), out_dtype if real_output else u.dtype), rows(x0, (N,), dtype),
-        2.0 if conj_sym else 1.0, out_dtype, not _xp.is_complex_dtype(xp, out_dtype), tuple(batch_shape),
+        2.0 if conj_sym else 1.0, out_dtype, not _is_complex(xp, out_dtype), tuple(batch_shape),
         tuple(kernel_shape), H, N, L, tuple(None if a is None else (tuple(a.shape), a.dtype) for a in given), t,
         x0 is not None,
     )  # fmt: skip
@@ -565,7 +580,7 @@ def _diag_scan(k: Any, ops: _DiagOperands) -> tuple[Any, Any]:
         x, x_final = linear_scan(ops.A[rows, :, None], b, ops.x0[rows, :], return_final_state=True,
                                  backend=ops.backend)
         z = ops.scale * xp.matmul(ops.C[rows, None, :], x)[:, 0, :]  # sum_n C_n x_n, no conjugation
-        if ops.real_output and _xp.is_complex_dtype(xp, z.dtype):
+        if ops.real_output and _is_complex(xp, z.dtype):
             z = xp.real(z)
         ys.append(xp.astype(z + ops.D[rows, None] * ops.u[rows, :], ops.out_dtype, copy=False))
         finals.append(x_final)
@@ -622,8 +637,8 @@ def _diag_forward(A, B, C, D, u, x0, conj_sym, real_output, mode, return_final_s
     else:
         y, x_final = _diag_convolution(k, ops, bool(return_final_state))
     xp = t.xp
-    y = xp.reshape(y, ops.batch_shape + (ops.H, ops.L))
-    out = (y, xp.reshape(x_final, ops.batch_shape + (ops.H, ops.N))) if return_final_state else y
+    y = _reshape(xp, y, ops.batch_shape + (ops.H, ops.L))
+    out = (y, _reshape(xp, x_final, ops.batch_shape + (ops.H, ops.N))) if return_final_state else y
     return out, _DiagResiduals(ops, bool(return_final_state))
 
 
@@ -642,7 +657,7 @@ def _lti_simulate_diag_bwd(res: _DiagResiduals, cotangent) -> tuple[Any | None, 
     R, N, L, H = ops.A.shape[0], ops.N, ops.L, ops.H
     ct = ops.A.dtype  # compute dtype
     gy = _as_cotangent(t, gy, (R, L), ct, ops.real_output)
-    g_final = _as_cotangent(t, g_final, (R, N), ct, not _xp.is_complex_dtype(xp, ct))
+    g_final = _as_cotangent(t, g_final, (R, N), ct, not _is_complex(xp, ct))
     u = xp.astype(ops.u, ct, copy=False)
     D = xp.astype(ops.D, ct, copy=False)
     grads = t.kernels("lti").diag_backward(ops.A, ops.B, ops.C, D, u, ops.x0, ops.scale, gy, g_final)

@@ -156,7 +156,7 @@ def test_lti_simulate_without_d_and_x0_and_empty_batch(ns, rng):
     _require(ns, "lti_simulate")
     args = _dense_case(rng, False, with_dx0=False)
     assert_close(ns.to_numpy(ssmcore.lti_simulate(*map(ns.asarray, args))), ssmcore.lti_simulate(*args), 1e-12)
-    A, B, C, _, u, _ = args
+    A, B, C = args[:3]
     empty = np.zeros((0, 2, 5))
     y = ns.to_numpy(ssmcore.lti_simulate(ns.asarray(A[0, 0]), ns.asarray(B), ns.asarray(C[0, 0]), None,
                                          ns.asarray(empty)))
@@ -194,6 +194,7 @@ def test_lti_simulate_vjp_float32_keeps_dtypes(ns, rng):
     gy = randn(rng, y.shape).astype(np.float32)
     want = pullback(gy)
     out, ns_pullback = ssmcore.vjp("lti_simulate", *map(ns.asarray, args))
+    assert ns.to_numpy(out).dtype == np.float32
     got = ns.to_numpy(ns_pullback(ns.asarray(gy)))
     for g, w in zip(got, want):
         assert g.dtype == np.float32
@@ -202,7 +203,7 @@ def test_lti_simulate_vjp_float32_keeps_dtypes(ns, rng):
 
 def test_lti_simulate_errors_are_the_numpy_messages(ns, rng):
     _require(ns, "lti_simulate")
-    A, B, C, D, u, x0 = map(ns.asarray, _dense_case(rng, False))
+    A, B, C, D, u, _ = map(ns.asarray, _dense_case(rng, False))
     with pytest.raises(ValueError, match=r"lti_simulate: A has shape \(2, 3\); expected \(\.\.\., N, N\)"):
         ssmcore.lti_simulate(ns.asarray(np.ones((2, 3))), B, C, D, u)
     with pytest.raises(ValueError, match=r"lti_simulate: u has shape \(3, 5, 11\); expected \(\.\.\., 2, L\)"):
@@ -302,7 +303,7 @@ def test_lti_simulate_diag_vjp(ns, mode, kind, rng, monkeypatch):
 def test_lti_simulate_diag_errors_are_the_numpy_messages(ns, rng):
     _require(ns, "lti_simulate_diag")
     args, _ = _diag_case(rng, "complex")
-    A, B, C, D, u, x0 = map(ns.asarray, args)
+    A, B, C, D, u, _ = map(ns.asarray, args)
     with pytest.raises(TypeError, match="lti_simulate_diag: u must be real when the output is real .*; got complex128"):
         ssmcore.lti_simulate_diag(A, B, C, None, u, conj_sym=True)
     with pytest.raises(ValueError, match="conj_sym=True means a real output"):
