@@ -353,3 +353,27 @@ def test_dlsim_errors_are_the_numpy_messages(ns, rng):
         ssmcore.dlsim((A, B, C, D, 1.0), ns.asarray(np.ones((4, 3))))
     with pytest.raises(ValueError, match=r"dlsim: x0 has shape \(3,\); expected \(2,\)"):
         ssmcore.dlsim((A, B, C, D, 1.0), ns.asarray(np.ones(4)), x0=ns.asarray(np.ones(3)))
+
+
+# --------------------------------------------------------------- kernel contract
+
+
+def test_backend_modules_implement_the_reference_contract():
+    """Every LTI backend module has the reference's functions with the same parameters."""
+    import importlib
+    import importlib.util
+    import inspect
+
+    from ssmcore.reference import lti as reference
+
+    modules = ["ssmcore.backends.numba.lti"]
+    if importlib.util.find_spec("ssmcore.backends.cupy.lti") is not None:
+        modules.append("ssmcore.backends.cupy.lti")  # importable without a GPU (compiles at first use)
+    for name in modules:
+        module = importlib.import_module(name)
+        assert sorted(module.__all__) == sorted(reference.__all__), name
+        for fn in reference.__all__:
+            want = inspect.signature(getattr(reference, fn)).parameters
+            got = inspect.signature(getattr(module, fn)).parameters
+            assert list(got) == list(want), f"{name}.{fn}{tuple(got)} != reference {tuple(want)}"
+            assert [p.default for p in got.values()] == [p.default for p in want.values()], f"{name}.{fn} defaults"
