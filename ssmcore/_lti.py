@@ -13,8 +13,13 @@ Three public functions:
 * :func:`dlsim` -- a drop-in for :func:`scipy.signal.dlsim` (control convention
   ``x[k+1] = A x[k] + B u[k]``, ``y[k] = C x[k] + D u[k]``), built on the same core.
 
-The kernels live in ``ssmcore/reference/lti.py`` (NumPy specification) and
-``ssmcore/backends/numba/lti.py`` (Numba CPU); see ``docs/lti.md``.
+The kernels live in ``ssmcore/reference/lti.py`` (NumPy specification; its
+docstring is the kernel contract every backend implements) and
+``ssmcore/backends/numba/lti.py`` (Numba CPU); see ``docs/lti.md``. The glue here
+is device-neutral: it works on the array namespace of the call's
+:class:`~ssmcore.dispatch.Target` with array-API functions only, passes operands
+to the backend's launchers (which allocate the outputs and choose their own work
+split), and the backward runs on the residuals' target.
 """
 
 from __future__ import annotations
@@ -995,8 +1000,6 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarra
     if t is not None:
         u_dt = _interp_linear(t, u, tout)
 
-    if tg.kind != "numpy":  # A..D from a tuple of Python lists are NumPy's until here
-        A, B, C, D = (tg.asarray(a) for a in (A, B, C, D))
     dts = [a.dtype for a in (A, B, C, D, u_dt)] + ([] if x0 is None else [x0.dtype])
     dtype = xp.result_type(*dts, xp.float64)
     if out_samples == 0:
