@@ -60,15 +60,36 @@ def _state_dtype(xp: Any, rdt: Any, a_complex: bool) -> Any:
     return xp.complex128 if rdt == xp.float64 else xp.complex64
 
 
+def _iscomplex(xp: Any, dt: Any) -> bool:
+    """Complex dtype?  NumPy/CuPy dtypes by ``kind`` (numpy.isdtype costs ~1 us a call, and
+    the glue asks ~20 times), other namespaces' dtypes through ``xp.isdtype``."""
+    kind = getattr(dt, "kind", None)
+    return kind == "c" if kind is not None else _xp.is_complex_dtype(xp, dt)
+
+
 def _orig_dtype(xp: Any, x: Any, norm: Any) -> Any:
     """The caller's floating dtype (float16 stays float16 for the output), else the normalised one."""
     dt = getattr(x, "dtype", None)
     if dt is None or isinstance(x, (list, tuple)):
         return norm.dtype
-    try:
-        return dt if xp.isdtype(dt, ("real floating", "complex floating")) else norm.dtype
-    except Exception:  # a dtype this namespace does not know
-        return norm.dtype
+    kind = getattr(dt, "kind", None)
+    if kind is not None:  # NumPy / CuPy dtypes
+        return dt if kind in "fc" else norm.dtype
+    return dt if xp.isdtype(dt, ("real floating", "complex floating")) else norm.dtype
+
+
+def _np_astype(x: np.ndarray, dtype: Any, copy: bool = False) -> np.ndarray:
+    return x.astype(dtype, copy=copy)
+
+
+def _astype(t: Target) -> Any:
+    """The call's ``astype`` (no copy by default): the ndarray method for NumPy
+    (array_api_compat's wrapper costs ~0.3 us a call, and this glue makes up to ten),
+    ``xp.astype`` for every other namespace."""
+    if t.kind == "numpy":
+        return _np_astype
+    xp = t.xp
+    return lambda x, dtype, copy=False: xp.astype(x, dtype, copy=copy)
 
 
 def _check_bool(fn: str, name: str, value: Any) -> bool:
@@ -93,7 +114,7 @@ def _bc(t: Target, fn: str, name: str, X: Any, nb: int, nd: int, N: int, L: int,
     """Validate B or C; return (canonical (batch, G, L, N) or (1, D, 1, N) array, variable?, G, ndim)."""
     xp = t.xp
     X = as_float_array(fn, name, X, target=t)
-    if not a_complex and _xp.is_complex_dtype(xp, X.dtype):
+    if not a_complex and _iscomplex(xp, X.dtype):
         raise TypeError(f"{fn}: {name} has dtype {dtype_name(X.dtype)} but A is real; "
                         f"complex {name} needs complex A")
     if X.ndim == 2:
@@ -102,7 +123,7 @@ def _bc(t: Target, fn: str, name: str, X: Any, nb: int, nd: int, N: int, L: int,
                                                   f"or (batch, N, L) / (batch, G, N, L) for a variable one")
         return xp.reshape(X, (1, nd, 1, N)), False, nd, 2
     if X.ndim in (3, 4):
-        X4 = xp.expand_dims(X, axis=1) if X.ndim == 3 else X
+        X4 = X[:, None, ...] if X.ndim == 3 else X  # indexing: expand_dims is slow on NumPy
         bx, G, nx, lx = X4.shape
         exp = "(batch, N, L)" if X.ndim == 3 else "(batch, G, N, L)"
         if bx != nb or nx != N or lx != L:
@@ -130,7 +151,7 @@ def _canonical(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, delta_softplus,
     if A.ndim != 2 or A.shape[0] != nd or A.shape[1] < 1:
         raise shape_error(fn, "A", A.shape, f"(D, N) with D={nd} (from u) and N >= 1")
     N = A.shape[1]
-    a_complex = _xp.is_complex_dtype(xp, A.dtype)
+    a_complex = _iscomplex(xp, A.dtype)
     rdt = _real_dtype(xp, u, delta)
     sdt = _state_dtype(xp, rdt, a_complex)
 
@@ -155,7 +176,7 @@ def _canonical(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, delta_softplus,
         h0 = as_float_array(fn, "h0", h0, target=t)
         if tuple(h0.shape) != (nb, nd, N):
             raise shape_error(fn, "h0", h0.shape, f"(batch, D, N) = ({nb}, {nd}, {N})")
-        if not a_complex and _xp.is_complex_dtype(xp, h0.dtype):
+        if not a_complex and _iscomplex(xp, h0.dtype):
             raise TypeError(f"{fn}: h0 has dtype {dtype_name(h0.dtype)} but A is real; complex h0 needs complex A")
     seq = None
     if seq_idx is not None:
@@ -165,8 +186,10 @@ def _canonical(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, delta_softplus,
     softplus = _check_bool(fn, "delta_softplus", delta_softplus)
     rev = _check_bool(fn, "reverse", reverse)
 
+    astype = _astype(t)
+
     def c(x, dt):  # the kernels' dtype (no copy when it already is); layout is the launcher's job
-        return None if x is None else xp.astype(x, dt, copy=False)
+        return None if x is None else astype(x, dt, copy=False)
 
     args = (
         c(u, rdt), c(delta, rdt), c(A, sdt), c(Bc, sdt), c(Cc, sdt), c(Dv, rdt), c(z, rdt), c(bias, rdt),
@@ -197,7 +220,7 @@ def _selective_scan_fwd(
 def _cast_grad(xp: Any, g: Any, dtype: Any) -> Any:
     if g is None or dtype is None:
         return None
-    if _xp.is_complex_dtype(xp, g.dtype) and not _xp.is_complex_dtype(xp, dtype):
+    if _iscomplex(xp, g.dtype) and not _iscomplex(xp, dtype):
         g = xp.real(g)  # a real input's gradient is the real part (the pairing is Re(sum(u v)))
     return xp.astype(g, dtype, copy=False)
 
@@ -218,11 +241,11 @@ def _selective_scan_bwd(res, cotangent):
         dout, dlast = cotangent
     else:
         dout, dlast = cotangent, None
-    if _xp.is_complex_dtype(xp, dout.dtype):
+    if _iscomplex(xp, dout.dtype):
         dout = xp.real(dout)
     dout = xp.astype(dout, cn.rdt, copy=False)
     if dlast is not None:
-        if not _xp.is_complex_dtype(xp, cn.sdt) and _xp.is_complex_dtype(xp, dlast.dtype):
+        if not _iscomplex(xp, cn.sdt) and _iscomplex(xp, dlast.dtype):
             dlast = xp.real(dlast)
         dlast = xp.astype(dlast, cn.sdt, copy=False)
     k = t.kernels("selective_scan")
@@ -413,6 +436,7 @@ def selective_state_update(
     fn = _FN_UPDATE
     t = select(fn, state, x, dt, A, B, C, D, z, dt_bias)
     xp = t.xp
+    astype = _astype(t)
     x_in = x
     x = as_float_array(fn, "x", x, complex_ok=False, target=t)
     if x.ndim != 2:
@@ -425,26 +449,26 @@ def selective_state_update(
     if A.ndim != 2 or A.shape[0] != nd or A.shape[1] < 1:
         raise shape_error(fn, "A", A.shape, f"(D, N) with D={nd} (from x) and N >= 1")
     N = A.shape[1]
-    a_complex = _xp.is_complex_dtype(xp, A.dtype)
+    a_complex = _iscomplex(xp, A.dtype)
     rdt = _real_dtype(xp, x, dt)
     sdt = _state_dtype(xp, rdt, a_complex)
     state = as_float_array(fn, "state", state, target=t)
     if tuple(state.shape) != (nb, nd, N):
         raise shape_error(fn, "state", state.shape, f"(batch, D, N) = ({nb}, {nd}, {N})")
-    if not a_complex and _xp.is_complex_dtype(xp, state.dtype):
+    if not a_complex and _iscomplex(xp, state.dtype):
         raise TypeError(f"{fn}: state has dtype {dtype_name(state.dtype)} but A is real; "
                         f"complex state needs complex A")
 
     def group(name, X):
         X = as_float_array(fn, name, X, target=t)
-        if not a_complex and _xp.is_complex_dtype(xp, X.dtype):
+        if not a_complex and _iscomplex(xp, X.dtype):
             raise TypeError(f"{fn}: {name} has dtype {dtype_name(X.dtype)} but A is real; "
                             f"complex {name} needs complex A")
-        X3 = xp.expand_dims(X, axis=1) if X.ndim == 2 else X
+        X3 = X[:, None, ...] if X.ndim == 2 else X
         if X3.ndim != 3 or X3.shape[0] != nb or X3.shape[2] != N or X3.shape[1] < 1 or nd % X3.shape[1]:
             raise shape_error(fn, name, X.shape, f"(batch, N) or (batch, G, N) with batch={nb}, N={N}, "
                                                   f"G dividing D={nd}")
-        return xp.repeat(xp.astype(X3, sdt), nd // X3.shape[1], axis=1)  # (batch, D, N)
+        return xp.repeat(astype(X3, sdt), nd // X3.shape[1], axis=1)  # (batch, D, N), a new array
 
     Bx, Cx = group("B", B), group("C", C)
 
@@ -454,28 +478,28 @@ def selective_state_update(
         v = as_float_array(fn, name, v, complex_ok=False, target=t)
         if tuple(v.shape) != shape:
             raise shape_error(fn, name, v.shape, str(shape))
-        return xp.astype(v, rdt)
+        return astype(v, rdt)
 
     Dv = vec("D", D, (nd,))
     bias = vec("dt_bias", dt_bias, (nd,))
     zz = vec("z", z, (nb, nd))
     softplus = _check_bool(fn, "dt_softplus", dt_softplus)
 
-    dtc = xp.astype(dt, rdt)
+    dtc = astype(dt, rdt)
     if bias is not None:
         dtc = dtc + bias
     if softplus:
         with np.errstate(over="ignore"):  # NumPy's warning only; other namespaces ignore it
             dtc = xp.where(dtc > 20, dtc, xp.log1p(xp.exp(xp.minimum(dtc, 20.0))))
-    xc = xp.astype(x, rdt)
+    xc = astype(x, rdt)
     with np.errstate(over="ignore", invalid="ignore"):
-        new = (xp.exp(dtc[:, :, None] * xp.astype(A, sdt)) * xp.astype(state, sdt)
+        new = (xp.exp(dtc[:, :, None] * astype(A, sdt)) * astype(state, sdt)
                + (dtc * xc)[:, :, None] * Bx)
     y = xp.sum(Cx * new, axis=-1)
-    y = xp.astype(2 * xp.real(y) if a_complex else y, rdt)
+    y = astype(2 * xp.real(y) if a_complex else y, rdt)
     if Dv is not None:
         y = y + Dv * xc
     if zz is not None:
         with np.errstate(over="ignore"):
             y = y * zz / (1 + xp.exp(-zz))
-    return xp.astype(y, _orig_dtype(xp, x_in, x)), xp.astype(new, sdt)
+    return astype(y, _orig_dtype(xp, x_in, x)), astype(new, sdt)
