@@ -209,20 +209,20 @@ def _selective_scan_fwd(
 ):
     with_last = _check_bool(_FN, "return_last_state", return_last_state)
     cn = _canonical(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, delta_softplus, reverse, backend)
-    xp = cn.target.xp
+    astype = _astype(cn.target)
     out, last, ckpt = cn.target.kernels("selective_scan").selective_scan_fwd(*cn.args, _save)
-    out = xp.astype(out, cn.out_dtype, copy=False)
-    last = xp.astype(last, cn.sdt, copy=False)
+    out = astype(out, cn.out_dtype)
+    last = astype(last, cn.sdt)
     ret = (out, last) if with_last else out
     return ret, (cn, ckpt, with_last)
 
 
-def _cast_grad(xp: Any, g: Any, dtype: Any) -> Any:
+def _cast_grad(t: Target, g: Any, dtype: Any) -> Any:
     if g is None or dtype is None:
         return None
-    if _iscomplex(xp, g.dtype) and not _iscomplex(xp, dtype):
-        g = xp.real(g)  # a real input's gradient is the real part (the pairing is Re(sum(u v)))
-    return xp.astype(g, dtype, copy=False)
+    if _iscomplex(t.xp, g.dtype) and not _iscomplex(t.xp, dtype):
+        g = t.xp.real(g)  # a real input's gradient is the real part (the pairing is Re(sum(u v)))
+    return _astype(t)(g, dtype)
 
 
 def _bc_grad(xp: Any, dX: Any, var: bool, ndim: int) -> Any:
@@ -241,26 +241,27 @@ def _selective_scan_bwd(res, cotangent):
         dout, dlast = cotangent
     else:
         dout, dlast = cotangent, None
+    astype = _astype(t)
     if _iscomplex(xp, dout.dtype):
         dout = xp.real(dout)
-    dout = xp.astype(dout, cn.rdt, copy=False)
+    dout = astype(dout, cn.rdt)
     if dlast is not None:
         if not _iscomplex(xp, cn.sdt) and _iscomplex(xp, dlast.dtype):
             dlast = xp.real(dlast)
-        dlast = xp.astype(dlast, cn.sdt, copy=False)
+        dlast = astype(dlast, cn.sdt)
     k = t.kernels("selective_scan")
     du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = k.selective_scan_bwd(*cn.args, ckpt, dout, dlast)
     d = cn.dtypes
     return (
-        _cast_grad(xp, du, d["u"]),
-        _cast_grad(xp, ddelta, d["delta"]),
-        _cast_grad(xp, dA, d["A"]),
-        _cast_grad(xp, _bc_grad(xp, dB, cn.b_var, cn.b_ndim), d["B"]),
-        _cast_grad(xp, _bc_grad(xp, dC, cn.c_var, cn.c_ndim), d["C"]),
-        _cast_grad(xp, dD, d["D"]),
-        _cast_grad(xp, dz, d["z"]),
-        _cast_grad(xp, dbias, d["delta_bias"]),
-        _cast_grad(xp, dh0, d["h0"]),
+        _cast_grad(t, du, d["u"]),
+        _cast_grad(t, ddelta, d["delta"]),
+        _cast_grad(t, dA, d["A"]),
+        _cast_grad(t, _bc_grad(xp, dB, cn.b_var, cn.b_ndim), d["B"]),
+        _cast_grad(t, _bc_grad(xp, dC, cn.c_var, cn.c_ndim), d["C"]),
+        _cast_grad(t, dD, d["D"]),
+        _cast_grad(t, dz, d["z"]),
+        _cast_grad(t, dbias, d["delta_bias"]),
+        _cast_grad(t, dh0, d["h0"]),
     )
 
 

@@ -31,6 +31,20 @@ def _sigmoid(xp: Any, v: Any) -> Any:
     return 0.5 * (1.0 + xp.tanh(0.5 * v))
 
 
+def _np_astype(x: np.ndarray, dtype: Any, copy: bool = False) -> np.ndarray:
+    return x.astype(dtype, copy=copy)
+
+
+def _astype(t: Any) -> Any:
+    """The call's ``astype`` (no copy by default): the ndarray method for NumPy
+    (array_api_compat's wrapper costs ~0.3 us a call, and this glue makes a dozen),
+    ``xp.astype`` for every other namespace."""
+    if t.kind == "numpy":
+        return _np_astype
+    xp = t.xp
+    return lambda x, dtype, copy=False: xp.astype(x, dtype, copy=copy)
+
+
 def _check_dt_limit(dt_limit: Any) -> tuple[float, float]:
     try:
         lo, hi = (float(v) for v in dt_limit)
@@ -108,8 +122,10 @@ def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, i
     # Compute in the data's precision (float32 or float64); parameters follow it.
     dtype = xp.result_type(*(a.dtype for a in (x, dt, B, C, z, initial_states) if a is not None))
 
+    astype = _astype(t)
+
     def cast(a):  # the kernels' dtype, no copy when it already is; layout is the launcher's job
-        return None if a is None else xp.astype(a, dtype, copy=False)
+        return None if a is None else astype(a, dtype)
 
     raw_dt = cast(dt)
     pre = raw_dt + cast(dt_bias) if dt_bias is not None else raw_dt
@@ -155,8 +171,9 @@ def _ssd_bwd(r, cotangent):
         gout, gfinal = cotangent
     else:
         gout, gfinal = cotangent, None
-    gout = xp.astype(gout, r.dtype, copy=False)
-    gfinal = None if gfinal is None else xp.astype(gfinal, r.dtype, copy=False)  # None: zeros
+    astype = _astype(r.target)
+    gout = astype(gout, r.dtype)
+    gfinal = None if gfinal is None else astype(gfinal, r.dtype)  # None: zeros
     gz = None
     if r.z is not None:
         sig = _sigmoid(xp, r.z)
@@ -168,10 +185,9 @@ def _ssd_bwd(r, cotangent):
     gx, gdt_eff, gA, gB, gC, gD2, gh0 = k.ssd_backward(
         r.x, r.dt, r.A, r.B, r.C, r.D, r.reset, r.states, gy, gfinal, r.chunk_size)
     # dt chain: clamp passes the gradient only inside [lo, hi]; softplus multiplies by sigmoid
-    zero = xp.zeros((), dtype=r.dtype, device=r.target.device)
-    gpre = xp.where((r.soft >= r.lo) & (r.soft <= r.hi), gdt_eff, zero)
+    gpre = xp.where((r.soft >= r.lo) & (r.soft <= r.hi), gdt_eff, 0.0)
     if r.softplus:
-        gpre = gpre * xp.where(r.pre > _SOFTPLUS_LINEAR_ABOVE, zero + 1.0, _sigmoid(xp, r.pre))
+        gpre = gpre * xp.where(r.pre > _SOFTPLUS_LINEAR_ABOVE, 1.0, _sigmoid(xp, r.pre))
     inp = r.inputs
     D = inp["D"]
     gD = None if D is None else (xp.sum(gD2, axis=1) if D.ndim == 1 else gD2)
@@ -181,7 +197,7 @@ def _ssd_bwd(r, cotangent):
         initial_states=None if inp["initial_states"] is None else gh0,
     )
     return tuple(
-        None if inp[name] is None or grads[name] is None else xp.astype(grads[name], inp[name].dtype, copy=False)
+        None if inp[name] is None or grads[name] is None else astype(grads[name], inp[name].dtype)
         for name in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
     )
 
