@@ -7,6 +7,16 @@ memory-lean VJP.  Semantics follow ``mamba_ssm``'s ``selective_scan_fn`` /
 ``selective_scan_ref`` (see ``docs/selective_scan.md``), extended with an initial
 state ``h0``, a gradient through the returned final state, ``reverse`` and
 ``seq_idx``.
+
+Device-neutral glue: :func:`ssmcore.dispatch.select` resolves the backend and the
+inputs' array namespace ``xp`` once per call; validation, the canonical layout
+(dtype casts and axis permutations, no copies made here), the residuals (which
+record the call's ``Target``) and the backward's reductions are array-API code,
+so the same VJP serves every device. The kernels' launchers
+(``backends/<device>/selective_scan.py``) own layout, output allocation, the
+checkpoint spacing and the work split. Declared backends: NumPy reference and
+Numba CPU kernels; CuPy input gets the dispatcher's uniform "no CuPy kernel yet"
+error until the CuPy kernels land.
 """
 
 from __future__ import annotations

@@ -5,6 +5,14 @@ softplus, clamp), the ``silu(z)`` gate and the hand-written VJP. The recurrence
 itself runs in ``ssmcore.backends.numba.ssd`` (chunked, parallel over batch and
 heads) or, with ``backend="numpy"``, in the float64 specification
 ``ssmcore.reference.ssd``.
+
+The glue is device-neutral: :func:`ssmcore.dispatch.select` resolves the backend
+and the inputs' array namespace ``xp`` once per call, and everything here
+(validation, the dt chain, the gate, the reset flags from ``seq_idx``, the
+backward's reductions) is array-API code on ``xp``; the residuals record the
+call's ``Target``. The launchers allocate every kernel output and supply the
+zeros of absent options. Declared backends: NumPy reference and Numba; CuPy
+input gets the dispatcher's uniform "no CuPy kernel yet" error for now.
 """
 
 from __future__ import annotations
@@ -223,7 +231,7 @@ def ssd(
     return_final_states: bool = False,
     backend: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    r"""Mamba-2 SSD scan (``mamba_chunk_scan_combined`` semantics) on NumPy arrays.
+    r"""Mamba-2 SSD scan (``mamba_chunk_scan_combined`` semantics).
 
     Per batch b and head h (group g = h // (H / G)), with a (P, N) state::
 
