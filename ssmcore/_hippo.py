@@ -19,11 +19,21 @@ basis of orthogonal functions (Gu et al. 2020 "HiPPO"; S4 2022). This module giv
 These are initialisation-time functions of a size ``N``, computed once in float64;
 none is differentiable or time-critical, so there is no Numba kernel and no VJP.
 SciPy is imported inside the functions that need it (``import ssmcore`` stays light).
+
+Devices: the functions of sizes and options (:func:`hippo`, :func:`rank_correction`,
+:func:`nplr`, :func:`dplr`) return NumPy arrays -- set-up code, run once on the host
+(move the result with e.g. ``cupy.asarray``). The functions of arrays are decided one
+by one: :func:`hippo_basis`, :func:`hippo_reconstruct` (recurrences and elementwise
+maths) and :func:`nplr_to_dense` (two matrix products) are written with the inputs'
+array namespace and keep CuPy input on its device; :func:`hippo_online_coefficients`
+is a sequential float64 loop of SciPy solves, NumPy only (declared so, a CuPy input
+gets the dispatcher's uniform error).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -31,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ._initializers import _as_generator
+from .dispatch import Target, array_kind, declare_backends, select
 from .validation import as_float_array, check_choice, check_dt, check_int
 
 __all__ = [
@@ -504,22 +515,26 @@ def nplr_to_dense(Lambda: Any, P: Any, B: Any, V: Any) -> tuple[np.ndarray, np.n
     True
     """
     fn = "nplr_to_dense"
-    Lambda = as_float_array(fn, "Lambda", Lambda)
-    P = as_float_array(fn, "P", P)
-    B = as_float_array(fn, "B", B)
-    V = as_float_array(fn, "V", V)
+    # two matrix products and elementwise maths: device-neutral (array API standard)
+    t = select(fn, Lambda, P, B, V)
+    xp = t.xp
+    Lambda = as_float_array(fn, "Lambda", Lambda, target=t)
+    P = as_float_array(fn, "P", P, target=t)
+    B = as_float_array(fn, "B", B, target=t)
+    V = as_float_array(fn, "V", V, target=t)
     if V.ndim != 2:
-        raise ValueError(f"{fn}: V has shape {V.shape}; expected (N, M)")
+        raise ValueError(f"{fn}: V has shape {tuple(V.shape)}; expected (N, M)")
     M = V.shape[1]
-    if Lambda.shape != (M,):
-        raise ValueError(f"{fn}: Lambda has shape {Lambda.shape}; expected ({M},) to match V {V.shape}")
-    if B.shape != (M,):
-        raise ValueError(f"{fn}: B has shape {B.shape}; expected ({M},) to match V {V.shape}")
+    if tuple(Lambda.shape) != (M,):
+        raise ValueError(f"{fn}: Lambda has shape {tuple(Lambda.shape)}; expected ({M},) to match V {tuple(V.shape)}")
+    if tuple(B.shape) != (M,):
+        raise ValueError(f"{fn}: B has shape {tuple(B.shape)}; expected ({M},) to match V {tuple(V.shape)}")
     if P.ndim != 2 or P.shape[1] != M:
-        raise ValueError(f"{fn}: P has shape {P.shape}; expected (rank, {M}) to match V {V.shape}")
-    p = 2.0 * (V @ P.T).real  # (N, rank)
-    A = 2.0 * ((V * Lambda) @ V.conj().T).real - p @ p.T
-    return A, 2.0 * (V @ B).real
+        raise ValueError(f"{fn}: P has shape {tuple(P.shape)}; expected (rank, {M}) to match V {tuple(V.shape)}")
+    T = xp.matrix_transpose
+    p = 2.0 * xp.real(V @ T(P))  # (N, rank)
+    A = 2.0 * xp.real((V * Lambda) @ xp.conj(T(V))) - p @ T(p)
+    return A, 2.0 * xp.real(xp.matmul(V, B))
 
 
 # ----------------------------------------------------------------------------- DPLR
@@ -671,22 +686,32 @@ def dplr(
 # ------------------------------------------------------------------- basis functions
 
 
-def _laguerre_functions(N: int, tau: np.ndarray, alpha: float = 0.0) -> np.ndarray:
+def _laguerre_functions(xp: Any, N: int, tau: Any, alpha: float = 0.0) -> Any:
     """exp(-tau/2) L_n^(alpha)(tau) for n < N, shape (N, *tau.shape), by the three-term recurrence.
 
     Running the recurrence on the weighted functions (bounded by 1 for alpha = 0) instead
     of multiplying a Vandermonde matrix of L_n by exp(-tau/2) afterwards avoids the
     inf * 0 = NaN of large ``tau`` and ``n``.
     """
-    out = np.empty((N,) + tau.shape)
-    with np.errstate(over="ignore", invalid="ignore"):
-        out[0] = np.exp(-tau / 2.0)
+    with np.errstate(over="ignore", invalid="ignore"):  # NumPy's warnings; other namespaces have none
+        rows = [xp.exp(-tau / 2.0)]
         if N > 1:
-            out[1] = (1.0 + alpha - tau) * out[0]
+            rows.append((1.0 + alpha - tau) * rows[0])
         for n in range(1, N - 1):
-            out[n + 1] = ((2 * n + 1 + alpha - tau) * out[n] - (n + alpha) * out[n - 1]) / (n + 1)
-    out[:, np.isposinf(tau)] = 0.0  # the limit of every Laguerre function
-    return out
+            rows.append(((2 * n + 1 + alpha - tau) * rows[n] - (n + alpha) * rows[n - 1]) / (n + 1))
+    out = xp.stack(rows, axis=0)
+    return xp.where(xp.isinf(tau) & (tau > 0.0), 0.0, out)  # the limit of every Laguerre function
+
+
+def _legendre_rows(xp: Any, x: Any, N: int) -> Any:
+    """P_0(x) .. P_{N-1}(x), shape (N, *x.shape): numpy.polynomial.legendre.legvander's
+    recurrence, operation for operation (same rounding), in any namespace."""
+    rows = [x * 0.0 + 1.0]
+    if N > 1:
+        rows.append(x)
+        for i in range(2, N):
+            rows.append((rows[i - 1] * x * (2 * i - 1) - rows[i - 2] * (i - 1)) / i)
+    return xp.stack(rows, axis=0)
 
 
 def hippo_basis(measure: str, N: int, s: Any, *, t: float, **params: float) -> np.ndarray:
@@ -744,11 +769,13 @@ def hippo_basis(measure: str, N: int, s: Any, *, t: float, **params: float) -> n
            [ 2.23606798, -1.11803399,  2.23606798]])
     """
     fn = "hippo_basis"
+    # recurrences and elementwise maths: device-neutral (array API standard)
+    t_ = select(fn, s)
     name, p = _measure(fn, measure, params, allowed=_WITH_BASIS)
     N = _check_N(fn, name, N, even=name in _FOURIER)
-    s = np.asarray(as_float_array(fn, "s", s, complex_ok=False), dtype=np.float64)
+    s = t_.xp.astype(as_float_array(fn, "s", s, complex_ok=False, target=t_), t_.xp.float64)
     t = _check_time(fn, t, positive=name == "legs")
-    return _basis(name, N, s, t, p)
+    return _basis(t_, name, N, s, t, p)
 
 
 def _check_time(fn: str, t: Any, *, positive: bool) -> float:
@@ -760,46 +787,48 @@ def _check_time(fn: str, t: Any, *, positive: bool) -> float:
     return t
 
 
-def _basis(name: str, N: int, s: np.ndarray, t: float, p: dict[str, float]) -> np.ndarray:
-    from numpy.polynomial import legendre
-
-    shape = s.shape
-    s = s.reshape(-1)  # work on (N, S); legvander turns 0-d input into 1-d
+def _basis(target: Target, name: str, N: int, s: Any, t: float, p: dict[str, float]) -> Any:
+    xp = target.xp
+    shape = tuple(s.shape)
+    s = xp.reshape(s, (-1,))  # work on (N, S)
     tau = t - s
-    n = np.arange(N, dtype=np.float64)[:, None]
+    n = xp.arange(N, dtype=xp.float64, device=target.device)[:, None]
     if name == "legs":
-        G = np.sqrt(2.0 * n + 1.0) * np.moveaxis(legendre.legvander(2.0 * s / t - 1.0, N - 1), -1, 0)
+        G = xp.sqrt(2.0 * n + 1.0) * _legendre_rows(xp, 2.0 * s / t - 1.0, N)
         outside = (s < 0.0) | (s > t)
     elif name in ("legt", "lmu"):
         th = p["theta"]
         if name == "legt":
-            G = np.sqrt(2.0 * n + 1.0) * np.moveaxis(legendre.legvander(1.0 - 2.0 * tau / th, N - 1), -1, 0)
+            G = xp.sqrt(2.0 * n + 1.0) * _legendre_rows(xp, 1.0 - 2.0 * tau / th, N)
         else:
-            G = np.moveaxis(legendre.legvander(2.0 * tau / th - 1.0, N - 1), -1, 0)
+            G = _legendre_rows(xp, 2.0 * tau / th - 1.0, N)
         outside = (tau < 0.0) | (tau > th)
     elif name == "lagt":
-        G = _laguerre_functions(N, np.where(tau < 0.0, 0.0, tau)) / p["beta"]
+        G = _laguerre_functions(xp, N, xp.where(tau < 0.0, 0.0, tau)) / p["beta"]
         outside = tau < 0.0
     elif name == "glagt":
         from scipy import special
 
         a, beta = p["alpha"], p["beta"]
-        tt = np.where(tau < 0.0, 1.0, tau)
-        ell = np.exp(0.5 * (special.gammaln(n + a + 1.0) - special.gammaln(n + 1.0)))
+        tt = xp.where(tau < 0.0, 1.0, tau)
+        # normalisations depend on n only: computed on the host (SciPy), then moved once
+        nh = np.arange(N, dtype=np.float64)[:, None]
+        ell = target.asarray(np.exp(0.5 * (special.gammaln(nh + a + 1.0) - special.gammaln(nh + 1.0))))
         kappa = math.exp(-0.5 * special.gammaln(1.0 - a)) * beta ** ((1.0 - a) / 2.0)
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            G = _laguerre_functions(N, tt, a) * (tt**a * np.exp(beta * tt / 2.0)) / (ell * kappa)
+            G = _laguerre_functions(xp, N, tt, a) * (tt**a * xp.exp(beta * tt / 2.0)) / (ell * kappa)
         outside = tau < 0.0
     else:  # fout, fourier2: [1, 0, sqrt2 cos, sqrt2 sin, ...] of the lag
         th = p["theta"]
-        k = np.arange(N // 2, dtype=np.float64)[:, None]
-        G = np.empty((N,) + s.shape)
-        G[0::2] = math.sqrt(2.0) * np.cos(2.0 * np.pi * k * tau / th)
-        G[1::2] = math.sqrt(2.0) * np.sin(2.0 * np.pi * k * tau / th)
-        G[0] = np.where(np.isnan(tau), np.nan, 1.0)
+        k = xp.arange(N // 2, dtype=xp.float64, device=target.device)[:, None]
+        cos = math.sqrt(2.0) * xp.cos(2.0 * np.pi * k * tau / th)
+        sin = math.sqrt(2.0) * xp.sin(2.0 * np.pi * k * tau / th)
+        G = xp.reshape(xp.stack([cos, sin], axis=1), (N, -1))  # rows cos_0, sin_0, cos_1, ...
+        first = xp.where(xp.isnan(tau), tau, 1.0)  # NaN stays NaN
+        G = xp.concat([first[None, :], G[1:, :]], axis=0)
         outside = (tau < 0.0) | (tau > th)
-    G[:, outside] = 0.0
-    return G.reshape((N,) + shape)
+    G = xp.where(outside[None, :], 0.0, G)
+    return xp.reshape(G, (N,) + shape)
 
 
 def hippo_reconstruct(measure: str, c: Any, s: Any, *, t: float, **params: float) -> np.ndarray:
@@ -833,14 +862,39 @@ def hippo_reconstruct(measure: str, c: Any, s: Any, *, t: float, **params: float
     array([1., 1.])
     """
     fn = "hippo_reconstruct"
-    c = np.asarray(as_float_array(fn, "c", c, complex_ok=False, min_ndim=1, expected="(..., N)"), dtype=np.float64)
+    # the basis evaluation and one contraction: device-neutral (array API standard)
+    t_ = select(fn, c, s)
+    xp = t_.xp
+    c = xp.astype(as_float_array(fn, "c", c, complex_ok=False, min_ndim=1, expected="(..., N)", target=t_),
+                  xp.float64)
+    if t_.kind != "numpy" and array_kind(s) is None:
+        s = t_.asarray(s, dtype=xp.float64)  # plain Python times join the coefficients' device
     G = hippo_basis(measure, c.shape[-1], s, t=t, **params)
-    return np.tensordot(c, G, axes=([-1], [0]))
+    return xp.tensordot(c, G, axes=([-1], [0]))
 
 
 # ---------------------------------------------------------------- online projection
 
 _ONLINE_METHODS = ("bilinear", "zoh", "forward", "euler", "backward")
+
+# NumPy only: a sequential float64 loop of SciPy triangular solves / matrix exponentials,
+# one state at a time. A device version would be a scan (ssmcore.lti_simulate does that),
+# not this demo loop, so CuPy input gets the dispatcher's uniform error, never a silent
+# host copy.
+declare_backends("hippo_online_coefficients", ("numpy",))
+
+
+def _select_numpy_only(fn: str, *arrays: Any) -> Target:
+    """:func:`select` for a function declared ``("numpy",)``.
+
+    NumPy input asks for the "numpy" backend explicitly (the default for NumPy arrays is
+    Numba, which such a function does not declare); CuPy input keeps the default, so the
+    dispatcher raises its uniform "no CuPy kernel yet" error; array-api-strict input (the
+    test namespace) runs the NumPy code through the host bridge's explicit copies, as the
+    kernels do.
+    """
+    cupy_input = any(array_kind(a) == "cupy" for a in arrays)
+    return select(fn, *arrays, backend=None if cupy_input else "numpy")
 
 
 def _step_matrices(A: np.ndarray, B: np.ndarray, h: float, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -932,12 +986,26 @@ def hippo_online_coefficients(
     True
     """
     fn = "hippo_online_coefficients"
+    target = _select_numpy_only(fn, u)
     method = check_choice(fn, "method", method, _ONLINE_METHODS)
     if theta is not None:
         params = {**params, "theta": theta}
     name, p = _measure(fn, measure, params)
     N = _check_N(fn, name, N, even=name in _FOURIER)
-    u = np.asarray(as_float_array(fn, "u", u, complex_ok=False, min_ndim=1, expected="(..., L)"), dtype=np.float64)
+    u = as_float_array(fn, "u", u, complex_ok=False, min_ndim=1, expected="(..., L)", target=target)
+    if name != "legs" and dt is None:
+        raise ValueError(f"{fn}: dt is required for measure {name!r} (an LTI system); only 'legs' is step-free")
+    h = None if name == "legs" else float(check_dt(fn, dt))
+    if target.kind == "strict":  # explicit host copies in and out, as for the CPU kernels
+        from .backends.host import HostBridge
+
+        return HostBridge(sys.modules[__name__], target.xp, target.device)._online(name, p, N, u, h, method)
+    return _online(name, p, N, u, h, method)
+
+
+def _online(name: str, p: dict[str, float], N: int, u: np.ndarray, h: float | None, method: str) -> np.ndarray:
+    """The loop of :func:`hippo_online_coefficients` on validated NumPy input."""
+    u = np.asarray(u, dtype=np.float64)
     A, B = _build(name, N, p)
     L = u.shape[-1]
     out = np.empty(u.shape[:-1] + (L, N))
@@ -958,9 +1026,6 @@ def hippo_online_coefficients(
                 x = x @ Ad.T + uk * Bd
             out[..., k - 1, :] = x
         return out
-    if dt is None:
-        raise ValueError(f"{fn}: dt is required for measure {name!r} (an LTI system); only 'legs' is step-free")
-    h = float(check_dt(fn, dt))
     Ad, Bd = _step_matrices(A, B, h, method)
     for k in range(L):
         x = x @ Ad.T + u[..., k, None] * Bd

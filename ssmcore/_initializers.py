@@ -1,9 +1,15 @@
 """Diagonal state-matrix and step-size initialisations of S4D, Mamba, Mamba-2 and LRU.
 
-Every function returns float64 or complex128 NumPy arrays (cast them to the training
-dtype yourself); every random one takes ``rng``: a :class:`numpy.random.Generator`,
-an integer seed or None, normalised by :func:`numpy.random.default_rng`, so a seed
-reproduces the same numbers.
+Every function of sizes and options returns float64 or complex128 NumPy arrays (cast
+them to the training dtype yourself, and move them to a device with e.g.
+``cupy.asarray``): this is set-up code, run once, and NumPy's random generators are
+the reproducible source of the random ones. Every random one takes ``rng``: a
+:class:`numpy.random.Generator`, an integer seed or None, normalised by
+:func:`numpy.random.default_rng`, so a seed reproduces the same numbers.
+
+The two functions of arrays, :func:`lru_lambda` and :func:`inverse_softplus`, are
+elementwise maths written with the inputs' array namespace (array API standard):
+CuPy input gives CuPy output on the same device, without a host copy.
 
 Sign convention of the complex inits (S4D): ``N`` is the full real state size and
 ``N/2`` complex modes are returned, one of each conjugate pair, with negative
@@ -19,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .dispatch import select
 from .validation import as_float_array, check_int
 
 __all__ = [
@@ -334,9 +341,17 @@ def lru_lambda(nu_log: Any, theta_log: Any) -> np.ndarray:
     >>> bool(np.allclose(lam, np.exp(-0.1) * 1j))
     True
     """
-    nu_log = as_float_array("lru_lambda", "nu_log", nu_log, complex_ok=False)
-    theta_log = as_float_array("lru_lambda", "theta_log", theta_log, complex_ok=False)
-    return np.exp(-np.exp(nu_log) + 1j * np.exp(theta_log))
+    fn = "lru_lambda"
+    # elementwise: device-neutral (any array-API namespace, no kernel)
+    t = select(fn, nu_log, theta_log)
+    xp = t.xp
+    nu_log = as_float_array(fn, "nu_log", nu_log, complex_ok=False, target=t)
+    theta_log = as_float_array(fn, "theta_log", theta_log, complex_ok=False, target=t)
+    # complex64 only when both are float32 (NumPy's promotion of float32 + 1j * float32)
+    cdt = xp.complex64 if nu_log.dtype == theta_log.dtype == xp.float32 else xp.complex128
+    # the standard leaves real-array * complex-scalar unspecified: form the complex argument explicitly
+    arg = xp.astype(-xp.exp(nu_log), cdt) + xp.astype(xp.exp(theta_log), cdt) * 1j
+    return xp.exp(arg)
 
 
 # ------------------------------------------------------------------------- step sizes
@@ -411,12 +426,16 @@ def inverse_softplus(x: Any) -> np.ndarray:
     >>> bool(np.allclose(np.logaddexp(0.0, y), [1e-8, 0.1, 50.0], rtol=1e-15))
     True
     """
-    arr = as_float_array("inverse_softplus", "x", x, complex_ok=False)
-    x64 = arr.astype(np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    fn = "inverse_softplus"
+    # elementwise: device-neutral (any array-API namespace, no kernel)
+    t = select(fn, x)
+    xp = t.xp
+    arr = as_float_array(fn, "x", x, complex_ok=False, target=t)
+    x64 = xp.astype(arr, xp.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # NumPy's warnings; other namespaces have none
         small = x64 <= math.log(2.0)
-        y = x64 + np.where(small, np.log(-np.expm1(-x64)), np.log1p(-np.exp(-x64)))
-    return y.astype(arr.dtype, copy=False)
+        y = x64 + xp.where(small, xp.log(-xp.expm1(-x64)), xp.log1p(-xp.exp(-x64)))
+    return xp.astype(y, arr.dtype, copy=False)
 
 
 def mamba_dt_bias(

@@ -7,6 +7,16 @@ memory-lean VJP.  Semantics follow ``mamba_ssm``'s ``selective_scan_fn`` /
 ``selective_scan_ref`` (see ``docs/selective_scan.md``), extended with an initial
 state ``h0``, a gradient through the returned final state, ``reverse`` and
 ``seq_idx``.
+
+Device-neutral glue: :func:`ssmcore.dispatch.select` resolves the backend and the
+inputs' array namespace ``xp`` once per call; validation, the canonical layout
+(dtype casts and axis permutations, no copies made here), the residuals (which
+record the call's ``Target``) and the backward's reductions are array-API code,
+so the same VJP serves every device. The kernels' launchers
+(``backends/<device>/selective_scan.py``) own layout, output allocation, the
+checkpoint spacing and the work split. Declared backends: NumPy reference and
+Numba CPU kernels; CuPy input gets the dispatcher's uniform "no CuPy kernel yet"
+error until the CuPy kernels land.
 """
 
 from __future__ import annotations
@@ -16,42 +26,80 @@ from typing import Any
 
 import numpy as np
 
-from .dispatch import kernels, select_backend
+from . import _xp
+from ._xp import dtype_name
+from .dispatch import Target, declare_backends, select
 from .registry import register_op
 from .validation import as_float_array, shape_error
 
 __all__ = ["selective_scan", "selective_state_update"]
 
-# Steps between the states the forward saves for the backward.  The backward keeps
-# (chunk + 1, N) states and (chunk, N) decays per thread: 128 x 16 float32 fits L1.
-_CHUNK = 128
-
 _FN = "selective_scan"
+_FN_UPDATE = "selective_state_update"
+
+# selective_state_update is elementwise array-API code and would run on CuPy as it is;
+# it is declared with the op's backends until the GPU tests of the selective-scan area
+# (a later issue) have run it on a device.
+declare_backends(_FN_UPDATE, ("numpy", "numba"))
 
 
 @dataclass
 class _Canon:
     """Canonical kernel arguments plus what the backward needs to undo the canonicalisation."""
 
-    args: tuple  # positional kernel arguments up to ``chunk`` (see backends/numba/selective_scan.py)
-    backend: str
-    out_dtype: np.dtype
-    rdt: np.dtype
-    sdt: np.dtype
-    shapes: dict[str, tuple[int, ...] | None]
-    dtypes: dict[str, np.dtype | None]
+    args: tuple  # positional kernel arguments up to ``reverse`` (see reference/selective_scan.py)
+    target: Target
+    out_dtype: Any
+    rdt: Any
+    sdt: Any
+    dtypes: dict[str, Any]
+    b_var: bool
+    c_var: bool
     b_ndim: int
     c_ndim: int
 
 
-def _real_dtype(*arrays: np.ndarray) -> np.dtype:
+def _real_dtype(xp: Any, *arrays: Any) -> Any:
     """Compute dtype: float64 if u or delta is float64, else float32 (mamba computes in fp32)."""
-    return np.dtype(np.float64) if any(a.dtype == np.float64 for a in arrays) else np.dtype(np.float32)
+    return xp.float64 if any(a.dtype == xp.float64 for a in arrays) else xp.float32
 
 
-def _orig_dtype(x: Any) -> np.dtype | None:
+def _state_dtype(xp: Any, rdt: Any, a_complex: bool) -> Any:
+    if not a_complex:
+        return rdt
+    return xp.complex128 if rdt == xp.float64 else xp.complex64
+
+
+def _iscomplex(xp: Any, dt: Any) -> bool:
+    """Complex dtype?  NumPy/CuPy dtypes by ``kind`` (numpy.isdtype costs ~1 us a call, and
+    the glue asks ~20 times), other namespaces' dtypes through ``xp.isdtype``."""
+    kind = getattr(dt, "kind", None)
+    return kind == "c" if kind is not None else _xp.is_complex_dtype(xp, dt)
+
+
+def _orig_dtype(xp: Any, x: Any, norm: Any) -> Any:
+    """The caller's floating dtype (float16 stays float16 for the output), else the normalised one."""
     dt = getattr(x, "dtype", None)
-    return np.dtype(dt) if dt is not None and np.dtype(dt).kind in "fc" else None
+    if dt is None or isinstance(x, (list, tuple)):
+        return norm.dtype
+    kind = getattr(dt, "kind", None)
+    if kind is not None:  # NumPy / CuPy dtypes
+        return dt if kind in "fc" else norm.dtype
+    return dt if xp.isdtype(dt, ("real floating", "complex floating")) else norm.dtype
+
+
+def _np_astype(x: np.ndarray, dtype: Any, copy: bool = False) -> np.ndarray:
+    return x.astype(dtype, copy=copy)
+
+
+def _astype(t: Target) -> Any:
+    """The call's ``astype`` (no copy by default): the ndarray method for NumPy
+    (array_api_compat's wrapper costs ~0.3 us a call, and this glue makes up to ten),
+    ``xp.astype`` for every other namespace."""
+    if t.kind == "numpy":
+        return _np_astype
+    xp = t.xp
+    return lambda x, dtype, copy=False: xp.astype(x, dtype, copy=copy)
 
 
 def _check_bool(fn: str, name: str, value: Any) -> bool:
@@ -60,102 +108,109 @@ def _check_bool(fn: str, name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _bc(fn: str, name: str, X: Any, nb: int, nd: int, N: int, L: int, a_complex: bool):
+def _int_array(t: Target, fn: str, name: str, x: Any) -> Any:
+    """An integer index array (seq_idx) in the call's namespace, refusing other dtypes."""
+    xp = t.xp
+    if t.kind == "numpy":
+        s = np.asarray(x)
+    else:
+        s = x if hasattr(x, "__array_namespace__") else t.asarray(x)
+    if not xp.isdtype(s.dtype, "integral"):
+        raise TypeError(f"{fn}: {name} has dtype {dtype_name(s.dtype)}; expected an integer dtype")
+    return s
+
+
+def _bc(t: Target, fn: str, name: str, X: Any, nb: int, nd: int, N: int, L: int, a_complex: bool):
     """Validate B or C; return (canonical (batch, G, L, N) or (1, D, 1, N) array, variable?, G, ndim)."""
-    X = as_float_array(fn, name, X)
-    if np.iscomplexobj(X) and not a_complex:
-        raise TypeError(f"{fn}: {name} has dtype {X.dtype} but A is real; complex {name} needs complex A")
+    xp = t.xp
+    X = as_float_array(fn, name, X, target=t)
+    if not a_complex and _iscomplex(xp, X.dtype):
+        raise TypeError(f"{fn}: {name} has dtype {dtype_name(X.dtype)} but A is real; "
+                        f"complex {name} needs complex A")
     if X.ndim == 2:
-        if X.shape != (nd, N):
+        if tuple(X.shape) != (nd, N):
             raise shape_error(fn, name, X.shape, f"(D, N) = ({nd}, {N}) for a fixed {name}, "
                                                   f"or (batch, N, L) / (batch, G, N, L) for a variable one")
-        return X[None, :, None, :], False, nd, 2
+        return xp.reshape(X, (1, nd, 1, N)), False, nd, 2
     if X.ndim in (3, 4):
-        X4 = X[:, None] if X.ndim == 3 else X
+        X4 = X[:, None, ...] if X.ndim == 3 else X  # indexing: expand_dims is slow on NumPy
         bx, G, nx, lx = X4.shape
         exp = "(batch, N, L)" if X.ndim == 3 else "(batch, G, N, L)"
         if bx != nb or nx != N or lx != L:
             raise shape_error(fn, name, X.shape, f"{exp} with batch={nb}, N={N} (from A), L={L} (from u)")
         if G < 1 or nd % G:
             raise shape_error(fn, name, X.shape, f"(batch, G, N, L) with G dividing D={nd}; got G={G}")
-        return X4.transpose(0, 1, 3, 2), True, G, X.ndim
+        # time-major inside a group (a view; the launcher makes it contiguous)
+        return xp.permute_dims(X4, (0, 1, 3, 2)), True, G, X.ndim
     raise shape_error(fn, name, X.shape, "(D, N) fixed, (batch, N, L) or (batch, G, N, L) variable")
 
 
 def _canonical(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, delta_softplus, reverse, backend) -> _Canon:
     fn = _FN
-    be = select_backend(fn, u, delta, A, B, C, D, z, delta_bias, h0, backend=backend)
-    if be == "cupy":
-        raise TypeError(f"{fn}: there is no CuPy kernel for this op yet; pass NumPy arrays")
-    u_in, d_in = u, delta
-    u = as_float_array(fn, "u", u, complex_ok=False)
+    t = select(fn, u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, backend=backend)
+    xp = t.xp
+    u_in, d_in, B_in, C_in = u, delta, B, C
+    u = as_float_array(fn, "u", u, complex_ok=False, target=t)
     if u.ndim != 3:
         raise shape_error(fn, "u", u.shape, "(batch, D, L)")
     nb, nd, L = u.shape
-    delta = as_float_array(fn, "delta", delta, complex_ok=False)
-    if delta.shape != u.shape:
-        raise shape_error(fn, "delta", delta.shape, f"(batch, D, L) = {u.shape}, the shape of u")
-    A = as_float_array(fn, "A", A)
+    delta = as_float_array(fn, "delta", delta, complex_ok=False, target=t)
+    if tuple(delta.shape) != tuple(u.shape):
+        raise shape_error(fn, "delta", delta.shape, f"(batch, D, L) = {tuple(u.shape)}, the shape of u")
+    A = as_float_array(fn, "A", A, target=t)
     if A.ndim != 2 or A.shape[0] != nd or A.shape[1] < 1:
         raise shape_error(fn, "A", A.shape, f"(D, N) with D={nd} (from u) and N >= 1")
     N = A.shape[1]
-    a_complex = np.iscomplexobj(A)
-    rdt = _real_dtype(u, delta)
-    sdt = np.dtype(np.complex128 if rdt == np.float64 else np.complex64) if a_complex else rdt
+    a_complex = _iscomplex(xp, A.dtype)
+    rdt = _real_dtype(xp, u, delta)
+    sdt = _state_dtype(xp, rdt, a_complex)
 
-    Bc, b_var, gB, b_ndim = _bc(fn, "B", B, nb, nd, N, L, a_complex)
-    Cc, c_var, gC, c_ndim = _bc(fn, "C", C, nb, nd, N, L, a_complex)
+    Bc, b_var, gB, b_ndim = _bc(t, fn, "B", B, nb, nd, N, L, a_complex)
+    Cc, c_var, gC, c_ndim = _bc(t, fn, "C", C, nb, nd, N, L, a_complex)
 
     def vec(name, x):
         if x is None:
             return None
-        x = as_float_array(fn, name, x, complex_ok=False)
-        if x.shape != (nd,):
+        x = as_float_array(fn, name, x, complex_ok=False, target=t)
+        if tuple(x.shape) != (nd,):
             raise shape_error(fn, name, x.shape, f"(D,) = ({nd},)")
         return x
 
     Dv = vec("D", D)
     bias = vec("delta_bias", delta_bias)
     if z is not None:
-        z = as_float_array(fn, "z", z, complex_ok=False)
-        if z.shape != u.shape:
-            raise shape_error(fn, "z", z.shape, f"(batch, D, L) = {u.shape}, the shape of u")
+        z = as_float_array(fn, "z", z, complex_ok=False, target=t)
+        if tuple(z.shape) != tuple(u.shape):
+            raise shape_error(fn, "z", z.shape, f"(batch, D, L) = {tuple(u.shape)}, the shape of u")
     if h0 is not None:
-        h0 = as_float_array(fn, "h0", h0)
-        if h0.shape != (nb, nd, N):
+        h0 = as_float_array(fn, "h0", h0, target=t)
+        if tuple(h0.shape) != (nb, nd, N):
             raise shape_error(fn, "h0", h0.shape, f"(batch, D, N) = ({nb}, {nd}, {N})")
-        if np.iscomplexobj(h0) and not a_complex:
-            raise TypeError(f"{fn}: h0 has dtype {h0.dtype} but A is real; complex h0 needs complex A")
+        if not a_complex and _iscomplex(xp, h0.dtype):
+            raise TypeError(f"{fn}: h0 has dtype {dtype_name(h0.dtype)} but A is real; complex h0 needs complex A")
+    seq = None
     if seq_idx is not None:
-        s = np.asarray(seq_idx)
-        if s.dtype.kind not in "iu":
-            raise TypeError(f"{fn}: seq_idx has dtype {s.dtype}; expected an integer dtype")
-        if s.shape != (nb, L):
-            raise shape_error(fn, "seq_idx", s.shape, f"(batch, L) = ({nb}, {L})")
-        seq = np.ascontiguousarray(s, dtype=np.int64)
-    else:
-        seq = np.zeros((1, 1), np.int64)
+        seq = _int_array(t, fn, "seq_idx", seq_idx)
+        if tuple(seq.shape) != (nb, L):
+            raise shape_error(fn, "seq_idx", seq.shape, f"(batch, L) = ({nb}, {L})")
     softplus = _check_bool(fn, "delta_softplus", delta_softplus)
     rev = _check_bool(fn, "reverse", reverse)
 
-    c = lambda x, dt: np.ascontiguousarray(x, dtype=dt)  # noqa: E731  (time-last, kernel dtype)
+    astype = _astype(t)
+
+    def c(x, dt):  # the kernels' dtype (no copy when it already is); layout is the launcher's job
+        return None if x is None else astype(x, dt, copy=False)
+
     args = (
-        c(u, rdt), c(delta, rdt), c(A, sdt), c(Bc, sdt), c(Cc, sdt),
-        c(Dv, rdt) if Dv is not None else np.zeros(nd, rdt),
-        c(z, rdt) if z is not None else np.zeros((1, 1, 1), rdt),
-        c(bias, rdt) if bias is not None else np.zeros(nd, rdt),
-        c(h0, sdt) if h0 is not None else np.zeros((nb, nd, N), sdt),
-        seq, b_var, c_var, nd // gB if b_var else 1, nd // gC if c_var else 1,
-        Dv is not None, z is not None, seq_idx is not None, softplus, rev,
+        c(u, rdt), c(delta, rdt), c(A, sdt), c(Bc, sdt), c(Cc, sdt), c(Dv, rdt), c(z, rdt), c(bias, rdt),
+        c(h0, sdt), seq, b_var, c_var, nd // gB if b_var else 1, nd // gC if c_var else 1, softplus, rev,
     )
-    given = dict(u=u_in, delta=d_in, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, h0=h0)
-    shapes = {k: (np.shape(v) if v is not None else None) for k, v in given.items()}
-    dtypes = {}
-    for k, v in given.items():
-        norm = {"u": u, "delta": delta, "D": Dv, "delta_bias": bias}.get(k, v)
-        dtypes[k] = None if v is None else (_orig_dtype(v) or np.asarray(norm).dtype)
-    out_dtype = _orig_dtype(u_in) or u.dtype
-    return _Canon(args, be, np.dtype(out_dtype), rdt, sdt, shapes, dtypes, b_ndim, c_ndim)
+    # gradients take the caller's dtype of u, delta, B, C, D, delta_bias (float16 stays float16)
+    # and the validated dtype of A, z, h0
+    given = dict(u=(u_in, u), delta=(d_in, delta), A=(A, A), B=(B_in, Bc), C=(C_in, Cc), D=(D, Dv),
+                 z=(z, z), delta_bias=(delta_bias, bias), h0=(h0, h0))
+    dtypes = {k: None if v is None else _orig_dtype(xp, v, norm) for k, (v, norm) in given.items()}
+    return _Canon(args, t, dtypes["u"], rdt, sdt, dtypes, b_var, c_var, b_ndim, c_ndim)
 
 
 def _selective_scan_fwd(
@@ -164,61 +219,59 @@ def _selective_scan_fwd(
 ):
     with_last = _check_bool(_FN, "return_last_state", return_last_state)
     cn = _canonical(u, delta, A, B, C, D, z, delta_bias, h0, seq_idx, delta_softplus, reverse, backend)
-    k = kernels(cn.backend, "selective_scan")
-    out, last, ckpt = k.selective_scan_fwd(*cn.args, _CHUNK, _save)
-    out = out.astype(cn.out_dtype, copy=False)
-    last = np.asarray(last).astype(cn.sdt, copy=False)
+    astype = _astype(cn.target)
+    out, last, ckpt = cn.target.kernels("selective_scan").selective_scan_fwd(*cn.args, _save)
+    out = astype(out, cn.out_dtype)
+    last = astype(last, cn.sdt)
     ret = (out, last) if with_last else out
-    return ret, (cn, ckpt, _CHUNK, with_last)
+    return ret, (cn, ckpt, with_last)
 
 
-def _cast_grad(g: np.ndarray | None, dtype: np.dtype | None) -> np.ndarray | None:
+def _cast_grad(t: Target, g: Any, dtype: Any) -> Any:
     if g is None or dtype is None:
         return None
-    if dtype.kind == "f" and np.iscomplexobj(g):
-        g = g.real  # a real input's gradient is the real part (the pairing is Re(sum(u v)))
-    return np.ascontiguousarray(g, dtype=dtype)
+    if _iscomplex(t.xp, g.dtype) and not _iscomplex(t.xp, dtype):
+        g = t.xp.real(g)  # a real input's gradient is the real part (the pairing is Re(sum(u v)))
+    return _astype(t)(g, dtype)
 
 
-def _bc_grad(dX: np.ndarray, var: bool, ndim: int) -> np.ndarray:
+def _bc_grad(xp: Any, dX: Any, var: bool, ndim: int) -> Any:
     """Undo the canonical layout of B/C for their gradients."""
     if not var:
         return dX[0, :, 0, :]
-    dX = dX.transpose(0, 1, 3, 2)
-    return dX[:, 0] if ndim == 3 else dX
+    dX = xp.permute_dims(dX, (0, 1, 3, 2))
+    return dX[:, 0, ...] if ndim == 3 else dX
 
 
 def _selective_scan_bwd(res, cotangent):
-    cn, ckpt, chunk, with_last = res
-    u = cn.args[0]
-    nb, nd, L = u.shape
-    N = cn.args[2].shape[1]
+    cn, ckpt, with_last = res
+    t = cn.target
+    xp = t.xp
     if with_last:
         dout, dlast = cotangent
     else:
         dout, dlast = cotangent, None
-    dout = np.ascontiguousarray(np.real(dout), dtype=cn.rdt)
-    if dlast is None:
-        dlast = np.zeros((nb, nd, N), cn.sdt)
-    else:
-        dlast = np.ascontiguousarray(dlast, dtype=cn.sdt) if cn.sdt.kind == "c" else \
-            np.ascontiguousarray(np.real(dlast), dtype=cn.sdt)
-    k = kernels(cn.backend, "selective_scan")
-    if ckpt is None and cn.backend != "numpy":  # forward ran without saving (not via vjp)
-        _, _, ckpt = k.selective_scan_fwd(*cn.args, chunk, True)
-    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = k.selective_scan_bwd(*cn.args, chunk, ckpt, dout, dlast)
-    b_var, c_var = cn.args[10], cn.args[11]
-    t = cn.dtypes
+    astype = _astype(t)
+    if _iscomplex(xp, dout.dtype):
+        dout = xp.real(dout)
+    dout = astype(dout, cn.rdt)
+    if dlast is not None:
+        if not _iscomplex(xp, cn.sdt) and _iscomplex(xp, dlast.dtype):
+            dlast = xp.real(dlast)
+        dlast = astype(dlast, cn.sdt)
+    k = t.kernels("selective_scan")
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = k.selective_scan_bwd(*cn.args, ckpt, dout, dlast)
+    d = cn.dtypes
     return (
-        _cast_grad(du, t["u"]),
-        _cast_grad(ddelta, t["delta"]),
-        _cast_grad(dA, t["A"]),
-        _cast_grad(_bc_grad(dB, b_var, cn.b_ndim), t["B"]),
-        _cast_grad(_bc_grad(dC, c_var, cn.c_ndim), t["C"]),
-        _cast_grad(dD, t["D"]),
-        _cast_grad(dz, t["z"]),
-        _cast_grad(dbias, t["delta_bias"]),
-        _cast_grad(dh0, t["h0"]),
+        _cast_grad(t, du, d["u"]),
+        _cast_grad(t, ddelta, d["delta"]),
+        _cast_grad(t, dA, d["A"]),
+        _cast_grad(t, _bc_grad(xp, dB, cn.b_var, cn.b_ndim), d["B"]),
+        _cast_grad(t, _bc_grad(xp, dC, cn.c_var, cn.c_ndim), d["C"]),
+        _cast_grad(t, dD, d["D"]),
+        _cast_grad(t, dz, d["z"]),
+        _cast_grad(t, dbias, d["delta_bias"]),
+        _cast_grad(t, dh0, d["h0"]),
     )
 
 
@@ -227,6 +280,7 @@ def _selective_scan_bwd(res, cotangent):
     fwd=_selective_scan_fwd,
     bwd=_selective_scan_bwd,
     inputs=("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"),
+    backends=("numpy", "numba"),
 )
 def selective_scan(
     u: np.ndarray,
@@ -390,68 +444,73 @@ def selective_state_update(
     >>> out
     array([[1.5, 1.5]])
     """
-    fn = "selective_state_update"
+    fn = _FN_UPDATE
+    t = select(fn, state, x, dt, A, B, C, D, z, dt_bias)
+    xp = t.xp
+    astype = _astype(t)
     x_in = x
-    x = as_float_array(fn, "x", x, complex_ok=False)
+    x = as_float_array(fn, "x", x, complex_ok=False, target=t)
     if x.ndim != 2:
         raise shape_error(fn, "x", x.shape, "(batch, D)")
     nb, nd = x.shape
-    dt = as_float_array(fn, "dt", dt, complex_ok=False)
-    if dt.shape != x.shape:
-        raise shape_error(fn, "dt", dt.shape, f"(batch, D) = {x.shape}, the shape of x")
-    A = as_float_array(fn, "A", A)
+    dt = as_float_array(fn, "dt", dt, complex_ok=False, target=t)
+    if tuple(dt.shape) != tuple(x.shape):
+        raise shape_error(fn, "dt", dt.shape, f"(batch, D) = {tuple(x.shape)}, the shape of x")
+    A = as_float_array(fn, "A", A, target=t)
     if A.ndim != 2 or A.shape[0] != nd or A.shape[1] < 1:
         raise shape_error(fn, "A", A.shape, f"(D, N) with D={nd} (from x) and N >= 1")
     N = A.shape[1]
-    a_complex = np.iscomplexobj(A)
-    rdt = _real_dtype(x, dt)
-    sdt = np.dtype(np.complex128 if rdt == np.float64 else np.complex64) if a_complex else rdt
-    state = as_float_array(fn, "state", state)
-    if state.shape != (nb, nd, N):
+    a_complex = _iscomplex(xp, A.dtype)
+    rdt = _real_dtype(xp, x, dt)
+    sdt = _state_dtype(xp, rdt, a_complex)
+    state = as_float_array(fn, "state", state, target=t)
+    if tuple(state.shape) != (nb, nd, N):
         raise shape_error(fn, "state", state.shape, f"(batch, D, N) = ({nb}, {nd}, {N})")
-    if np.iscomplexobj(state) and not a_complex:
-        raise TypeError(f"{fn}: state has dtype {state.dtype} but A is real; complex state needs complex A")
+    if not a_complex and _iscomplex(xp, state.dtype):
+        raise TypeError(f"{fn}: state has dtype {dtype_name(state.dtype)} but A is real; "
+                        f"complex state needs complex A")
 
     def group(name, X):
-        X = as_float_array(fn, name, X)
-        if np.iscomplexobj(X) and not a_complex:
-            raise TypeError(f"{fn}: {name} has dtype {X.dtype} but A is real; complex {name} needs complex A")
-        X3 = X[:, None] if X.ndim == 2 else X
+        X = as_float_array(fn, name, X, target=t)
+        if not a_complex and _iscomplex(xp, X.dtype):
+            raise TypeError(f"{fn}: {name} has dtype {dtype_name(X.dtype)} but A is real; "
+                            f"complex {name} needs complex A")
+        X3 = X[:, None, ...] if X.ndim == 2 else X
         if X3.ndim != 3 or X3.shape[0] != nb or X3.shape[2] != N or X3.shape[1] < 1 or nd % X3.shape[1]:
             raise shape_error(fn, name, X.shape, f"(batch, N) or (batch, G, N) with batch={nb}, N={N}, "
                                                   f"G dividing D={nd}")
-        return np.repeat(X3.astype(sdt), nd // X3.shape[1], axis=1)  # (batch, D, N)
+        return xp.repeat(astype(X3, sdt), nd // X3.shape[1], axis=1)  # (batch, D, N), a new array
 
     Bx, Cx = group("B", B), group("C", C)
 
     def vec(name, v, shape):
         if v is None:
             return None
-        v = as_float_array(fn, name, v, complex_ok=False)
-        if v.shape != shape:
+        v = as_float_array(fn, name, v, complex_ok=False, target=t)
+        if tuple(v.shape) != shape:
             raise shape_error(fn, name, v.shape, str(shape))
-        return v.astype(rdt)
+        return astype(v, rdt)
 
     Dv = vec("D", D, (nd,))
     bias = vec("dt_bias", dt_bias, (nd,))
     zz = vec("z", z, (nb, nd))
     softplus = _check_bool(fn, "dt_softplus", dt_softplus)
 
-    dtc = dt.astype(rdt)
+    dtc = astype(dt, rdt)
     if bias is not None:
         dtc = dtc + bias
     if softplus:
-        with np.errstate(over="ignore"):
-            dtc = np.where(dtc > 20, dtc, np.log1p(np.exp(np.minimum(dtc, 20)))).astype(rdt)
-    xc = x.astype(rdt)
+        with np.errstate(over="ignore"):  # NumPy's warning only; other namespaces ignore it
+            dtc = xp.where(dtc > 20, dtc, xp.log1p(xp.exp(xp.minimum(dtc, 20.0))))
+    xc = astype(x, rdt)
     with np.errstate(over="ignore", invalid="ignore"):
-        new = np.exp(dtc[:, :, None] * A.astype(sdt)) * state.astype(sdt) + (dtc * xc)[:, :, None] * Bx
-    y = np.sum(Cx * new, axis=-1)
-    y = (2 * y.real if a_complex else y).astype(rdt)
+        new = (xp.exp(dtc[:, :, None] * astype(A, sdt)) * astype(state, sdt)
+               + (dtc * xc)[:, :, None] * Bx)
+    y = xp.sum(Cx * new, axis=-1)
+    y = astype(2 * xp.real(y) if a_complex else y, rdt)
     if Dv is not None:
         y = y + Dv * xc
     if zz is not None:
         with np.errstate(over="ignore"):
-            y = y * zz / (1 + np.exp(-zz))
-    out_dtype = _orig_dtype(x_in) or x.dtype
-    return y.astype(out_dtype), new.astype(sdt)
+            y = y * zz / (1 + xp.exp(-zz))
+    return astype(y, _orig_dtype(xp, x_in, x)), astype(new, sdt)

@@ -5,6 +5,14 @@ softplus, clamp), the ``silu(z)`` gate and the hand-written VJP. The recurrence
 itself runs in ``ssmcore.backends.numba.ssd`` (chunked, parallel over batch and
 heads) or, with ``backend="numpy"``, in the float64 specification
 ``ssmcore.reference.ssd``.
+
+The glue is device-neutral: :func:`ssmcore.dispatch.select` resolves the backend
+and the inputs' array namespace ``xp`` once per call, and everything here
+(validation, the dt chain, the gate, the reset flags from ``seq_idx``, the
+backward's reductions) is array-API code on ``xp``; the residuals record the
+call's ``Target``. The launchers allocate every kernel output and supply the
+zeros of absent options. Declared backends: NumPy reference and Numba; CuPy
+input gets the dispatcher's uniform "no CuPy kernel yet" error for now.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .dispatch import kernels, select_backend
+from ._xp import dtype_name
+from .dispatch import select
 from .registry import register_op
 from .validation import as_float_array, check_int, shape_error
 
@@ -25,9 +34,23 @@ _FN = "ssd"
 _SOFTPLUS_LINEAR_ABOVE = 20.0  # mamba's softplus is the identity above 20 (torch's default threshold)
 
 
-def _sigmoid(v: np.ndarray) -> np.ndarray:
+def _sigmoid(xp: Any, v: Any) -> Any:
     # tanh form: no overflow warning for large |v|
-    return 0.5 * (1.0 + np.tanh(0.5 * v))
+    return 0.5 * (1.0 + xp.tanh(0.5 * v))
+
+
+def _np_astype(x: np.ndarray, dtype: Any, copy: bool = False) -> np.ndarray:
+    return x.astype(dtype, copy=copy)
+
+
+def _astype(t: Any) -> Any:
+    """The call's ``astype`` (no copy by default): the ndarray method for NumPy
+    (array_api_compat's wrapper costs ~0.3 us a call, and this glue makes a dozen),
+    ``xp.astype`` for every other namespace."""
+    if t.kind == "numpy":
+        return _np_astype
+    xp = t.xp
+    return lambda x, dtype, copy=False: xp.astype(x, dtype, copy=copy)
 
 
 def _check_dt_limit(dt_limit: Any) -> tuple[float, float]:
@@ -40,78 +63,94 @@ def _check_dt_limit(dt_limit: Any) -> tuple[float, float]:
     return lo, hi
 
 
+def _seq_array(t: Any, x: Any) -> Any:
+    """seq_idx as an integer array of the call's namespace (refusing other dtypes)."""
+    xp = t.xp
+    if t.kind == "numpy":
+        seq = np.asarray(x)
+    else:
+        seq = x if hasattr(x, "__array_namespace__") else t.asarray(x)
+    if not xp.isdtype(seq.dtype, "integral"):
+        raise TypeError(f"{_FN}: seq_idx has dtype {dtype_name(seq.dtype)}; expected an integer dtype")
+    return seq
+
+
 def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx, backend):
     """Validate and normalise every argument once; return what the kernels need."""
     chunk_size = check_int(_FN, "chunk_size", chunk_size, minimum=1)
     lo, hi = _check_dt_limit(dt_limit)
-    x = as_float_array(_FN, "x", x, complex_ok=False)
+    t = select(_FN, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, backend=backend)
+    xp = t.xp
+    x = as_float_array(_FN, "x", x, complex_ok=False, target=t)
     if x.ndim != 4:
         raise shape_error(_FN, "x", x.shape, "(batch, L, heads, headdim) = 4 dimensions")
     nb, L, H, P = x.shape
-    dt = as_float_array(_FN, "dt", dt, complex_ok=False)
-    if dt.shape != (nb, L, H):
+    dt = as_float_array(_FN, "dt", dt, complex_ok=False, target=t)
+    if tuple(dt.shape) != (nb, L, H):
         raise shape_error(_FN, "dt", dt.shape, f"(batch, L, heads) = ({nb}, {L}, {H}) from x")
-    A = as_float_array(_FN, "A", A, complex_ok=False)
-    if A.shape != (H,):
+    A = as_float_array(_FN, "A", A, complex_ok=False, target=t)
+    if tuple(A.shape) != (H,):
         raise shape_error(_FN, "A", A.shape, f"(heads,) = ({H},): one real scalar per head")
-    B = as_float_array(_FN, "B", B, complex_ok=False)
-    if B.ndim != 4 or B.shape[:2] != (nb, L) or B.shape[2] == 0:
+    B = as_float_array(_FN, "B", B, complex_ok=False, target=t)
+    if B.ndim != 4 or tuple(B.shape[:2]) != (nb, L) or B.shape[2] == 0:
         raise shape_error(_FN, "B", B.shape, f"(batch, L, groups >= 1, N) with batch={nb}, L={L} from x")
     G, N = B.shape[2], B.shape[3]
     if H % G:
         raise ValueError(f"{_FN}: B has {G} groups, which does not divide the {H} heads of x; "
                          f"expected heads % groups == 0")
-    C = as_float_array(_FN, "C", C, complex_ok=False)
-    if C.shape != B.shape:
-        raise shape_error(_FN, "C", C.shape, f"the shape of B, (batch, L, groups, N) = {B.shape}")
+    C = as_float_array(_FN, "C", C, complex_ok=False, target=t)
+    if tuple(C.shape) != tuple(B.shape):
+        raise shape_error(_FN, "C", C.shape, f"the shape of B, (batch, L, groups, N) = {tuple(B.shape)}")
     if D is not None:
-        D = as_float_array(_FN, "D", D, complex_ok=False)
-        if D.shape not in ((H,), (H, P)):
+        D = as_float_array(_FN, "D", D, complex_ok=False, target=t)
+        if tuple(D.shape) not in ((H,), (H, P)):
             raise shape_error(_FN, "D", D.shape, f"(heads,) = ({H},) or (heads, headdim) = ({H}, {P})")
     if z is not None:
-        z = as_float_array(_FN, "z", z, complex_ok=False)
-        if z.shape != x.shape:
-            raise shape_error(_FN, "z", z.shape, f"the shape of x, {x.shape}")
+        z = as_float_array(_FN, "z", z, complex_ok=False, target=t)
+        if tuple(z.shape) != tuple(x.shape):
+            raise shape_error(_FN, "z", z.shape, f"the shape of x, {tuple(x.shape)}")
     if dt_bias is not None:
-        dt_bias = as_float_array(_FN, "dt_bias", dt_bias, complex_ok=False)
-        if dt_bias.shape != (H,):
+        dt_bias = as_float_array(_FN, "dt_bias", dt_bias, complex_ok=False, target=t)
+        if tuple(dt_bias.shape) != (H,):
             raise shape_error(_FN, "dt_bias", dt_bias.shape, f"(heads,) = ({H},)")
     if initial_states is not None:
-        initial_states = as_float_array(_FN, "initial_states", initial_states, complex_ok=False)
-        if initial_states.shape != (nb, H, P, N):
+        initial_states = as_float_array(_FN, "initial_states", initial_states, complex_ok=False, target=t)
+        if tuple(initial_states.shape) != (nb, H, P, N):
             raise shape_error(_FN, "initial_states", initial_states.shape,
                               f"(batch, heads, headdim, N) = ({nb}, {H}, {P}, {N})")
-    reset = np.zeros((nb, L), dtype=np.bool_)
+    reset = None  # no resets: the launchers need no (batch, L) array of False
     if seq_idx is not None:
-        seq = np.asarray(seq_idx)
-        if seq.dtype.kind not in "iu":
-            raise TypeError(f"{_FN}: seq_idx has dtype {seq.dtype}; expected an integer dtype")
-        if seq.shape != (nb, L):
+        seq = _seq_array(t, seq_idx)
+        if tuple(seq.shape) != (nb, L):
             raise shape_error(_FN, "seq_idx", seq.shape, f"(batch, L) = ({nb}, {L})")
         # the state is replaced wherever the index changes; the initial state belongs to index 0
-        prev = np.concatenate([np.zeros((nb, 1), dtype=seq.dtype), seq[:, :-1]], axis=1)
-        reset = np.ascontiguousarray(seq != prev)
-    name = select_backend(_FN, x, dt, A, B, C, D, z, dt_bias, initial_states, backend=backend)
+        first = xp.zeros((nb, 1), dtype=seq.dtype, device=t.device)
+        reset = seq != xp.concat([first, seq[:, :-1]], axis=1)
 
     # Compute in the data's precision (float32 or float64); parameters follow it.
-    dtype = np.result_type(*(a.dtype for a in (x, dt, B, C, z, initial_states) if a is not None))
-    cast = lambda a: np.ascontiguousarray(a, dtype=dtype)  # noqa: E731
+    dtype = xp.result_type(*(a.dtype for a in (x, dt, B, C, z, initial_states) if a is not None))
+
+    astype = _astype(t)
+
+    def cast(a):  # the kernels' dtype, no copy when it already is; layout is the launcher's job
+        return None if a is None else astype(a, dtype)
+
     raw_dt = cast(dt)
     pre = raw_dt + cast(dt_bias) if dt_bias is not None else raw_dt
     if dt_softplus:
-        capped = np.minimum(pre, _SOFTPLUS_LINEAR_ABOVE)  # exp never overflows
-        soft = np.where(pre > _SOFTPLUS_LINEAR_ABOVE, pre, np.log1p(np.exp(capped)))
+        capped = xp.minimum(pre, _SOFTPLUS_LINEAR_ABOVE)  # exp never overflows
+        soft = xp.where(pre > _SOFTPLUS_LINEAR_ABOVE, pre, xp.log1p(xp.exp(capped)))
     else:
         soft = pre
-    dt_eff = np.ascontiguousarray(np.clip(soft, lo, hi), dtype=dtype)
-    D2 = np.zeros((H, P), dtype=dtype)
+    # clamp as max-then-min (NaN propagates as with clip; array_api_compat's clip is slow)
+    dt_eff = xp.minimum(xp.maximum(soft, lo), hi)
+    D2 = None  # none given: the launchers use zeros
     if D is not None:
-        D2[...] = D[:, None] if D.ndim == 1 else D  # (H,) -> every column; fresh and writable (one kernel type)
-    h0 = np.zeros((nb, H, P, N), dtype=dtype) if initial_states is None else cast(initial_states)
+        D2 = cast(xp.broadcast_to(D[:, None], (H, P)) if D.ndim == 1 else D)  # (H,) -> every column
     return SimpleNamespace(
-        backend=name, chunk_size=chunk_size, lo=lo, hi=hi, softplus=bool(dt_softplus), dtype=dtype,
-        x=cast(x), dt=dt_eff, A=cast(A), B=cast(B), C=cast(C), D=D2, h0=h0, reset=reset,
-        z=None if z is None else cast(z), pre=pre, soft=soft,
+        target=t, chunk_size=chunk_size, lo=lo, hi=hi, softplus=bool(dt_softplus), dtype=dtype,
+        x=cast(x), dt=dt_eff, A=cast(A), B=cast(B), C=cast(C), D=D2, h0=cast(initial_states), reset=reset,
+        z=cast(z), pre=pre, soft=soft, shape=(nb, H, P, N),
         inputs=dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states),
     )
 
@@ -122,55 +161,58 @@ def _ssd_fwd(x, dt, A, B, C, *, chunk_size=64, D=None, z=None, dt_bias=None, dt_
     """Forward of op ``"ssd"``: ``(out, residuals)``."""
     r = _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states,
                  seq_idx, backend)
-    k = kernels(r.backend, "ssd")
+    xp = r.target.xp
+    k = r.target.kernels("ssd")
     y, states = k.ssd_forward(r.x, r.dt, r.A, r.B, r.C, r.D, r.h0, r.reset, r.chunk_size)
-    out = y if r.z is None else y * (r.z * _sigmoid(r.z))
-    final = states[:, :, -1]
+    out = y if r.z is None else y * (r.z * _sigmoid(xp, r.z))
+    final = xp.asarray(states[:, :, -1, ...], copy=True)  # a copy: a view would pin every chunk state
     r.y = y
     r.states = states
     r.return_final_states = bool(return_final_states)
-    return ((out, np.ascontiguousarray(final)) if return_final_states else out), r
+    return ((out, final) if return_final_states else out), r
 
 
 def _ssd_bwd(r, cotangent):
     """Backward of op ``"ssd"``: gradients for (x, dt, A, B, C, D, z, dt_bias, initial_states)."""
+    xp = r.target.xp
     if r.return_final_states:
         gout, gfinal = cotangent
     else:
         gout, gfinal = cotangent, None
-    gout = np.asarray(gout, dtype=r.dtype)
-    gfinal = (np.zeros(r.h0.shape, dtype=r.dtype) if gfinal is None
-              else np.ascontiguousarray(gfinal, dtype=r.dtype))
+    astype = _astype(r.target)
+    gout = astype(gout, r.dtype)
+    gfinal = None if gfinal is None else astype(gfinal, r.dtype)  # None: zeros
     gz = None
     if r.z is not None:
-        sig = _sigmoid(r.z)
+        sig = _sigmoid(xp, r.z)
         gy = gout * (r.z * sig)
         gz = gout * r.y * (sig * (1.0 + r.z * (1.0 - sig)))  # d silu(z)/dz
     else:
         gy = gout
-    k = kernels(r.backend, "ssd")
+    k = r.target.kernels("ssd")
     gx, gdt_eff, gA, gB, gC, gD2, gh0 = k.ssd_backward(
-        r.x, r.dt, r.A, r.B, r.C, r.D, r.reset, r.states, np.ascontiguousarray(gy), gfinal, r.chunk_size)
+        r.x, r.dt, r.A, r.B, r.C, r.D, r.reset, r.states, gy, gfinal, r.chunk_size)
     # dt chain: clamp passes the gradient only inside [lo, hi]; softplus multiplies by sigmoid
-    gpre = np.where((r.soft >= r.lo) & (r.soft <= r.hi), gdt_eff, 0.0)
+    gpre = xp.where((r.soft >= r.lo) & (r.soft <= r.hi), gdt_eff, 0.0)
     if r.softplus:
-        gpre = gpre * np.where(r.pre > _SOFTPLUS_LINEAR_ABOVE, 1.0, _sigmoid(r.pre))
+        gpre = gpre * xp.where(r.pre > _SOFTPLUS_LINEAR_ABOVE, 1.0, _sigmoid(xp, r.pre))
     inp = r.inputs
     D = inp["D"]
-    gD = None if D is None else (gD2.sum(axis=1) if D.ndim == 1 else gD2)
+    gD = None if D is None else (xp.sum(gD2, axis=1) if D.ndim == 1 else gD2)
     grads = dict(
         x=gx, dt=gpre, A=gA, B=gB, C=gC, D=gD, z=gz,
-        dt_bias=None if inp["dt_bias"] is None else gpre.sum(axis=(0, 1)),
+        dt_bias=None if inp["dt_bias"] is None else xp.sum(gpre, axis=(0, 1)),
         initial_states=None if inp["initial_states"] is None else gh0,
     )
     return tuple(
-        None if inp[name] is None or grads[name] is None else np.asarray(grads[name], dtype=inp[name].dtype)
+        None if inp[name] is None or grads[name] is None else astype(grads[name], inp[name].dtype)
         for name in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
     )
 
 
 @register_op("ssd", fwd=_ssd_fwd, bwd=_ssd_bwd,
-             inputs=("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"))
+             inputs=("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"),
+             backends=("numpy", "numba"))
 def ssd(
     x: np.ndarray,
     dt: np.ndarray,
@@ -189,7 +231,7 @@ def ssd(
     return_final_states: bool = False,
     backend: str | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-    r"""Mamba-2 SSD scan (``mamba_chunk_scan_combined`` semantics) on NumPy arrays.
+    r"""Mamba-2 SSD scan (``mamba_chunk_scan_combined`` semantics).
 
     Per batch b and head h (group g = h // (H / G)), with a (P, N) state::
 

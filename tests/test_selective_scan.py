@@ -16,21 +16,22 @@ import ssmcore
 from ssmcore._selective_scan import selective_scan, selective_state_update
 from tests.vjp_check import check_vjp
 
-# The module object (ssmcore._selective_scan, the attribute, is the function of that name).
-ss_mod = importlib.import_module("ssmcore._selective_scan")
-
 OPTS = ("D", "z", "delta_bias", "h0")
 
 
 @contextlib.contextmanager
 def small_chunks(n: int):
-    """Force the backward to work through several checkpointed chunks on short sequences."""
-    old = ss_mod._CHUNK
-    ss_mod._CHUNK = n
+    """Force the backward to work through several checkpointed chunks on short sequences.
+
+    The checkpoint spacing is the Numba launcher's choice (``CHUNK``), not the front door's.
+    """
+    nb_mod = importlib.import_module("ssmcore.backends.numba.selective_scan")
+    old = nb_mod.CHUNK
+    nb_mod.CHUNK = n
     try:
         yield
     finally:
-        ss_mod._CHUNK = old
+        nb_mod.CHUNK = old
 
 
 def make(rng, b=2, D=4, L=7, N=3, G=1, cplx=False, bmode="var", cmode="var", dtype=np.float64,

@@ -3,9 +3,11 @@
 Readable float64 / complex128 loops over time, vectorised over (batch, channel,
 state).  Same function names and canonical arguments as the Numba kernels in
 :mod:`ssmcore.backends.numba.selective_scan` (see that module's docstring for the
-layouts); the front door :mod:`ssmcore._selective_scan` prepares them.  The
-reference stores every state (it is a specification, not a lean kernel) and
-ignores ``chunk``, ``save`` and ``ckpt``.
+layouts); the front door :mod:`ssmcore._selective_scan` prepares them.  Optional
+inputs (``Dv``, ``z``, ``delta_bias``, ``h0``, ``seq_idx``, the cotangent ``dlast``)
+are ``None`` when absent, and the gradients of absent ``Dv`` / ``z`` come back as
+``None``.  The reference stores every state (it is a specification, not a lean
+kernel) and ignores ``save`` and ``ckpt``.
 
 Maths (per batch b, channel d, state n; t runs 0..L-1, or L-1..0 when reversed)::
 
@@ -46,32 +48,38 @@ def _per_channel(X: np.ndarray, var: bool, ratio: int, nb: int, nd: int, L: int)
 def _prepare(u, delta, A, B, C, Dv, z, delta_bias, h0, b_var, c_var, ratio_b, ratio_c, softplus):
     cdt = np.complex128 if np.iscomplexobj(A) else np.float64
     nb, nd, L = u.shape
-    u = u.astype(np.float64)
-    raw = delta.astype(np.float64) + delta_bias.astype(np.float64)[None, :, None]
+    N = A.shape[1]
+    u = np.asarray(u, np.float64)
+    raw = np.asarray(delta, np.float64)
+    if delta_bias is not None:
+        raw = raw + np.asarray(delta_bias, np.float64)[None, :, None]
     dt = _softplus(raw) if softplus else raw
-    Bx = _per_channel(B.astype(cdt), b_var, ratio_b, nb, nd, L)
-    Cx = _per_channel(C.astype(cdt), c_var, ratio_c, nb, nd, L)
-    return cdt, u, raw, dt, A.astype(cdt), Bx, Cx, Dv.astype(np.float64), z.astype(np.float64), h0.astype(cdt)
+    Bx = _per_channel(np.asarray(B, cdt), b_var, ratio_b, nb, nd, L)
+    Cx = _per_channel(np.asarray(C, cdt), c_var, ratio_c, nb, nd, L)
+    Dv = None if Dv is None else np.asarray(Dv, np.float64)
+    z = None if z is None else np.asarray(z, np.float64)
+    h0 = np.zeros((nb, nd, N), cdt) if h0 is None else np.asarray(h0, cdt)
+    return cdt, u, raw, dt, np.asarray(A, cdt), Bx, Cx, Dv, z, h0
 
 
 def _order(L: int, reverse: bool) -> list[int]:
     return list(range(L - 1, -1, -1)) if reverse else list(range(L))
 
 
-def _resets(seq_idx, order, has_seq, nb):
+def _resets(seq_idx, order, nb):
     """resets[s] (batch,) is True where the state restarts at step s of the scan."""
     out = [np.zeros(nb, bool) for _ in order]
-    if has_seq:
+    if seq_idx is not None:
         for s in range(1, len(order)):
             out[s] = seq_idx[:, order[s]] != seq_idx[:, order[s - 1]]
     return out
 
 
-def _states(cdt, u, dt, A, Bx, h0, seq_idx, has_seq, reverse):
+def _states(cdt, u, dt, A, Bx, h0, seq_idx, reverse):
     """All states in scan order: xs[s] = x after step s; also a_eff[s] and x_prev[s]."""
     nb, nd, L = u.shape
     order = _order(L, reverse)
-    resets = _resets(seq_idx, order, has_seq, nb)
+    resets = _resets(seq_idx, order, nb)
     x = h0.copy()
     xs, aeff, xprev = [], [], []
     for s, t in enumerate(order):
@@ -87,13 +95,13 @@ def _states(cdt, u, dt, A, Bx, h0, seq_idx, has_seq, reverse):
 
 
 def selective_scan_fwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
-                       b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
-                       softplus, reverse, chunk, save):
+                       b_var, c_var, ratio_b, ratio_c, softplus, reverse, save):
     """Forward -> (out (batch, D, L) float64, last state (batch, D, N), None)."""
     cdt, u64, _, dt, A, Bx, Cx, Dv, z, h0 = _prepare(u, delta, A, B, C, Dv, z, delta_bias, h0,
                                                     b_var, c_var, ratio_b, ratio_c, softplus)
     yfac = 2.0 if cdt is np.complex128 else 1.0
-    order, xs, _, _ = _states(cdt, u64, dt, A, Bx, h0, seq_idx, has_seq, reverse)
+    has_D, has_z = Dv is not None, z is not None
+    order, xs, _, _ = _states(cdt, u64, dt, A, Bx, h0, seq_idx, reverse)
     out = np.empty(u.shape, np.float64)
     for s, t in enumerate(order):
         y = yfac * np.real(np.sum(Cx[:, :, t, :] * xs[s], axis=-1))
@@ -107,25 +115,27 @@ def selective_scan_fwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
 
 
 def selective_scan_bwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
-                       b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
-                       softplus, reverse, chunk, ckpt, dout, dlast):
-    """Backward -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0) in canonical shapes."""
+                       b_var, c_var, ratio_b, ratio_c, softplus, reverse, ckpt, dout, dlast):
+    """Backward -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0) in canonical shapes
+    (``dD`` / ``dz`` are None where ``Dv`` / ``z`` are)."""
     cdt, u64, raw, dt, A, Bx, Cx, Dv, z, h0 = _prepare(u, delta, A, B, C, Dv, z, delta_bias, h0,
                                                       b_var, c_var, ratio_b, ratio_c, softplus)
     nb, nd, L = u.shape
     N = A.shape[1]
     yfac = 2.0 if cdt is np.complex128 else 1.0
-    order, xs, aeff, xprev = _states(cdt, u64, dt, A, Bx, h0, seq_idx, has_seq, reverse)
-    dout = dout.astype(np.float64)
+    has_D, has_z = Dv is not None, z is not None
+    order, xs, aeff, xprev = _states(cdt, u64, dt, A, Bx, h0, seq_idx, reverse)
+    dout = np.asarray(dout, np.float64)
 
     du = np.zeros((nb, nd, L))
     ddt = np.zeros((nb, nd, L))
-    dz = np.zeros((nb, nd, L) if has_z else (1, 1, 1))
+    dz = np.zeros((nb, nd, L)) if has_z else None
     dA = np.zeros((nd, N), cdt)
     dBx = np.zeros((nb, nd, L, N), cdt)  # per-channel contributions, reduced below
     dCx = np.zeros((nb, nd, L, N), cdt)
     dD = np.zeros(nd)
-    g_next = dlast.astype(cdt)  # a_{t+1} g_{t+1}, starting with the final-state cotangent
+    # a_{t+1} g_{t+1}, starting with the final-state cotangent
+    g_next = np.zeros((nb, nd, N), cdt) if dlast is None else np.asarray(dlast, cdt)
     for s in range(L - 1, -1, -1):
         t = order[s]
         ghat = dout[:, :, t]
@@ -154,7 +164,7 @@ def selective_scan_bwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     ddelta_bias = ddt.sum(axis=(0, 2))
     dB = _reduce_bc(dBx, b_var, ratio_b)
     dC = _reduce_bc(dCx, c_var, ratio_c)
-    return du, ddt, dA, dB, dC, dD, dz, ddelta_bias, g_next
+    return du, ddt, dA, dB, dC, dD if has_D else None, dz if has_z else None, ddelta_bias, g_next
 
 
 def _reduce_bc(dX: np.ndarray, var: bool, ratio: int) -> np.ndarray:

@@ -6,9 +6,10 @@ already validated and normalised:
 * ``x`` (batch, L, H, P), ``dt`` (batch, L, H) -- the *processed* step
   (bias, softplus and clamp already applied), ``A`` (H,),
   ``B``, ``C`` (batch, L, G, N) with head h reading group ``h // (H // G)``,
-  ``D`` (H, P) (zeros when the caller gave none), ``h0`` (batch, H, P, N),
-  ``reset`` (batch, L) bool: the state is *replaced* (not decayed) at step t
-  when ``reset[b, t]`` (derived from ``seq_idx``).
+  ``D`` (H, P) or None (no skip connection), ``h0`` (batch, H, P, N) or None
+  (zeros), ``reset`` (batch, L) bool or None (no resets): the state is
+  *replaced* (not decayed) at step t when ``reset[b, t]`` (derived from
+  ``seq_idx``); the backward's ``gfinal`` is None for a zero cotangent.
 
 The recurrence, per batch b and head h (state h_t of shape (P, N))::
 
@@ -37,9 +38,20 @@ def _num_chunks(L: int, chunk_size: int) -> int:
     return -(-L // chunk_size)
 
 
+def _defaults(x, B, D, h0, reset):
+    """Zeros for the optional D and h0, no resets for an absent ``reset``."""
+    nb, L, H, P = x.shape
+    N = B.shape[3]
+    D = np.zeros((H, P)) if D is None else D
+    h0 = np.zeros((nb, H, P, N)) if h0 is None else h0
+    reset = np.zeros((nb, L), dtype=bool) if reset is None else np.asarray(reset, dtype=bool)
+    return D, h0, reset
+
+
 def ssd_forward(x, dt, A, B, C, D, h0, reset, chunk_size):
     """Sequential SSD recurrence; returns ``(y, states)`` in ``x.dtype``."""
     out_dtype = x.dtype
+    D, h0, reset = _defaults(x, B, D, h0, reset)
     x, dt, A, B, C, D, h0 = (np.asarray(a, dtype=np.float64) for a in (x, dt, A, B, C, D, h0))
     nb, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
@@ -81,6 +93,9 @@ def ssd_backward(x, dt, A, B, C, D, reset, states, gy, gfinal, chunk_size):
     ``x.dtype``; gB and gC are summed over the heads of each group.
     """
     out_dtype = x.dtype
+    D, _, reset = _defaults(x, B, D, None, reset)
+    if gfinal is None:
+        gfinal = np.zeros(states[:, :, -1].shape)
     x, dt, A, B, C, D, states, gy, gfinal = (
         np.asarray(a, dtype=np.float64) for a in (x, dt, A, B, C, D, states, gy, gfinal)
     )
@@ -151,6 +166,7 @@ def ssd_chunked(x, dt, A, B, C, D, h0, reset, chunk_size):
     5. ``y = Y_diag + Y_off + D x``.
     """
     out_dtype = x.dtype
+    D, h0, reset = _defaults(x, B, D, h0, reset)
     x, dt, A, B, C, D, h0 = (np.asarray(a, dtype=np.float64) for a in (x, dt, A, B, C, D, h0))
     nb, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]

@@ -3,17 +3,23 @@
 Same function names and signatures as :mod:`ssmcore.reference.selective_scan`;
 the front door :mod:`ssmcore._selective_scan` validates and canonicalises the
 arguments first (see ``_canonical`` there), so these kernels never validate.
+The launchers :func:`selective_scan_fwd` / :func:`selective_scan_bwd` own the
+rest: C-contiguity (``np.ascontiguousarray``, a no-op for contiguous input),
+typed dummies for absent optional inputs, every output allocation, the
+checkpoint spacing ``CHUNK`` and the backward's work split.
 
 Canonical arguments (``rdt`` = real compute dtype, ``sdt`` = state dtype, equal to
 ``rdt`` for real A and to the matching complex dtype for complex A):
 
-* ``u``, ``delta``: (batch, D, L) ``rdt``; ``z``: (batch, D, L) or a (1, 1, 1) dummy.
-* ``A``: (D, N) ``sdt``; ``Dv``, ``delta_bias``: (D,) ``rdt``; ``h0``: (batch, D, N) ``sdt``.
+* ``u``, ``delta``: (batch, D, L) ``rdt``; ``z``: (batch, D, L) or None.
+* ``A``: (D, N) ``sdt``; ``Dv``, ``delta_bias``: (D,) ``rdt`` or None; ``h0``: (batch, D, N)
+  ``sdt`` or None (zeros).
 * ``B``, ``C``: **time-major inside a group**, (batch, G, L, N) when variable, or
-  (1, D, 1, N) when fixed, always ``sdt``.  The front door transposes mamba's
-  (batch, G, N, L) into this layout so that the N values read at one time step are
-  contiguous and the N-loop vectorises; the copy costs B's size, not u's.
-* ``seq_idx``: (batch, L) int64 or a (1, 1) dummy.
+  (1, D, 1, N) when fixed, always ``sdt``.  The front door permutes mamba's
+  (batch, G, N, L) axes into this order (a view) and the launcher copies it
+  C-contiguous, so that the N values read at one time step are contiguous and
+  the N-loop vectorises; the copy costs B's size, not u's.
+* ``seq_idx``: (batch, L) integer or None.
 
 Design (why it is fast and lean):
 
@@ -205,10 +211,56 @@ def math_arrays(x):
     return e, sp, sg
 
 
-@jit(parallel=True, fastmath=_FM)
+#: Scan steps between the states the forward saves for the backward.  The backward keeps
+#: (CHUNK + 1, N) states and (CHUNK, N) decays per task: 128 x 16 float32 fits L1.
+CHUNK = 128
+
+
+def _c(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x)  # a no-op when the front door's array already is
+
+
+def _optional(x, shape, dtype):
+    """(contiguous array, given?) for an optional input; a typed dummy when absent
+    (the kernels are compiled once per dtype, not once per option pattern)."""
+    if x is None:
+        return np.zeros(shape, dtype), False
+    return _c(x), True
+
+
+def _kernel_args(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx, b_var, c_var, ratio_b, ratio_c,
+                 softplus, reverse):
+    u, delta, A, B, C = _c(u), _c(delta), _c(A), _c(B), _c(C)
+    nb, nd, _ = u.shape
+    Dv, has_D = _optional(Dv, (nd,), u.dtype)
+    z, has_z = _optional(z, (1, 1, 1), u.dtype)
+    delta_bias, _ = _optional(delta_bias, (nd,), u.dtype)
+    h0, _ = _optional(h0, (nb, nd, A.shape[1]), A.dtype)
+    has_seq = seq_idx is not None
+    seq_idx = np.ascontiguousarray(seq_idx, dtype=np.int64) if has_seq else np.zeros((1, 1), np.int64)
+    return (u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx, bool(b_var), bool(c_var), int(ratio_b),
+            int(ratio_c), has_D, has_z, has_seq, bool(softplus), bool(reverse))
+
+
 def selective_scan_fwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
-                       b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
-                       softplus, reverse, chunk, save):
+                       b_var, c_var, ratio_b, ratio_c, softplus, reverse, save):
+    """Forward scan -> (out (batch, D, L) rdt, last state (batch, D, N) sdt, ckpt).
+
+    ``ckpt`` (None unless ``save``) is what :func:`selective_scan_bwd` needs: the
+    checkpoint spacing and the states entering every ``CHUNK`` scan steps,
+    (batch, D, ceil(L / CHUNK), N) ``sdt``.  The spacing is chosen here and travels
+    with the states, so the backward never depends on a setting read twice.
+    """
+    chunk = CHUNK
+    out, last, ckpt = _fwd_kernel(*_kernel_args(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx, b_var, c_var,
+                                                ratio_b, ratio_c, softplus, reverse), chunk, bool(save))
+    return out, last, ((chunk, ckpt) if save else None)
+
+
+@jit(parallel=True, fastmath=_FM)
+def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
+                b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
+                softplus, reverse, chunk, save):
     """Forward scan -> (out (batch, D, L) rdt, last state (batch, D, N) sdt,
     checkpoints (batch, D, ceil(L/chunk), N) sdt: the state entering each chunk of
     ``chunk`` scan steps; empty when ``save`` is False)."""
@@ -287,19 +339,33 @@ def selective_scan_fwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
 
 
 def selective_scan_bwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
-                       b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
-                       softplus, reverse, chunk, ckpt, dout, dlast):
+                       b_var, c_var, ratio_b, ratio_c, softplus, reverse, ckpt, dout, dlast):
     """Backward scan (JAX convention for complex: transpose, no conjugation).
 
     Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0) in canonical shapes:
     du, ddelta, dz (batch, D, L) rdt; dA (D, N) sdt; dB/dC like B/C; dD,
-    ddelta_bias (D,) rdt; dh0 (batch, D, N) sdt.  ``ckpt`` comes from the forward
-    with the same ``chunk``.
+    ddelta_bias (D,) rdt; dh0 (batch, D, N) sdt; ``dD`` / ``dz`` are None where
+    ``Dv`` / ``z`` are.  ``ckpt`` comes from :func:`selective_scan_fwd` with
+    ``save=True``; without it (None) the forward is rerun here to checkpoint.
+    ``dlast`` None means a zero final-state cotangent.
     """
-    # Read here, not in the kernel: numba.get_num_threads() inside a kernel blocks caching.
-    return _bwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
-                       b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
-                       softplus, reverse, chunk, ckpt, dout, dlast, 2 * numba.get_num_threads())
+    args = _kernel_args(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx, b_var, c_var, ratio_b, ratio_c,
+                        softplus, reverse)
+    if ckpt is None:  # the forward ran without saving (a plain call, not via vjp)
+        chunk = CHUNK
+        _, _, states = _fwd_kernel(*args, chunk, True)
+    else:
+        chunk, states = ckpt
+        states = _c(states)
+    u, A = args[0], args[2]
+    nb, nd, L = u.shape
+    dout = _c(dout)
+    dlast = np.zeros((nb, nd, A.shape[1]), A.dtype) if dlast is None else _c(dlast)
+    # The work split is this launcher's choice: enough tasks for every thread.  Read here,
+    # not in the kernel: numba.get_num_threads() inside a kernel blocks caching.
+    grads = _bwd_kernel(*args, int(chunk), states, dout, dlast, 2 * numba.get_num_threads())
+    du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
+    return (du, ddelta, dA, dB, dC, dD if args[14] else None, dz if args[15] else None, dbias, dh0)
 
 
 @jit(parallel=True, fastmath=_FM)

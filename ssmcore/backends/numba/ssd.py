@@ -2,8 +2,11 @@
 
 Same functions and arguments as the specification ``ssmcore.reference.ssd``
 (see there for the maths and the argument conventions). Inputs arrive
-validated, C-contiguous and all of one float dtype (float32 or float64), which
-is also the accumulation dtype.
+validated and all of one float dtype (float32 or float64), which is also the
+accumulation dtype. The launchers :func:`ssd_forward` / :func:`ssd_backward`
+own the rest: C-contiguity (``np.ascontiguousarray``, a no-op for contiguous
+input), zeros for an absent ``D`` / ``h0`` / ``gfinal`` and no resets for an
+absent ``reset``, every output allocation and the serial/parallel choice.
 
 Forward (chunked, ANCHORS 1.5): one work item per (batch, head) (``prange``
 above a work threshold); inside, chunks run in order. Per chunk: the per-step
@@ -262,10 +265,22 @@ def _parallel(x, N):
     return nb * H > 1 and nb * H * L * P * max(N, 1) >= PARALLEL_MIN_WORK
 
 
+def _inputs(x, dt, A, B, C, D, reset):
+    c = np.ascontiguousarray
+    x, dt, A, B, C = c(x), c(dt), c(A), c(B), c(C)
+    nb, L, H, P = x.shape
+    # fresh and writable when absent: one kernel type whatever the caller's flags
+    D = np.zeros((H, P), dtype=x.dtype) if D is None else c(D)
+    reset = np.zeros((nb, L), dtype=np.bool_) if reset is None else c(reset, dtype=np.bool_)
+    return x, dt, A, B, C, D, reset
+
+
 def ssd_forward(x, dt, A, B, C, D, h0, reset, chunk_size):
     """Chunked SSD forward; returns ``(y, states)`` (see ``ssmcore.reference.ssd``)."""
+    x, dt, A, B, C, D, reset = _inputs(x, dt, A, B, C, D, reset)
     nb, L, H, P = x.shape
     N = B.shape[3]
+    h0 = np.zeros((nb, H, P, N), dtype=x.dtype) if h0 is None else np.ascontiguousarray(h0)
     Q = int(chunk_size)
     nc = -(-L // Q)
     y = np.empty_like(x)
@@ -280,10 +295,14 @@ def ssd_forward(x, dt, A, B, C, D, h0, reset, chunk_size):
 
 def ssd_backward(x, dt, A, B, C, D, reset, states, gy, gfinal, chunk_size):
     """Backward of :func:`ssd_forward`; returns ``(gx, gdt, gA, gB, gC, gD, gh0)``."""
+    x, dt, A, B, C, D, reset = _inputs(x, dt, A, B, C, D, reset)
     nb, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     Q = int(chunk_size)
     dtype = x.dtype
+    states = np.ascontiguousarray(states)
+    gy = np.ascontiguousarray(gy)
+    gfinal = np.zeros((nb, H, P, N), dtype=dtype) if gfinal is None else np.ascontiguousarray(gfinal)
     gx = np.empty_like(x)
     gdt = np.empty_like(dt)
     gA_bh = np.zeros((nb, H), dtype=dtype)
