@@ -187,15 +187,17 @@ def select(fn: str, *arrays: Any, backend: str | None = None) -> Target:
     if len(kinds) > 1:
         raise TypeError(f"{fn}: mixed array types {sorted(kinds)}; pass all arrays as NumPy or all as CuPy")
     kind = kinds.pop() if kinds else "numpy"
+    have = _CAPABILITIES.get(fn)
     if backend is None:
         backend = _DEFAULT_BACKEND[kind]
+        if have is not None and backend not in have and backend == "numba" and "numpy" in have:
+            backend = "numpy"  # a function with only a NumPy implementation (set-up code)
     elif backend not in BACKENDS:
         raise ValueError(f"{fn}: unknown backend {backend!r}; expected one of {BACKENDS}")
     elif kind == "cupy" and backend != "cupy":
         raise TypeError(f"{fn}: backend={backend!r} takes NumPy arrays; got CuPy arrays")
     elif backend == "cupy" and kind != "cupy" and arrays:
         raise TypeError(f"{fn}: backend='cupy' takes CuPy arrays; got {'NumPy' if kind == 'numpy' else kind} arrays")
-    have = _CAPABILITIES.get(fn)
     if have is not None and backend not in have:
         raise _unsupported(fn, backend, kind)
     device = None

@@ -33,6 +33,10 @@ import numpy as np
 
 __all__ = ["ssd_backward", "ssd_chunked", "ssd_forward"]
 
+#: Not part of the kernel contract: the chunked einsum form is a second specification
+#: (tests, benchmarks and docs compare against it); backends need not provide it.
+REFERENCE_ONLY = ("ssd_chunked",)
+
 
 def _num_chunks(L: int, chunk_size: int) -> int:
     return -(-L // chunk_size)
