@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._xp import dtype_name
+from .dispatch import array_kind
 
 if TYPE_CHECKING:  # pragma: no cover
     from .dispatch import Target
@@ -120,7 +121,8 @@ def _as_float_array_xp(
         raise TypeError(f"{fn}: {name} is None; expected an array")
     typed_input = hasattr(x, "dtype") and not isinstance(x, (list, tuple))
     try:
-        arr = x if typed_input and hasattr(x, "__array_namespace__") else target.asarray(x)
+        # NumPy scalars (np.float64(0.5)) are typed but not arrays of the target's namespace
+        arr = x if typed_input and array_kind(x) == target.kind else target.asarray(x)
     except Exception as exc:
         raise TypeError(f"{fn}: {name} could not be converted to an array ({exc})") from None
     dt = arr.dtype

@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 #: Modules whose import registers ops (see the project's area split).
-OP_MODULES = ("discretization", "scan", "lti", "convolution", "selective_scan", "ssd")
+OP_MODULES = ("_discretization", "_scan", "_lti", "_convolution", "_selective_scan", "_ssd", "_lfilter")
 
 
 def load_all_ops() -> list[str]:
