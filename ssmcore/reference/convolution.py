@@ -158,6 +158,30 @@ def dense_kernel_bwd(A: np.ndarray, B: np.ndarray, C: np.ndarray, G: np.ndarray)
 # --------------------------------------------------------------------------- convolution
 
 
+def _empty_conv(u: np.ndarray, K: np.ndarray, D: np.ndarray | None) -> np.ndarray:
+    """:func:`causal_conv` when L, L_k or the batch is 0: only the skip term D u remains."""
+    Bt, H, L = u.shape
+    y = np.zeros((Bt, K.shape[0], H, L), dtype=np.result_type(u, K))
+    if D is not None:
+        y += D[None, :, :, None] * u[:, None]
+    return y
+
+
+def _empty_conv_bwd(u, K, K_anti, D, G, need_u=True, need_k=True, need_d=True):
+    """:func:`causal_conv_bwd` when L, L_k or the batch is 0 (no taps: only D contributes)."""
+    u_bar = K_bar = Ka_bar = D_bar = None
+    if need_u:
+        u_bar = np.zeros(u.shape, dtype=np.result_type(u, G))
+        if D is not None:
+            u_bar += np.einsum("ch,bcht->bht", D, G)
+    if need_k:
+        K_bar = np.zeros_like(K)
+        Ka_bar = None if K_anti is None else np.zeros_like(K_anti)
+    if D is not None and need_d:
+        D_bar = np.einsum("bcht,bht->ch", G, u)
+    return u_bar, K_bar, Ka_bar, D_bar
+
+
 def causal_conv(
     u: np.ndarray, K: np.ndarray, K_anti: np.ndarray | None, D: np.ndarray | None, workers: int | None = None
 ) -> np.ndarray:
@@ -171,6 +195,8 @@ def causal_conv(
     """
     Bt, H, L = u.shape
     C, _, Lk = K.shape
+    if L == 0 or Lk == 0 or Bt == 0:
+        return _empty_conv(u, K, D)
     y = np.zeros((Bt, C, H, L))
     for b in range(Bt):
         for c in range(C):
@@ -206,6 +232,8 @@ def causal_conv_bwd(
     """
     Bt, H, L = u.shape
     C, _, Lk = K.shape
+    if L == 0 or Lk == 0 or Bt == 0:
+        return _empty_conv_bwd(u, K, K_anti, D, G, need_u, need_k, need_d)
     u_bar = np.zeros((Bt, H, L))
     K_bar = np.zeros((C, H, Lk))
     Ka_bar = None if K_anti is None else np.zeros((C, H, Lk))

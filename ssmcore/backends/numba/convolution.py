@@ -19,6 +19,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from ssmcore.reference.convolution import _empty_conv, _empty_conv_bwd
+
 from ._jit import jit
 
 __all__ = [
@@ -547,6 +549,9 @@ def causal_conv(
 
     Bt, H, L = u.shape
     C, _, Lk = K.shape
+    if L == 0 or Lk == 0 or Bt == 0:
+        return _empty_conv(u, K, D)
+    u, K = np.ascontiguousarray(u), np.ascontiguousarray(K)
     n = _fft_len(L, Lk)
     workers = _fft_workers(workers, Bt * max(C, 1) * H * n)
     Uf = fft.rfft(u, n, axis=-1, workers=workers)  # (Bt, H, F)
@@ -585,6 +590,9 @@ def causal_conv_bwd(
 
     Bt, H, L = u.shape
     C, _, Lk = K.shape
+    if L == 0 or Lk == 0 or Bt == 0:
+        return _empty_conv_bwd(u, K, K_anti, D, G, need_u, need_k, need_d)
+    u, K, G = np.ascontiguousarray(u), np.ascontiguousarray(K), np.ascontiguousarray(G)
     n = _fft_len(L, Lk)
     workers = _fft_workers(workers, Bt * max(C, 1) * H * n)
     Gf = fft.rfft(G, n, axis=-1, workers=workers) if (need_u or need_k) else None  # (Bt, C, H, F)
