@@ -17,6 +17,15 @@ hand-written pullback; complex parameters follow JAX's convention (transpose of
 the linearisation, no conjugation). NumPy arrays run on the Numba kernels of
 ``ssmcore.backends.numba.convolution``; ``backend="numpy"`` runs the materialised
 reference ``ssmcore.reference.convolution``.
+
+The front doors and pullbacks are device-neutral: :func:`ssmcore.dispatch.select`
+resolves the backend and the array namespace ``xp`` once per call, and all glue
+(validation, broadcasting, discretisation, the Woodbury step and its adjoint)
+uses array-API functions of ``xp`` only; the kernels allocate their outputs and
+choose their own work split (FFT length, threads, frequency blocks). The ops
+declare the backends ``("numpy", "numba")``: CuPy arrays get the dispatcher's
+uniform ``UnsupportedBackendError`` until the CuPy kernels exist.
+:func:`dplr_c_tilde` runs no kernel and works in any namespace.
 """
 
 from __future__ import annotations
@@ -357,7 +366,7 @@ def _dplr_prepare(fn, t, Lambda, P, B, C, dt, L):
 def _nodes(t: Target, L: int) -> tuple[Any, Any]:
     """1 - w_k and 1 + w_k for w_k = exp(-2 pi i k / L), k = 0 .. L//2, without cancellation."""
     xp = t.xp
-    th = (2.0 * np.pi / max(L, 1)) * xp.arange(L // 2 + 1, dtype=xp.float64, device=t.device)
+    th = 2.0 * np.pi * xp.arange(L // 2 + 1, dtype=xp.float64, device=t.device) / max(L, 1)
     s = xp.sin(th)
     return 2.0 * xp.sin(0.5 * th) ** 2 + 1j * s, 2.0 * xp.cos(0.5 * th) ** 2 - 1j * s
 

@@ -11,6 +11,12 @@ VJPs (``ssmcore.vjp("discretize", ...)``). The maths of every method is in
 ``docs/discretization.md``; the NumPy specification is
 :mod:`ssmcore.reference.discretization` and the CPU kernels are in
 :mod:`ssmcore.backends.numba.discretization`.
+
+Front doors and pullbacks are device-neutral (array-API functions of the call's
+namespace ``xp``, resolved once by :func:`ssmcore.dispatch.select`); the kernels
+(elementwise diagonal discretisation, batched ``expm``) allocate their outputs and
+pick their own work split. All three functions declare the backends
+``("numpy", "numba")``: CuPy arrays get the uniform ``UnsupportedBackendError``.
 """
 
 from __future__ import annotations

@@ -43,7 +43,9 @@ def vandermonde_kernel(log_ad: np.ndarray, W: np.ndarray, L: int, out_dtype) -> 
     """K[c, h, l] = Re(sum_n W[c, h, n] Ad[h, n]^l) with Ad = exp(log_ad).
 
     log_ad : (H, N) complex, W : (C, H, N) complex (the factor 2 of conjugate
-    symmetry is already folded into W). Returns K (C, H, L) of ``out_dtype``.
+    symmetry is already folded into W). Returns K (C, H, L) of ``out_dtype``
+    (a dtype or its name, e.g. ``"float32"``: the front door passes the name, which
+    every array library understands; the launcher allocates).
     Materialises the (H, N, L) Vandermonde matrix.
     """
     V = _powers(np.asarray(log_ad, np.complex128), L)
@@ -191,7 +193,8 @@ def causal_conv(
                     + sum_j K_anti[c, h, j] u[b, h, t + 1 + j]   (if K_anti given)
                     + D[c, h] u[b, h, t]                          (if D given)
     u (Bt, H, L) real; K, K_anti (C, H, Lk); D (C, H). ``workers`` is ignored.
-    Returns (Bt, C, H, L) float64.
+    Returns (Bt, C, H, L) float64. Any of L, Lk, Bt may be 0 (the launcher handles
+    it: only the skip term remains).
     """
     Bt, H, L = u.shape
     C, _, Lk = K.shape

@@ -42,6 +42,10 @@ from math import factorial
 
 import numpy as np
 
+# The kernel contract (every backend module has these functions, same parameters) and
+# the constants shared with the kernels. ``expm1`` and ``phi_functions`` are shared
+# maths helpers of the reference and the front doors (namespace-generic via ``xp``),
+# not kernels: backends do not re-implement them.
 __all__ = [
     "GBT",
     "METHOD_CODES",
@@ -49,8 +53,6 @@ __all__ = [
     "discretize_diag_bwd",
     "discretize_diag_fwd",
     "expm",
-    "expm1",
-    "phi_functions",
 ]
 
 # Integer codes shared with the Numba kernels (which cannot take strings cheaply).
