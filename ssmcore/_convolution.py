@@ -45,6 +45,9 @@ __all__ = ["dplr_c_tilde", "fft_conv", "ssm_kernel_dense", "ssm_kernel_diag", "s
 
 DIAG_METHODS = ("zoh", "bilinear", "zoh_euler")
 
+#: Where the ops of this module have kernels (forward and backward); CuPy kernels come later.
+_BACKENDS = ("numpy", "numba")
+
 
 # --------------------------------------------------------------------------- helpers
 
@@ -223,7 +226,10 @@ def _ssm_kernel_diag_bwd(res, ct):
     )
 
 
-@register_op("ssm_kernel_diag", fwd=_ssm_kernel_diag_fwd, bwd=_ssm_kernel_diag_bwd, inputs=("A", "B", "C", "dt"))
+@register_op(
+    "ssm_kernel_diag", fwd=_ssm_kernel_diag_fwd, bwd=_ssm_kernel_diag_bwd, inputs=("A", "B", "C", "dt"),
+    backends=_BACKENDS,
+)
 def ssm_kernel_diag(
     A: Any,
     B: Any,
@@ -474,7 +480,8 @@ def _ssm_kernel_dplr_bwd(res, ct):
 
 
 @register_op(
-    "ssm_kernel_dplr", fwd=_ssm_kernel_dplr_fwd, bwd=_ssm_kernel_dplr_bwd, inputs=("Lambda", "P", "B", "C", "dt")
+    "ssm_kernel_dplr", fwd=_ssm_kernel_dplr_fwd, bwd=_ssm_kernel_dplr_bwd, inputs=("Lambda", "P", "B", "C", "dt"),
+    backends=_BACKENDS,
 )
 def ssm_kernel_dplr(
     Lambda: Any,
@@ -667,7 +674,10 @@ def _ssm_kernel_dense_bwd(p, ct):
     return tuple(out)
 
 
-@register_op("ssm_kernel_dense", fwd=_ssm_kernel_dense_fwd, bwd=_ssm_kernel_dense_bwd, inputs=("A", "B", "C"))
+@register_op(
+    "ssm_kernel_dense", fwd=_ssm_kernel_dense_fwd, bwd=_ssm_kernel_dense_bwd, inputs=("A", "B", "C"),
+    backends=_BACKENDS,
+)
 def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = None) -> np.ndarray:
     r"""Kernel K_l = C Ad^l Bd of dense discrete systems by repeated mat-vec.
 
@@ -753,10 +763,11 @@ def _conv_prepare(fn, t, u, K, D, bidirectional, workers):
         except ValueError:
             raise bad from None
         Dc = xp.astype(xp.broadcast_to(xp.reshape(Dn, Dshape), (Co, H)), dtype)
-    if workers is None:
-        workers = -1
-    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
-        raise TypeError(f"{fn}: workers must be an int or None; got {type(workers).__name__}")
+    # validated here, interpreted by the launcher (None: its default thread count)
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+            raise TypeError(f"{fn}: workers must be an int or None; got {type(workers).__name__}")
+        workers = int(workers)
     if hless:
         out_shape = tuple(u.shape)
     else:
@@ -766,7 +777,7 @@ def _conv_prepare(fn, t, u, K, D, bidirectional, workers):
         u=u, K=K, D=Dn, uu=xp.astype(uu, dtype, copy=False),
         k0=xp.astype(K3[:Co, ...], dtype, copy=False),
         k1=xp.astype(K3[Co:, ...], dtype, copy=False) if bidirectional else None,
-        Dc=Dc, dtype=dtype, L=L, Lk=Lk, H=H, Co=Co, out_shape=out_shape, workers=int(workers), target=t,
+        Dc=Dc, dtype=dtype, L=L, Lk=Lk, H=H, Co=Co, out_shape=out_shape, workers=workers, target=t,
     )  # fmt: skip
 
 
@@ -802,7 +813,7 @@ def _fft_conv_bwd(p, ct, needs=(True, True, True)):
     return gu, gK, gD
 
 
-@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"))
+@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"), backends=_BACKENDS)
 def fft_conv(
     u: Any,
     K: Any,

@@ -40,8 +40,10 @@ _SCIPY_METHODS = ("zoh", "foh", "impulse", "gbt", *_GBT_ALIASES)
 DENSE_METHODS = (*_SCIPY_METHODS, "zoh_euler")
 DIAG_METHODS = DENSE_METHODS
 
+#: Where the ops of this module have kernels (forward and backward); CuPy kernels come later.
+_BACKENDS = ("numpy", "numba")
 # cont2discrete is not a registered op (no gradient) but runs the expm kernels of discretize.
-declare_backends("cont2discrete", ("numpy", "numba"))
+declare_backends("cont2discrete", _BACKENDS)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -198,7 +200,10 @@ def _discretize_diag_bwd(res, cotangent):
     )
 
 
-@register_op("discretize_diag", fwd=_discretize_diag_fwd, bwd=_discretize_diag_bwd, inputs=("A", "B", "dt"))
+@register_op(
+    "discretize_diag", fwd=_discretize_diag_fwd, bwd=_discretize_diag_bwd, inputs=("A", "B", "dt"),
+    backends=_BACKENDS,
+)
 def discretize_diag(
     A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None, *, backend: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -460,7 +465,7 @@ def _discretize_bwd(res, cotangent):
     )
 
 
-@register_op("discretize", fwd=_discretize_fwd, bwd=_discretize_bwd, inputs=("A", "B", "dt"))
+@register_op("discretize", fwd=_discretize_fwd, bwd=_discretize_bwd, inputs=("A", "B", "dt"), backends=_BACKENDS)
 def discretize(
     A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None, *, backend: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -523,8 +523,11 @@ def _fft_len(L: int, Lk: int) -> int:
 
 
 def _fft_workers(workers, size):
-    """One FFT thread for small transforms (thread hand-off costs more than it saves)."""
-    return 1 if size < _SERIAL_WORK else workers
+    """scipy.fft threads: one for small transforms (thread hand-off costs more than it saves),
+    else the caller's ``workers`` (None: all cores, -1)."""
+    if size < _SERIAL_WORK:
+        return 1
+    return -1 if workers is None else workers
 
 
 def _kernel_spectrum(K, K_anti, n, workers):
