@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import _xp
-from ._discretization import _check_dt
+from ._discretization import _bcast, _check_dt, _cplx
 from .dispatch import Target, array_kind, select
 from .registry import register_op
 from .reference.discretization import phi_functions
@@ -88,7 +88,7 @@ def _grad_like(t: Target, g: Any, x: Any, canon_shape: tuple[int, ...]) -> Any:
     """Reduce a broadcast gradient to the input's canonical shape, then its own shape and dtype."""
     xp = t.xp
     g = xp.reshape(sum_to_shape(g, canon_shape, xp), x.shape)
-    if _xp.is_complex_dtype(xp, g.dtype) and not _xp.is_complex_dtype(xp, x.dtype):
+    if _cplx(xp, g.dtype) and not _cplx(xp, x.dtype):
         g = xp.real(g)
     return xp.astype(g, x.dtype, copy=False)
 
@@ -105,7 +105,9 @@ def _lead_h(fn: str, sizes: list[tuple[str, tuple[int, ...], int]]) -> int:
 def _canon(t: Target, x: Any, canon: tuple[int, ...], shape: tuple[int, ...], dtype: Any) -> Any:
     """``x`` reshaped to its canonical shape, broadcast to ``shape`` and cast to ``dtype``."""
     xp = t.xp
-    return xp.astype(xp.broadcast_to(xp.reshape(x, canon), shape), dtype)
+    if tuple(x.shape) != canon:
+        x = xp.reshape(x, canon)
+    return xp.astype(_bcast(xp, x, shape), dtype)
 
 
 # --------------------------------------------------------------------------- diagonal kernel
@@ -191,7 +193,7 @@ def _ssm_kernel_diag_bwd(res, ct):
     t = p["target"]
     xp = t.xp
     Co, H, N = W.shape
-    if _xp.is_complex_dtype(xp, ct.dtype):
+    if _cplx(xp, ct.dtype):
         ct = xp.real(ct)
     G = xp.reshape(xp.astype(ct, xp.float64, copy=False), (Co, H, p["L"]))
     W_bar, ad_bar = t.kernels("convolution").vandermonde_kernel_bwd(log_ad, W, G)
@@ -433,7 +435,7 @@ def _ssm_kernel_dplr_bwd(res, ct):
     names = ("Lambda", "P", "B", "C", "dt")
     if aux is None:
         return tuple(xp.zeros_like(p[n]) for n in names)
-    if _xp.is_complex_dtype(xp, ct.dtype):
+    if _cplx(xp, ct.dtype):
         ct = xp.real(ct)
     G = xp.reshape(xp.astype(ct, xp.float64, copy=False), (Co, H, L))
     # transpose of irfft: Khat_bar_k = c_k / L conj(rfft(G))_k, c_k = 1 at k = 0 and Nyquist, else 2
@@ -662,7 +664,7 @@ def _ssm_kernel_dense_bwd(p, ct):
     t = p["target"]
     xp = t.xp
     G = xp.reshape(ct, (p["a"].shape[0], p["L"]))
-    if not _xp.is_complex_dtype(xp, p["a"].dtype) and _xp.is_complex_dtype(xp, G.dtype):
+    if not _cplx(xp, p["a"].dtype) and _cplx(xp, G.dtype):
         G = xp.real(G)
     A_bar, B_bar, C_bar = t.kernels("convolution").dense_kernel_bwd(
         p["a"], p["b"], p["c"], xp.astype(G, p["a"].dtype, copy=False)
@@ -796,7 +798,7 @@ def _fft_conv_bwd(p, ct, needs=(True, True, True)):
     Bt, H, L = p["uu"].shape
     Co = p["Co"]
     need_u, need_k, need_d = needs
-    if _xp.is_complex_dtype(xp, ct.dtype):
+    if _cplx(xp, ct.dtype):
         ct = xp.real(ct)
     G = xp.astype(xp.reshape(ct, (Bt, Co, H, L)), p["dtype"], copy=False)
     u_bar, K_bar, Ka_bar, D_bar = t.kernels("convolution").causal_conv_bwd(
