@@ -74,7 +74,7 @@ def expm1(x: np.ndarray, xp=None) -> np.ndarray:
     if xp is None:
         xp = np
         x = np.asarray(x)
-    if not xp.isdtype(x.dtype, "complex floating"):
+    if not (x.dtype == xp.complex128 or x.dtype == xp.complex64):  # cheaper than xp.isdtype
         return xp.expm1(x)
     a, b = xp.real(x), xp.imag(x)
     s = xp.sin(0.5 * b)
