@@ -17,6 +17,15 @@ hand-written pullback; complex parameters follow JAX's convention (transpose of
 the linearisation, no conjugation). NumPy arrays run on the Numba kernels of
 ``ssmcore.backends.numba.convolution``; ``backend="numpy"`` runs the materialised
 reference ``ssmcore.reference.convolution``.
+
+The front doors and pullbacks are device-neutral: :func:`ssmcore.dispatch.select`
+resolves the backend and the array namespace ``xp`` once per call, and all glue
+(validation, broadcasting, discretisation, the Woodbury step and its adjoint)
+uses array-API functions of ``xp`` only; the kernels allocate their outputs and
+choose their own work split (FFT length, threads, frequency blocks). The ops
+declare the backends ``("numpy", "numba")``: CuPy arrays get the dispatcher's
+uniform ``UnsupportedBackendError`` until the CuPy kernels exist.
+:func:`dplr_c_tilde` runs no kernel and works in any namespace.
 """
 
 from __future__ import annotations
@@ -25,67 +34,92 @@ from typing import Any
 
 import numpy as np
 
-from .dispatch import kernels, select_backend
+from . import _xp
+from ._discretization import _bcast, _check_dt, _cplx
+from .dispatch import Target, array_kind, select
 from .registry import register_op
 from .reference.discretization import phi_functions
-from .validation import as_float_array, check_choice, check_dt, check_int, shape_error, sum_to_shape
+from .validation import as_float_array, check_choice, check_int, shape_error, sum_to_shape
 
 __all__ = ["dplr_c_tilde", "fft_conv", "ssm_kernel_dense", "ssm_kernel_diag", "ssm_kernel_dplr"]
 
 DIAG_METHODS = ("zoh", "bilinear", "zoh_euler")
 
+#: Where the ops of this module have kernels (forward and backward); CuPy kernels come later.
+_BACKENDS = ("numpy", "numba")
+
 
 # --------------------------------------------------------------------------- helpers
 
 
-def phi1(x: np.ndarray) -> np.ndarray:
+def phi1(x: Any, xp: Any = None) -> Any:
     """(exp(x) - 1) / x with phi1(0) = 1, stable for complex x near 0 (shared with discretisation)."""
-    return phi_functions(np.asarray(x, np.complex128))[1]
+    if xp is None:
+        return phi_functions(np.asarray(x, np.complex128))[1]
+    return phi_functions(x, xp)[1]
 
 
-def phi2(x: np.ndarray) -> np.ndarray:
+def phi2(x: Any, xp: Any = None) -> Any:
     """(exp(x) - 1 - x) / x^2 with phi2(0) = 1/2 (so that phi1'(x) = phi1(x) - phi2(x))."""
-    return phi_functions(np.asarray(x, np.complex128))[2]
+    if xp is None:
+        return phi_functions(np.asarray(x, np.complex128))[2]
+    return phi_functions(x, xp)[2]
 
 
-def _real_dtype(*arrays: Any) -> np.dtype:
-    """float32 if every given ndarray is single precision, else float64 (Python scalars don't count)."""
-    dts = [a.dtype for a in arrays if isinstance(a, np.ndarray)]
-    if dts and all(d in (np.float32, np.complex64) for d in dts):
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
+def _real_dtype(t: Target, *arrays: Any) -> str:
+    """'float32' if every given array is single precision, else 'float64' (Python scalars don't count).
+
+    A dtype *name*: the kernels allocate their output in it on any device.
+    """
+    if t.kind == "numpy":
+        dts = [a.dtype for a in arrays if isinstance(a, np.ndarray)]
+        single = bool(dts) and all(d in (np.float32, np.complex64) for d in dts)
+    else:
+        dts = [_xp.dtype_name(a.dtype) for a in arrays if array_kind(a) == t.kind]
+        single = bool(dts) and all(d in ("float32", "complex64") for d in dts)
+    return "float32" if single else "float64"
 
 
 def _check_L(fn: str, L: Any) -> int:
     return check_int(fn, "L", L, minimum=0)
 
 
-def _grad_like(g: np.ndarray, x: np.ndarray, canon_shape: tuple[int, ...]) -> np.ndarray:
+def _grad_like(t: Target, g: Any, x: Any, canon_shape: tuple[int, ...]) -> Any:
     """Reduce a broadcast gradient to the input's canonical shape, then its own shape and dtype."""
-    g = sum_to_shape(g, canon_shape).reshape(x.shape)
-    if x.dtype.kind != "c":
-        g = g.real
-    return np.asarray(g, dtype=x.dtype)
+    xp = t.xp
+    g = xp.reshape(sum_to_shape(g, canon_shape, xp), x.shape)
+    if _cplx(xp, g.dtype) and not _cplx(xp, x.dtype):
+        g = xp.real(g)
+    return xp.astype(g, x.dtype, copy=False)
 
 
 def _lead_h(fn: str, sizes: list[tuple[str, tuple[int, ...], int]]) -> int:
     """The common channel count H from (name, shape, H) candidates (1 broadcasts)."""
     H = max([h for _, _, h in sizes] + [1])
     if any(h not in (1, H) for _, _, h in sizes):
-        have = ", ".join(f"{n} {s} has H={h}" for n, s, h in sizes)
+        have = ", ".join(f"{n} {tuple(s)} has H={h}" for n, s, h in sizes)
         raise ValueError(f"{fn}: mismatched channel axis: {have}; expected one H (or 1) shared by all")
     return H
+
+
+def _canon(t: Target, x: Any, canon: tuple[int, ...], shape: tuple[int, ...], dtype: Any) -> Any:
+    """``x`` reshaped to its canonical shape, broadcast to ``shape`` and cast to ``dtype``."""
+    xp = t.xp
+    if tuple(x.shape) != canon:
+        x = xp.reshape(x, canon)
+    return xp.astype(_bcast(xp, x, shape), dtype)
 
 
 # --------------------------------------------------------------------------- diagonal kernel
 
 
-def _diag_prepare(fn, A, B, C, dt, L, method, conj_sym, backend):
-    A = as_float_array(fn, "A", A, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)")
-    B = as_float_array(fn, "B", B, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)")
-    C = as_float_array(fn, "C", C, min_ndim=1, max_ndim=3, expected="(N,), (H, N) or (C_out, H, N)")
+def _diag_prepare(fn, t, A, B, C, dt, L, method, conj_sym):
+    xp = t.xp
     dt_in = dt
-    dt = check_dt(fn, dt)
+    A = as_float_array(fn, "A", A, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)", target=t)
+    B = as_float_array(fn, "B", B, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)", target=t)
+    C = as_float_array(fn, "C", C, min_ndim=1, max_ndim=3, expected="(N,), (H, N) or (C_out, H, N)", target=t)
+    dt = _check_dt(fn, dt, t)
     L = _check_L(fn, L)
     method = check_choice(fn, "method", method, DIAG_METHODS)
     if dt.ndim > 2:
@@ -93,9 +127,9 @@ def _diag_prepare(fn, A, B, C, dt, L, method, conj_sym, backend):
     N = A.shape[-1]
     for name, x in (("B", B), ("C", C)):
         if x.shape[-1] != N:
-            raise shape_error(fn, name, x.shape, f"last axis N={N} like A {A.shape}")
+            raise shape_error(fn, name, x.shape, f"last axis N={N} like A {tuple(A.shape)}")
     if dt.ndim == 2 and dt.shape[-1] not in (1, N):
-        raise shape_error(fn, "dt", dt.shape, f"(H, N) with N={N} like A {A.shape}, or (H,) per channel")
+        raise shape_error(fn, "dt", dt.shape, f"(H, N) with N={N} like A {tuple(A.shape)}, or (H,) per channel")
     cands = []
     if A.ndim == 2:
         cands.append(("A", A.shape, A.shape[0]))
@@ -106,8 +140,7 @@ def _diag_prepare(fn, A, B, C, dt, L, method, conj_sym, backend):
     if dt.ndim >= 1:
         cands.append(("dt", dt.shape, dt.shape[0]))
     H = _lead_h(fn, cands)
-    backend = select_backend(fn, A, B, C, dt_in if isinstance(dt_in, np.ndarray) else None, backend=backend)
-    out_dtype = _real_dtype(A, B, C, dt_in)
+    out_dtype = _real_dtype(t, A, B, C, dt_in)
     if C.ndim == 3:
         out_shape = (C.shape[0], H, L)
     elif cands:
@@ -116,57 +149,63 @@ def _diag_prepare(fn, A, B, C, dt, L, method, conj_sym, backend):
         out_shape = (L,)
     # canonical shapes: A, B (1|H, N); C (1|Co, 1|H, N); dt (1|H, 1|N)
     canon = {
-        "A": (1,) * (2 - A.ndim) + A.shape,
-        "B": (1,) * (2 - B.ndim) + B.shape,
-        "C": (1,) * (3 - C.ndim) + C.shape,
-        "dt": dt.shape + (1,) * (2 - dt.ndim) if dt.ndim else (1, 1),
+        "A": (1,) * (2 - A.ndim) + tuple(A.shape),
+        "B": (1,) * (2 - B.ndim) + tuple(B.shape),
+        "C": (1,) * (3 - C.ndim) + tuple(C.shape),
+        "dt": tuple(dt.shape) + (1,) * (2 - dt.ndim) if dt.ndim else (1, 1),
     }
     Co = canon["C"][0]
-    a = np.broadcast_to(A.reshape(canon["A"]), (H, N)).astype(np.complex128)
-    b = np.broadcast_to(B.reshape(canon["B"]), (H, N)).astype(np.complex128)
-    c = np.broadcast_to(C.reshape(canon["C"]), (Co, H, N)).astype(np.complex128)
-    d = np.broadcast_to(dt.reshape(canon["dt"]), (H, N)).astype(np.float64)
+    c128 = xp.complex128
+    a = _canon(t, A, canon["A"], (H, N), c128)
+    b = _canon(t, B, canon["B"], (H, N), c128)
+    c = _canon(t, C, canon["C"], (Co, H, N), c128)
+    d = _canon(t, dt, canon["dt"], (H, N), xp.float64)
     return dict(
         A=A, B=B, C=C, dt=dt, a=a, b=b, c=c, d=d, L=L, method=method, scale=2.0 if conj_sym else 1.0,
-        backend=backend, out_dtype=out_dtype, out_shape=out_shape, canon=canon,
+        target=t, out_dtype=out_dtype, out_shape=out_shape, canon=canon,
     )  # fmt: skip
 
 
-def _discretize_diag(a: np.ndarray, b: np.ndarray, d: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+def _discretize_diag(xp: Any, a: Any, b: Any, d: Any, method: str) -> tuple[Any, Any]:
     """(log Ad, Bd) elementwise in complex128 -- the formulas of REFERENCE.md section 1."""
     x = d * a
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if method == "zoh":
-            return x, d * phi1(x) * b
+            return x, d * phi1(x, xp) * b
         if method == "bilinear":
-            return np.log(1 + 0.5 * x) - np.log(1 - 0.5 * x), d * b / (1 - 0.5 * x)
+            return xp.log(1 + 0.5 * x) - xp.log(1 - 0.5 * x), d * b / (1 - 0.5 * x)
         return x, d * b  # zoh_euler: Ad = exp(dt A), Bd = dt B (Mamba)
 
 
 def _ssm_kernel_diag_fwd(A, B, C, dt, L, *, method="zoh", conj_sym=True, backend=None):
-    p = _diag_prepare("ssm_kernel_diag", A, B, C, dt, L, method, conj_sym, backend)
-    log_ad, bd = _discretize_diag(p["a"], p["b"], p["d"], p["method"])
+    fn = "ssm_kernel_diag"
+    t = select(fn, A, B, C, dt, backend=backend)
+    p = _diag_prepare(fn, t, A, B, C, dt, L, method, conj_sym)
+    xp = t.xp
+    log_ad, bd = _discretize_diag(xp, p["a"], p["b"], p["d"], p["method"])
     W = p["scale"] * p["c"] * bd
-    k = kernels(p["backend"], "convolution")
-    K = k.vandermonde_kernel(log_ad, W, p["L"], p["out_dtype"])
-    return K.reshape(p["out_shape"]), (p, log_ad, bd, W)
+    K = t.kernels("convolution").vandermonde_kernel(log_ad, W, p["L"], p["out_dtype"])
+    return xp.reshape(K, p["out_shape"]), (p, log_ad, bd, W)
 
 
 def _ssm_kernel_diag_bwd(res, ct):
     p, log_ad, bd, W = res
+    t = p["target"]
+    xp = t.xp
     Co, H, N = W.shape
-    G = np.asarray(ct, np.float64).real.reshape(Co, H, p["L"])
-    k = kernels(p["backend"], "convolution")
-    W_bar, ad_bar = k.vandermonde_kernel_bwd(log_ad, W, G)
+    if _cplx(xp, ct.dtype):
+        ct = xp.real(ct)
+    G = xp.reshape(xp.astype(ct, xp.float64, copy=False), (Co, H, p["L"]))
+    W_bar, ad_bar = t.kernels("convolution").vandermonde_kernel_bwd(log_ad, W, G)
     s, a, b, d, c = p["scale"], p["a"], p["b"], p["d"], p["c"]
     C_bar = s * W_bar * bd
-    bd_bar = s * np.sum(W_bar * c, axis=0)
+    bd_bar = s * xp.sum(W_bar * c, axis=0)
     x = d * a
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if p["method"] == "zoh":
-            ad = np.exp(x)
-            f1 = phi1(x)
-            x_bar = ad_bar * ad + bd_bar * b * d * (f1 - phi2(x))
+            ad = xp.exp(x)
+            _, f1, f2, _ = phi_functions(x, xp)
+            x_bar = ad_bar * ad + bd_bar * b * d * (f1 - f2)
             dt_bar = bd_bar * b * f1
             B_bar = bd_bar * d * f1
         elif p["method"] == "bilinear":
@@ -175,21 +214,24 @@ def _ssm_kernel_diag_bwd(res, ct):
             dt_bar = bd_bar * b * m
             B_bar = bd_bar * d * m
         else:
-            x_bar = ad_bar * np.exp(x)
+            x_bar = ad_bar * xp.exp(x)
             dt_bar = bd_bar * b
             B_bar = bd_bar * d
     A_bar = x_bar * d
-    dt_bar = (dt_bar + x_bar * a).real
+    dt_bar = xp.real(dt_bar + x_bar * a)
     cn = p["canon"]
     return (
-        _grad_like(A_bar, p["A"], cn["A"]),
-        _grad_like(B_bar, p["B"], cn["B"]),
-        _grad_like(C_bar, p["C"], cn["C"]),
-        _grad_like(dt_bar, p["dt"], cn["dt"]),
+        _grad_like(t, A_bar, p["A"], cn["A"]),
+        _grad_like(t, B_bar, p["B"], cn["B"]),
+        _grad_like(t, C_bar, p["C"], cn["C"]),
+        _grad_like(t, dt_bar, p["dt"], cn["dt"]),
     )
 
 
-@register_op("ssm_kernel_diag", fwd=_ssm_kernel_diag_fwd, bwd=_ssm_kernel_diag_bwd, inputs=("A", "B", "C", "dt"))
+@register_op(
+    "ssm_kernel_diag", fwd=_ssm_kernel_diag_fwd, bwd=_ssm_kernel_diag_bwd, inputs=("A", "B", "C", "dt"),
+    backends=_BACKENDS,
+)
 def ssm_kernel_diag(
     A: Any,
     B: Any,
@@ -274,20 +316,21 @@ def ssm_kernel_diag(
 # --------------------------------------------------------------------------- DPLR kernel
 
 
-def _dplr_prepare(fn, Lambda, P, B, C, dt, L, backend):
-    lam = as_float_array(fn, "Lambda", Lambda, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)")
-    P = as_float_array(fn, "P", P, min_ndim=2, max_ndim=3, expected="(rank, N) or (rank, H, N)")
-    B = as_float_array(fn, "B", B, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)")
-    C = as_float_array(fn, "C", C, min_ndim=1, max_ndim=3, expected="(N,), (H, N) or (C_out, H, N)")
+def _dplr_prepare(fn, t, Lambda, P, B, C, dt, L):
+    xp = t.xp
     dt_in = dt
-    dt = check_dt(fn, dt)
+    lam = as_float_array(fn, "Lambda", Lambda, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)", target=t)
+    P = as_float_array(fn, "P", P, min_ndim=2, max_ndim=3, expected="(rank, N) or (rank, H, N)", target=t)
+    B = as_float_array(fn, "B", B, min_ndim=1, max_ndim=2, expected="(N,) or (H, N)", target=t)
+    C = as_float_array(fn, "C", C, min_ndim=1, max_ndim=3, expected="(N,), (H, N) or (C_out, H, N)", target=t)
+    dt = _check_dt(fn, dt, t)
     L = _check_L(fn, L)
     if dt.ndim > 1:
         raise shape_error(fn, "dt", dt.shape, "a scalar or (H,) (one step per channel)")
     N = lam.shape[-1]
     for name, x in (("P", P), ("B", B), ("C", C)):
         if x.shape[-1] != N:
-            raise shape_error(fn, name, x.shape, f"last axis N={N} like Lambda {lam.shape}")
+            raise shape_error(fn, name, x.shape, f"last axis N={N} like Lambda {tuple(lam.shape)}")
     cands = []
     if lam.ndim == 2:
         cands.append(("Lambda", lam.shape, lam.shape[0]))
@@ -300,15 +343,14 @@ def _dplr_prepare(fn, Lambda, P, B, C, dt, L, backend):
     if dt.ndim == 1:
         cands.append(("dt", dt.shape, dt.shape[0]))
     H = _lead_h(fn, cands)
-    backend = select_backend(fn, lam, P, B, C, dt_in if isinstance(dt_in, np.ndarray) else None, backend=backend)
-    out_dtype = _real_dtype(lam, P, B, C, dt_in)
+    out_dtype = _real_dtype(t, lam, P, B, C, dt_in)
     r = P.shape[0]
     canon = {
-        "Lambda": (1,) * (2 - lam.ndim) + lam.shape,
-        "P": (r,) + (1,) * (3 - P.ndim) + P.shape[1:],
-        "B": (1,) * (2 - B.ndim) + B.shape,
-        "C": (1,) * (3 - C.ndim) + C.shape,
-        "dt": (1,) * (1 - dt.ndim) + dt.shape,
+        "Lambda": (1,) * (2 - lam.ndim) + tuple(lam.shape),
+        "P": (r,) + (1,) * (3 - P.ndim) + tuple(P.shape[1:]),
+        "B": (1,) * (2 - B.ndim) + tuple(B.shape),
+        "C": (1,) * (3 - C.ndim) + tuple(C.shape),
+        "dt": (1,) * (1 - dt.ndim) + tuple(dt.shape),
     }
     Co = canon["C"][0]
     if C.ndim == 3:
@@ -317,120 +359,131 @@ def _dplr_prepare(fn, Lambda, P, B, C, dt, L, backend):
         out_shape = (H, L)
     else:
         out_shape = (L,)
+    c128 = xp.complex128
     return dict(
-        Lambda=lam, P=P, B=B, C=C, dt=dt, L=L, H=H, N=N, r=r, Co=Co, backend=backend,
+        Lambda=lam, P=P, B=B, C=C, dt=dt, L=L, H=H, N=N, r=r, Co=Co, target=t,
         out_dtype=out_dtype, out_shape=out_shape, canon=canon,
-        lam=np.broadcast_to(lam.reshape(canon["Lambda"]), (H, N)).astype(np.complex128),
-        p=np.broadcast_to(P.reshape(canon["P"]), (r, H, N)).astype(np.complex128),
-        b=np.broadcast_to(B.reshape(canon["B"]), (H, N)).astype(np.complex128),
-        c=np.broadcast_to(C.reshape(canon["C"]), (Co, H, N)).astype(np.complex128),
-        d=np.broadcast_to(dt.reshape(canon["dt"]), (H,)).astype(np.float64),
+        lam=_canon(t, lam, canon["Lambda"], (H, N), c128),
+        p=_canon(t, P, canon["P"], (r, H, N), c128),
+        b=_canon(t, B, canon["B"], (H, N), c128),
+        c=_canon(t, C, canon["C"], (Co, H, N), c128),
+        d=_canon(t, dt, canon["dt"], (H,), xp.float64),
     )  # fmt: skip
 
 
-def _nodes(L: int) -> tuple[np.ndarray, np.ndarray]:
+def _nodes(t: Target, L: int) -> tuple[Any, Any]:
     """1 - w_k and 1 + w_k for w_k = exp(-2 pi i k / L), k = 0 .. L//2, without cancellation."""
-    th = 2.0 * np.pi * np.arange(L // 2 + 1) / max(L, 1)
-    s = np.sin(th)
-    return 2.0 * np.sin(0.5 * th) ** 2 + 1j * s, 2.0 * np.cos(0.5 * th) ** 2 - 1j * s
+    xp = t.xp
+    th = 2.0 * np.pi * xp.arange(L // 2 + 1, dtype=xp.float64, device=t.device) / max(L, 1)
+    s = xp.sin(th)
+    return 2.0 * xp.sin(0.5 * th) ** 2 + 1j * s, 2.0 * xp.cos(0.5 * th) ** 2 - 1j * s
 
 
 def _dplr_forward(p):
     """Cauchy sums + Woodbury; returns the half spectrum Khat (Co, H, F) and what the VJP needs."""
+    t = p["target"]
+    xp = t.xp
     H, N, r, Co, L = p["H"], p["N"], p["r"], p["Co"], p["L"]
     d = p["d"]
     mu = 0.5 * d[:, None] * p["lam"]  # dt Lambda / 2
-    X = np.concatenate([p["c"], np.conj(p["p"])], axis=0)  # (Co + r, H, N): rows C~, P^*
-    Y = np.concatenate([p["b"][None], p["p"]], axis=0)  # (1 + r, H, N): columns B, P
-    num = (X[:, None] * Y[None]).transpose(2, 0, 1, 3).reshape(H, (Co + r) * (1 + r), N)
-    omw, opw = _nodes(L)
+    X = xp.concat([p["c"], xp.conj(p["p"])], axis=0)  # (Co + r, H, N): rows C~, P^*
+    Y = xp.concat([p["b"][None, ...], p["p"]], axis=0)  # (1 + r, H, N): columns B, P
+    num = xp.reshape(xp.permute_dims(X[:, None, ...] * Y[None, ...], (2, 0, 1, 3)), (H, (Co + r) * (1 + r), N))
+    omw, opw = _nodes(t, L)
     F = omw.shape[0]
-    k = kernels(p["backend"], "convolution")
-    S = k.cauchy_sums(num, mu, omw, opw).reshape(H, Co + r, 1 + r, F)
+    S = xp.reshape(t.kernels("convolution").cauchy_sums(num, mu, omw, opw), (H, Co + r, 1 + r, F))
     g = 0.5 * d[:, None] * opw[None, :]  # (H, F): (1 + w) dt / 2
-    s00 = S[:, :Co, 0]  # (H, Co, F)
-    s01 = S[:, :Co, 1:]  # (H, Co, r, F)
-    s10 = S[:, Co:, 0]  # (H, r, F)
-    s11 = S[:, Co:, 1:]  # (H, r, r, F)
+    s00 = S[:, :Co, 0, :]  # (H, Co, F)
+    s01 = S[:, :Co, 1:, :]  # (H, Co, r, F)
+    s10 = S[:, Co:, 0, :]  # (H, r, F)
+    s11 = S[:, Co:, 1:, :]  # (H, r, r, F)
     if r == 0:
-        w = np.zeros((H, 0, F), complex)
-        v = np.zeros((H, Co, 0, F), complex)
+        w = xp.zeros((H, 0, F), dtype=xp.complex128, device=t.device)
+        v = xp.zeros((H, Co, 0, F), dtype=xp.complex128, device=t.device)
     elif r == 1:
-        den = 1.0 + g * s11[:, 0, 0]
-        w = s10 / den[:, None]
-        v = s01 / den[:, None, None]
+        den = 1.0 + g * s11[:, 0, 0, :]
+        w = s10 / den[:, None, :]
+        v = s01 / den[:, None, None, :]
     else:  # w = M^-1 s10, v = s01 M^-1 with M = I + g s11, batched over (H, F)
-        M = np.eye(r) + g[:, :, None, None] * s11.transpose(0, 3, 1, 2)
-        w = np.linalg.solve(M, s10.transpose(0, 2, 1)[..., None])[..., 0].transpose(0, 2, 1)
-        v = np.linalg.solve(np.swapaxes(M, -1, -2), s01.transpose(0, 3, 2, 1)).transpose(0, 3, 2, 1)
-    Q = s00 - g[:, None] * np.einsum("hcjf,hjf->hcf", s01, w)
-    Khat = (d[:, None, None] * Q).transpose(1, 0, 2)  # (Co, H, F)
+        eye = xp.eye(r, dtype=xp.complex128, device=t.device)
+        M = eye + g[:, :, None, None] * xp.permute_dims(s11, (0, 3, 1, 2))
+        w = xp.permute_dims(xp.linalg.solve(M, xp.permute_dims(s10, (0, 2, 1))[..., None])[..., 0], (0, 2, 1))
+        v = xp.permute_dims(xp.linalg.solve(xp.matrix_transpose(M), xp.permute_dims(s01, (0, 3, 2, 1))), (0, 3, 2, 1))
+    Q = s00 - g[:, None, :] * xp.sum(s01 * w[:, None, ...], axis=2)  # s01 . w over the rank
+    Khat = xp.permute_dims(d[:, None, None] * Q, (1, 0, 2))  # (Co, H, F)
     return Khat, dict(mu=mu, X=X, Y=Y, num=num, omw=omw, opw=opw, g=g, S=S, w=w, v=v, Q=Q)
 
 
 def _ssm_kernel_dplr_fwd(Lambda, P, B, C, dt, L, *, backend=None):
-    from scipy import fft
-
-    p = _dplr_prepare("ssm_kernel_dplr", Lambda, P, B, C, dt, L, backend)
+    fn = "ssm_kernel_dplr"
+    t = select(fn, Lambda, P, B, C, dt, backend=backend)
+    xp = t.xp
+    p = _dplr_prepare(fn, t, Lambda, P, B, C, dt, L)
     if p["L"] == 0:
-        return np.zeros(p["out_shape"], p["out_dtype"]), (p, None)
+        return xp.zeros(p["out_shape"], dtype=getattr(xp, p["out_dtype"]), device=t.device), (p, None)
     Khat, aux = _dplr_forward(p)
-    K = fft.irfft(Khat, n=p["L"], axis=-1)
-    return K.astype(p["out_dtype"]).reshape(p["out_shape"]), (p, aux)
+    K = xp.fft.irfft(Khat, n=p["L"], axis=-1)
+    return xp.reshape(xp.astype(K, getattr(xp, p["out_dtype"])), p["out_shape"]), (p, aux)
 
 
 def _ssm_kernel_dplr_bwd(res, ct):
-    from scipy import fft
-
     p, aux = res
+    t = p["target"]
+    xp = t.xp
     H, N, r, Co, L = p["H"], p["N"], p["r"], p["Co"], p["L"]
     cn = p["canon"]
     names = ("Lambda", "P", "B", "C", "dt")
     if aux is None:
-        return tuple(np.zeros_like(p[n]) for n in names)
-    G = np.asarray(ct, np.float64).real.reshape(Co, H, L)
+        return tuple(xp.zeros_like(p[n]) for n in names)
+    if _cplx(xp, ct.dtype):
+        ct = xp.real(ct)
+    G = xp.reshape(xp.astype(ct, xp.float64, copy=False), (Co, H, L))
     # transpose of irfft: Khat_bar_k = c_k / L conj(rfft(G))_k, c_k = 1 at k = 0 and Nyquist, else 2
     F = L // 2 + 1
-    ck = np.full(F, 2.0)
-    ck[0] = 1.0
+    ck = xp.full(F, 2.0 / L, dtype=xp.float64, device=t.device)
+    ck[0] = 1.0 / L
     if L % 2 == 0:
-        ck[-1] = 1.0
-    Kb = (ck / L * np.conj(fft.rfft(G, axis=-1))).transpose(1, 0, 2)  # (H, Co, F)
+        ck[F - 1] = 1.0 / L
+    Kb = xp.permute_dims(ck * xp.conj(xp.fft.rfft(G, axis=-1)), (1, 0, 2))  # (H, Co, F)
     d = p["d"]
     g, w, v, Q, S = aux["g"], aux["w"], aux["v"], aux["Q"], aux["S"]
-    s10, s11 = S[:, Co:, 0], S[:, Co:, 1:]
-    dt_bar = np.sum((Kb * Q).real, axis=(1, 2))
+    s10, s11 = S[:, Co:, 0, :], S[:, Co:, 1:, :]
+    dt_bar = xp.sum(xp.real(Kb * Q), axis=(1, 2))
     KbD = Kb * d[:, None, None]  # Khat_bar * dt
-    Sb = np.zeros_like(S)
-    Sb[:, :Co, 0] = KbD
-    Sb[:, :Co, 1:] = -(KbD * g[:, None])[:, :, None] * w[:, None]
-    Sb[:, Co:, 0] = -np.einsum("hcf,hcjf->hjf", KbD * g[:, None], v)
-    Sb[:, Co:, 1:] = np.einsum("hcf,hcjf,hkf->hjkf", KbD * g[:, None] ** 2, v, w)
-    vs10 = np.einsum("hcjf,hjf->hcf", v, s10)
-    vs11w = np.einsum("hcjf,hjkf,hkf->hcf", v, s11, w)
-    g_bar = np.sum(KbD * (-vs10 + g[:, None] * vs11w), axis=1)  # (H, F)
-    dt_bar += np.sum((g_bar * aux["opw"][None, :]).real, axis=1) * 0.5
-    k = kernels(p["backend"], "convolution")
-    num_bar, mu_bar = k.cauchy_sums_bwd(aux["num"], aux["mu"], aux["omw"], aux["opw"], Sb.reshape(H, -1, F))
+    KbDg = KbD * g[:, None, :]
+    Sb = xp.zeros_like(S)
+    Sb[:, :Co, 0, :] = KbD
+    Sb[:, :Co, 1:, :] = -KbDg[:, :, None, :] * w[:, None, ...]
+    Sb[:, Co:, 0, :] = -xp.sum(KbDg[:, :, None, :] * v, axis=1)
+    # sum_c KbD g^2 v[c, j] w[k], batched over (h, f)
+    Sb[:, Co:, 1:, :] = xp.sum((KbDg * g[:, None, :])[:, :, None, None, :] * v[:, :, :, None, :] * w[:, None, None, ...], axis=1)
+    vs10 = xp.sum(v * s10[:, None, ...], axis=2)  # (H, Co, F)
+    vs11w = xp.sum(v * xp.sum(s11 * w[:, None, ...], axis=2)[:, None, ...], axis=2)
+    g_bar = xp.sum(KbD * (-vs10 + g[:, None, :] * vs11w), axis=1)  # (H, F)
+    dt_bar = dt_bar + xp.sum(xp.real(g_bar * aux["opw"][None, :]), axis=1) * 0.5
+    num_bar, mu_bar = t.kernels("convolution").cauchy_sums_bwd(
+        aux["num"], aux["mu"], aux["omw"], aux["opw"], xp.reshape(Sb, (H, -1, F))
+    )
     lam_bar = 0.5 * d[:, None] * mu_bar
-    dt_bar += 0.5 * np.sum((mu_bar * p["lam"]).real, axis=1)
-    nb = num_bar.reshape(H, Co + r, 1 + r, N).transpose(1, 2, 0, 3)  # (Co + r, 1 + r, H, N)
-    X_bar = np.einsum("xyhn,yhn->xhn", nb, aux["Y"])
-    Y_bar = np.einsum("xyhn,xhn->yhn", nb, aux["X"])
-    C_bar = X_bar[:Co]
-    P_bar = np.conj(X_bar[Co:]) + Y_bar[1:]  # rows use conj(P): their cotangent enters conjugated
-    B_bar = Y_bar[0]
+    dt_bar = dt_bar + 0.5 * xp.sum(xp.real(mu_bar * p["lam"]), axis=1)
+    nb = xp.permute_dims(xp.reshape(num_bar, (H, Co + r, 1 + r, N)), (1, 2, 0, 3))  # (Co + r, 1 + r, H, N)
+    X_bar = xp.sum(nb * aux["Y"][None, ...], axis=1)
+    Y_bar = xp.sum(nb * aux["X"][:, None, ...], axis=0)
+    C_bar = X_bar[:Co, ...]
+    P_bar = xp.conj(X_bar[Co:, ...]) + Y_bar[1:, ...]  # rows use conj(P): their cotangent enters conjugated
+    B_bar = Y_bar[0, ...]
     return (
-        _grad_like(lam_bar, p["Lambda"], cn["Lambda"]),
-        _grad_like(P_bar, p["P"], cn["P"]),
-        _grad_like(B_bar, p["B"], cn["B"]),
-        _grad_like(C_bar, p["C"], cn["C"]),
-        _grad_like(dt_bar, p["dt"], cn["dt"]),
+        _grad_like(t, lam_bar, p["Lambda"], cn["Lambda"]),
+        _grad_like(t, P_bar, p["P"], cn["P"]),
+        _grad_like(t, B_bar, p["B"], cn["B"]),
+        _grad_like(t, C_bar, p["C"], cn["C"]),
+        _grad_like(t, dt_bar, p["dt"], cn["dt"]),
     )
 
 
 @register_op(
-    "ssm_kernel_dplr", fwd=_ssm_kernel_dplr_fwd, bwd=_ssm_kernel_dplr_bwd, inputs=("Lambda", "P", "B", "C", "dt")
+    "ssm_kernel_dplr", fwd=_ssm_kernel_dplr_fwd, bwd=_ssm_kernel_dplr_bwd, inputs=("Lambda", "P", "B", "C", "dt"),
+    backends=_BACKENDS,
 )
 def ssm_kernel_dplr(
     Lambda: Any,
@@ -543,80 +596,90 @@ def dplr_c_tilde(Lambda: Any, P: Any, C: Any, dt: Any, L: int, *, inverse: bool 
     >>> np.allclose(dplr_c_tilde(lam, P, Ct, 0.1, 16, inverse=True), C)
     True
     """
+    # Pure array-API algebra (no kernels): it runs on whatever namespace its inputs are in.
     fn = "dplr_c_tilde"
-    p = _dplr_prepare(fn, Lambda, P, np.zeros(np.shape(Lambda)[-1:]), C, dt, L, "numpy")
+    t = select(fn, Lambda, P, C, dt)
+    xp = t.xp
+    lam_shape = tuple(np.shape(Lambda) if array_kind(Lambda) is None else Lambda.shape)
+    p = _dplr_prepare(fn, t, Lambda, P, xp.zeros(lam_shape[-1:], dtype=xp.float64, device=t.device), C, dt, L)
     H, N, Co = p["H"], p["N"], p["Co"]
     lam, pp, d = p["lam"], p["p"], p["d"]
-    Pf = np.concatenate([pp, np.conj(pp)], axis=-1)  # (r, H, 2N)
-    Af = np.zeros((H, 2 * N, 2 * N), complex)
-    idx = np.arange(2 * N)
-    Af[:, idx, idx] = np.concatenate([lam, np.conj(lam)], axis=-1)
-    Af -= np.einsum("rhi,rhj->hij", Pf, np.conj(Pf))
-    eye = np.eye(2 * N)
+    Pf = xp.concat([pp, xp.conj(pp)], axis=-1)  # (r, H, 2N)
+    eye = xp.eye(2 * N, dtype=xp.float64, device=t.device)
+    # diag(Lambda, conj Lambda) - sum_r Pf Pf^*
+    Af = eye * xp.concat([lam, xp.conj(lam)], axis=-1)[:, None, :]
+    Af = Af - xp.sum(Pf[:, :, :, None] * xp.conj(Pf)[:, :, None, :], axis=0)
     h = 0.5 * d[:, None, None]
-    Ad = np.linalg.solve(eye - h * Af, eye + h * Af)
-    T = eye - np.linalg.matrix_power(Ad, p["L"])  # (H, 2N, 2N)
-    Cf = np.concatenate([p["c"], np.conj(p["c"])], axis=-1)  # (Co, H, 2N)
+    Ad = xp.linalg.solve(eye - h * Af, eye + h * Af)
+    T = eye - xp.linalg.matrix_power(Ad, p["L"])  # (H, 2N, 2N)
+    Cf = xp.concat([p["c"], xp.conj(p["c"])], axis=-1)  # (Co, H, 2N)
     if inverse:  # C = C~ T^-1  <=>  T^T C^T = C~^T
-        out = np.linalg.solve(np.swapaxes(T, -1, -2)[None], Cf[..., None])[..., 0]
+        out = xp.linalg.solve(xp.matrix_transpose(T)[None, ...], Cf[..., None])[..., 0]
     else:
-        out = np.einsum("chi,hij->chj", Cf, T)
+        out = (Cf[..., None, :] @ T[None, ...])[..., 0, :]
     out = out[..., :N]
     shape = p["out_shape"][:-1] + (N,)
-    return out.reshape(shape)
+    return xp.reshape(out, shape)
 
 
 # --------------------------------------------------------------------------- dense kernel
 
 
-def _dense_prepare(fn, A, B, C, L, backend):
-    A = as_float_array(fn, "A", A, min_ndim=2, expected="(..., N, N)")
-    B = as_float_array(fn, "B", B, min_ndim=1, expected="(..., N)")
-    C = as_float_array(fn, "C", C, min_ndim=1, expected="(..., N)")
+def _dense_prepare(fn, t, A, B, C, L):
+    xp = t.xp
+    A = as_float_array(fn, "A", A, min_ndim=2, expected="(..., N, N)", target=t)
+    B = as_float_array(fn, "B", B, min_ndim=1, expected="(..., N)", target=t)
+    C = as_float_array(fn, "C", C, min_ndim=1, expected="(..., N)", target=t)
     L = _check_L(fn, L)
     N = A.shape[-1]
     if A.shape[-2] != N:
         raise shape_error(fn, "A", A.shape, "(..., N, N) (square in the last two axes)")
     for name, x in (("B", B), ("C", C)):
         if x.shape[-1] != N:
-            raise shape_error(fn, name, x.shape, f"(..., N) with N={N} like A {A.shape}")
+            raise shape_error(fn, name, x.shape, f"(..., N) with N={N} like A {tuple(A.shape)}")
     try:
-        lead = np.broadcast_shapes(A.shape[:-2], B.shape[:-1], C.shape[:-1])
+        lead = _xp.broadcast_shapes(A.shape[:-2], B.shape[:-1], C.shape[:-1])
     except ValueError:
         raise ValueError(
-            f"{fn}: leading (batch) axes do not broadcast: A {A.shape}, B {B.shape}, C {C.shape}; "
-            "expected A (..., N, N), B (..., N), C (..., N)"
+            f"{fn}: leading (batch) axes do not broadcast: A {tuple(A.shape)}, B {tuple(B.shape)}, "
+            f"C {tuple(C.shape)}; expected A (..., N, N), B (..., N), C (..., N)"
         ) from None
-    backend = select_backend(fn, A, B, C, backend=backend)
-    dt = np.result_type(A, B, C)
-    S = int(np.prod(lead))
-    a = np.broadcast_to(A, lead + (N, N)).reshape(S, N, N).astype(dt)
-    b = np.broadcast_to(B, lead + (N,)).reshape(S, N).astype(dt)
-    c = np.broadcast_to(C, lead + (N,)).reshape(S, N).astype(dt)
-    return dict(A=A, B=B, C=C, a=a, b=b, c=c, L=L, lead=lead, N=N, backend=backend)
+    dt = xp.result_type(A.dtype, B.dtype, C.dtype)
+    S = _xp.prod(lead)
+    a = xp.astype(xp.reshape(xp.broadcast_to(A, lead + (N, N)), (S, N, N)), dt, copy=False)
+    b = xp.astype(xp.reshape(xp.broadcast_to(B, lead + (N,)), (S, N)), dt, copy=False)
+    c = xp.astype(xp.reshape(xp.broadcast_to(C, lead + (N,)), (S, N)), dt, copy=False)
+    return dict(A=A, B=B, C=C, a=a, b=b, c=c, L=L, lead=lead, N=N, target=t)
 
 
 def _ssm_kernel_dense_fwd(A, B, C, L, *, backend=None):
-    p = _dense_prepare("ssm_kernel_dense", A, B, C, L, backend)
-    k = kernels(p["backend"], "convolution")
-    K = k.dense_kernel(p["a"], p["b"], p["c"], p["L"])
-    return K.reshape(p["lead"] + (p["L"],)), p
+    fn = "ssm_kernel_dense"
+    t = select(fn, A, B, C, backend=backend)
+    p = _dense_prepare(fn, t, A, B, C, L)
+    K = t.kernels("convolution").dense_kernel(p["a"], p["b"], p["c"], p["L"])
+    return t.xp.reshape(K, p["lead"] + (p["L"],)), p
 
 
 def _ssm_kernel_dense_bwd(p, ct):
-    G = np.asarray(ct).reshape(p["a"].shape[0], p["L"])
-    if p["a"].dtype.kind != "c":
-        G = G.real
-    k = kernels(p["backend"], "convolution")
-    A_bar, B_bar, C_bar = k.dense_kernel_bwd(p["a"], p["b"], p["c"], G.astype(p["a"].dtype))
+    t = p["target"]
+    xp = t.xp
+    G = xp.reshape(ct, (p["a"].shape[0], p["L"]))
+    if not _cplx(xp, p["a"].dtype) and _cplx(xp, G.dtype):
+        G = xp.real(G)
+    A_bar, B_bar, C_bar = t.kernels("convolution").dense_kernel_bwd(
+        p["a"], p["b"], p["c"], xp.astype(G, p["a"].dtype, copy=False)
+    )
     N, lead = p["N"], p["lead"]
     out = []
     for g, x, tail in ((A_bar, p["A"], (N, N)), (B_bar, p["B"], (N,)), (C_bar, p["C"], (N,))):
-        out.append(_grad_like(g.reshape(lead + tail), x, x.shape))
+        out.append(_grad_like(t, xp.reshape(g, lead + tail), x, tuple(x.shape)))
     return tuple(out)
 
 
-@register_op("ssm_kernel_dense", fwd=_ssm_kernel_dense_fwd, bwd=_ssm_kernel_dense_bwd, inputs=("A", "B", "C"))
+@register_op(
+    "ssm_kernel_dense", fwd=_ssm_kernel_dense_fwd, bwd=_ssm_kernel_dense_bwd, inputs=("A", "B", "C"),
+    backends=_BACKENDS,
+)
 def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = None) -> np.ndarray:
     r"""Kernel K_l = C Ad^l Bd of dense discrete systems by repeated mat-vec.
 
@@ -658,15 +721,17 @@ def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = No
 # --------------------------------------------------------------------------- FFT convolution
 
 
-def _conv_prepare(fn, u, K, D, bidirectional, workers, backend):
-    u = as_float_array(fn, "u", u, complex_ok=False, min_ndim=1, expected="(..., H, L)")
+def _conv_prepare(fn, t, u, K, D, bidirectional, workers):
+    xp = t.xp
+    u = as_float_array(fn, "u", u, complex_ok=False, min_ndim=1, expected="(..., H, L)", target=t)
     K = as_float_array(
-        fn, "K", K, complex_ok=False, min_ndim=1, max_ndim=3, expected="(L_k,), (H, L_k) or (C_out, H, L_k)"
+        fn, "K", K, complex_ok=False, min_ndim=1, max_ndim=3, expected="(L_k,), (H, L_k) or (C_out, H, L_k)",
+        target=t,
     )
     Dn = None
     if D is not None:
-        Dn = as_float_array(fn, "D", D, complex_ok=False)
-    dtype = np.result_type(u.dtype, K.dtype)  # D is cast to it (a float64 D keeps float32 activations float32)
+        Dn = as_float_array(fn, "D", D, complex_ok=False, target=t)
+    dtype = xp.result_type(u.dtype, K.dtype)  # D is cast to it (a float64 D keeps float32 activations float32)
     L = u.shape[-1]
     Lk = K.shape[-1]
     if bidirectional:
@@ -677,84 +742,80 @@ def _conv_prepare(fn, u, K, D, bidirectional, workers, backend):
     hless = K.ndim == 1
     if hless:
         H = 1
-        uu = u.reshape(int(np.prod(u.shape[:-1])), 1, L)
+        uu = xp.reshape(u, (_xp.prod(u.shape[:-1]), 1, L))
     else:
         H = K.shape[-2]
         if u.ndim < 2 or u.shape[-2] != H:
-            raise shape_error(fn, "u", u.shape, f"(..., H, L) with H={H} like K {K.shape}")
-        uu = u.reshape(int(np.prod(u.shape[:-2])), H, L)
+            raise shape_error(fn, "u", u.shape, f"(..., H, L) with H={H} like K {tuple(K.shape)}")
+        uu = xp.reshape(u, (_xp.prod(u.shape[:-2]), H, L))
     if Lk > L:
-        raise ValueError(f"{fn}: K has length L_k={Lk} (shape {K.shape}) but u has L={L}; expected L_k <= L")
-    K3 = K.reshape((1,) * (3 - K.ndim) + K.shape)
+        raise ValueError(f"{fn}: K has length L_k={Lk} (shape {tuple(K.shape)}) but u has L={L}; expected L_k <= L")
+    K3 = xp.reshape(K, (1,) * (3 - K.ndim) + tuple(K.shape))
     C2 = K3.shape[0]
     Co = C2 // 2 if bidirectional else C2
     Dc = None
     if Dn is not None:
+        bad = shape_error(fn, "D", Dn.shape, f"a scalar, (H,) or (C_out, H) with C_out={Co}, H={H}")
         if Dn.ndim > 2:
-            raise shape_error(fn, "D", Dn.shape, f"a scalar, (H,) or (C_out, H) with C_out={Co}, H={H}")
+            raise bad
+        Dshape = (1,) * (2 - Dn.ndim) + tuple(Dn.shape)
         try:
-            Dc = np.broadcast_to(Dn.reshape((1,) * (2 - Dn.ndim) + Dn.shape), (Co, H)).astype(dtype)
+            if _xp.broadcast_shapes(Dshape, (Co, H)) != (Co, H):
+                raise bad
         except ValueError:
-            raise shape_error(fn, "D", Dn.shape, f"a scalar, (H,) or (C_out, H) with C_out={Co}, H={H}") from None
-    if workers is None:
-        workers = -1
-    elif isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
-        raise TypeError(f"{fn}: workers must be an int or None; got {type(workers).__name__}")
-    backend = select_backend(fn, u, K, D if isinstance(D, np.ndarray) else None, backend=backend)
+            raise bad from None
+        Dc = xp.astype(xp.broadcast_to(xp.reshape(Dn, Dshape), (Co, H)), dtype)
+    # validated here, interpreted by the launcher (None: its default thread count)
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+            raise TypeError(f"{fn}: workers must be an int or None; got {type(workers).__name__}")
+        workers = int(workers)
     if hless:
-        out_shape = u.shape
+        out_shape = tuple(u.shape)
     else:
-        out_shape = u.shape[:-2] + (Co * H, L)
+        out_shape = tuple(u.shape[:-2]) + (Co * H, L)
+    # the launchers own layout (they make what they need contiguous) and the FFT plan
     return dict(
-        u=u, K=K, D=Dn, uu=np.ascontiguousarray(uu, dtype=dtype),
-        k0=np.ascontiguousarray(K3[:Co], dtype=dtype),
-        k1=np.ascontiguousarray(K3[Co:], dtype=dtype) if bidirectional else None,
-        Dc=Dc, dtype=dtype, L=L, Lk=Lk, H=H, Co=Co, out_shape=out_shape, workers=int(workers), backend=backend,
+        u=u, K=K, D=Dn, uu=xp.astype(uu, dtype, copy=False),
+        k0=xp.astype(K3[:Co, ...], dtype, copy=False),
+        k1=xp.astype(K3[Co:, ...], dtype, copy=False) if bidirectional else None,
+        Dc=Dc, dtype=dtype, L=L, Lk=Lk, H=H, Co=Co, out_shape=out_shape, workers=workers, target=t,
     )  # fmt: skip
 
 
 def _fft_conv_fwd(u, K, D=None, *, bidirectional=False, workers=None, backend=None):
-    p = _conv_prepare("fft_conv", u, K, D, bidirectional, workers, backend)
-    Bt = p["uu"].shape[0]
-    if p["L"] == 0 or p["Lk"] == 0 or Bt == 0:
-        y = np.zeros((Bt, p["Co"], p["H"], p["L"]), p["dtype"])
-        if p["Dc"] is not None:
-            y += p["Dc"][None, :, :, None] * p["uu"][:, None]
-    else:
-        k = kernels(p["backend"], "convolution")
-        y = k.causal_conv(p["uu"], p["k0"], p["k1"], p["Dc"], p["workers"])
-    return np.asarray(y, p["dtype"]).reshape(p["out_shape"]), p
+    fn = "fft_conv"
+    t = select(fn, u, K, D, backend=backend)
+    xp = t.xp
+    p = _conv_prepare(fn, t, u, K, D, bidirectional, workers)
+    y = t.kernels("convolution").causal_conv(p["uu"], p["k0"], p["k1"], p["Dc"], p["workers"])
+    return xp.reshape(xp.astype(y, p["dtype"], copy=False), p["out_shape"]), p
 
 
 def _fft_conv_bwd(p, ct, needs=(True, True, True)):
+    t = p["target"]
+    xp = t.xp
     Bt, H, L = p["uu"].shape
-    Co, Lk = p["Co"], p["Lk"]
+    Co = p["Co"]
     need_u, need_k, need_d = needs
-    G = np.ascontiguousarray(np.asarray(ct).real.reshape(Bt, Co, H, L), dtype=p["dtype"])
-    if L == 0 or Lk == 0 or Bt == 0:
-        u_bar = np.zeros((Bt, H, L))
-        if p["Dc"] is not None:
-            u_bar += np.einsum("ch,bcht->bht", p["Dc"], G)
-        K_bar = np.zeros_like(p["k0"])
-        Ka_bar = None if p["k1"] is None else np.zeros_like(p["k1"])
-        D_bar = None if p["Dc"] is None else np.einsum("bcht,bht->ch", G, p["uu"])
-    else:
-        k = kernels(p["backend"], "convolution")
-        u_bar, K_bar, Ka_bar, D_bar = k.causal_conv_bwd(
-            p["uu"], p["k0"], p["k1"], p["Dc"], G, p["workers"], need_u, need_k, need_d
-        )
-    if Ka_bar is not None:
-        K_bar = np.concatenate([K_bar, Ka_bar], axis=0)
-    gu = None if u_bar is None else np.asarray(u_bar, p["u"].dtype).reshape(p["u"].shape)
-    gK = None if K_bar is None else np.asarray(K_bar, p["K"].dtype).reshape(p["K"].shape)
+    if _cplx(xp, ct.dtype):
+        ct = xp.real(ct)
+    G = xp.astype(xp.reshape(ct, (Bt, Co, H, L)), p["dtype"], copy=False)
+    u_bar, K_bar, Ka_bar, D_bar = t.kernels("convolution").causal_conv_bwd(
+        p["uu"], p["k0"], p["k1"], p["Dc"], G, p["workers"], need_u, need_k, need_d
+    )
+    if Ka_bar is not None and K_bar is not None:
+        K_bar = xp.concat([K_bar, Ka_bar], axis=0)
+    gu = None if u_bar is None else xp.reshape(xp.astype(u_bar, p["u"].dtype, copy=False), p["u"].shape)
+    gK = None if K_bar is None else xp.reshape(xp.astype(K_bar, p["K"].dtype, copy=False), p["K"].shape)
     gD = None
     if p["D"] is not None and D_bar is not None:
         Dn = p["D"]
-        gD = _grad_like(D_bar, Dn, (1,) * (2 - Dn.ndim) + Dn.shape)
+        gD = _grad_like(t, D_bar, Dn, (1,) * (2 - Dn.ndim) + tuple(Dn.shape))
     return gu, gK, gD
 
 
-@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"))
+@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"), backends=_BACKENDS)
 def fft_conv(
     u: Any,
     K: Any,

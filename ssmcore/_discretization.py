@@ -11,6 +11,12 @@ VJPs (``ssmcore.vjp("discretize", ...)``). The maths of every method is in
 ``docs/discretization.md``; the NumPy specification is
 :mod:`ssmcore.reference.discretization` and the CPU kernels are in
 :mod:`ssmcore.backends.numba.discretization`.
+
+Front doors and pullbacks are device-neutral (array-API functions of the call's
+namespace ``xp``, resolved once by :func:`ssmcore.dispatch.select`); the kernels
+(elementwise diagonal discretisation, batched ``expm``) allocate their outputs and
+pick their own work split. All three functions declare the backends
+``("numpy", "numba")``: CuPy arrays get the uniform ``UnsupportedBackendError``.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .dispatch import kernels, select_backend
+from . import _xp
+from .dispatch import Target, array_kind, declare_backends, select
 from .reference.discretization import METHOD_CODES
 from .registry import register_op
 from .validation import as_float_array, check_alpha, check_choice, check_dt, shape_error, sum_to_shape
@@ -32,6 +39,11 @@ _SCIPY_METHODS = ("zoh", "foh", "impulse", "gbt", *_GBT_ALIASES)
 #: Methods of :func:`discretize` and :func:`discretize_diag`: scipy's plus Mamba's ``zoh_euler``.
 DENSE_METHODS = (*_SCIPY_METHODS, "zoh_euler")
 DIAG_METHODS = DENSE_METHODS
+
+#: Where the ops of this module have kernels (forward and backward); CuPy kernels come later.
+_BACKENDS = ("numpy", "numba")
+# cont2discrete is not a registered op (no gradient) but runs the expm kernels of discretize.
+declare_backends("cont2discrete", _BACKENDS)
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -47,45 +59,101 @@ def _parse_method(fn: str, method: Any, alpha: Any, choices: tuple[str, ...]) ->
     return name, 0.0
 
 
-def _backend(fn: str, backend: str | None, *arrays: Any) -> str:
-    chosen = select_backend(fn, *arrays, backend=backend)
-    if chosen == "cupy":
-        raise TypeError(f"{fn}: there are no CuPy kernels for discretisation; pass NumPy arrays (cupy.asnumpy)")
-    return chosen
+def _check_dt(fn: str, dt: Any, t: Target, *, name: str = "dt") -> Any:
+    """:func:`ssmcore.validation.check_dt` in the call's namespace (same rules and messages).
+
+    A Python number is checked on the host and then placed on the call's device
+    (no device round trip); a device array is checked where it lives, which
+    costs one host synchronisation: the error contract needs the answer.
+    """
+    if t.kind == "numpy" or array_kind(dt) is None:
+        arr = check_dt(fn, dt, name=name)
+        return arr if t.kind == "numpy" else t.asarray(arr)
+    xp = t.xp
+    arr = as_float_array(fn, name, dt, complex_ok=False, target=t)
+    if not bool(xp.all(xp.isfinite(arr))):
+        raise ValueError(f"{fn}: {name} must be finite; got non-finite values")
+    if bool(xp.any(arr <= 0)):
+        raise ValueError(f"{fn}: {name} must be > 0; got min {float(xp.min(arr))!r}")
+    return arr
 
 
-def _is_single(*inputs: Any) -> bool:
-    """True if the typed inputs (NumPy arrays/scalars) are all single precision.
+def _is_array(t: Target, x: Any) -> bool:
+    """Whether ``x`` is an array of the call's kind (Python numbers and lists are not)."""
+    return isinstance(x, np.ndarray) if t.kind == "numpy" else array_kind(x) == t.kind
+
+
+def _is_single(t: Target, *inputs: Any) -> bool:
+    """True if the typed inputs (arrays, NumPy scalars) are all single precision.
 
     Python numbers and lists carry no precision intent and do not count; the
     computation itself always runs in float64/complex128.
     """
-    dts = [np.asarray(x).dtype for x in inputs if isinstance(x, (np.ndarray, np.generic))]
-    dts = [d for d in dts if d.kind in "fc"]
-    return bool(dts) and np.result_type(*dts) in (np.float32, np.complex64, np.float16)
+    if t.kind == "numpy":
+        dts = [np.asarray(x).dtype for x in inputs if isinstance(x, (np.ndarray, np.generic))]
+        dts = [d for d in dts if d.kind in "fc"]
+        return bool(dts) and np.result_type(*dts) in (np.float32, np.complex64, np.float16)
+    xp = t.xp
+    dts = [x.dtype for x in inputs if _is_array(t, x) and xp.isdtype(x.dtype, ("real floating", "complex floating"))]
+    dts += [np.asarray(x).dtype for x in inputs if isinstance(x, np.generic) and np.asarray(x).dtype.kind in "fc"]
+    # all single (or half) precision <=> their promotion is single precision
+    return bool(dts) and all(_xp.dtype_name(d) in ("float16", "float32", "complex64") for d in dts)
 
 
-def _compute(x: np.ndarray) -> np.ndarray:
+def _cplx(xp: Any, dtype: Any) -> bool:
+    """Whether a validated (float32/64, complex64/128) dtype is complex.
+
+    Equality with the namespace's dtypes: a fraction of ``xp.isdtype``'s cost,
+    which matters on the µs-scale NumPy path.
+    """
+    return dtype == xp.complex128 or dtype == xp.complex64
+
+
+def _bcast(xp: Any, x: Any, shape: tuple[int, ...]) -> Any:
+    """``xp.broadcast_to`` that skips the call when ``x`` already has the shape."""
+    return x if tuple(x.shape) == shape else xp.broadcast_to(x, shape)
+
+
+def _compute(xp: Any, x: Any) -> Any:
     """float64 or complex128 view/copy of a validated array."""
-    return x.astype(np.complex128 if np.iscomplexobj(x) else np.float64, copy=False)
+    if x.dtype == xp.float64 or x.dtype == xp.complex128:
+        return x
+    return xp.astype(x, xp.complex128 if _cplx(xp, x.dtype) else xp.float64)
 
 
-def _output(x: np.ndarray, single: bool) -> np.ndarray:
+def _output(xp: Any, x: Any, single: bool) -> Any:
     if single:
-        return x.astype(np.complex64 if np.iscomplexobj(x) else np.float32)
+        return xp.astype(x, xp.complex64 if _cplx(xp, x.dtype) else xp.float32)
     return x
 
 
-def _grad_as(g: np.ndarray, like: np.ndarray) -> np.ndarray:
+def _grad_as(t: Target, g: Any, like: Any) -> Any:
     """A gradient in its input's dtype: real part for real inputs (adjoint of the real embedding)."""
-    if not np.iscomplexobj(like):
-        g = np.real(g)
-    return np.array(g, dtype=like.dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    if t.kind == "numpy":
+        if not np.iscomplexobj(like):
+            g = np.real(g)
+        return np.array(g, dtype=like.dtype, order="C")  # (ascontiguousarray would make 0-d arrays 1-d)
+    xp = t.xp
+    if _cplx(xp, g.dtype) and not _cplx(xp, like.dtype):
+        g = xp.real(g)
+    return xp.astype(g, like.dtype)
 
 
-def _swap(x: np.ndarray) -> np.ndarray:
+def _swap(xp: Any, x: Any) -> Any:
     """Matrix transpose of a stack (no conjugation: the project's VJP convention)."""
-    return np.swapaxes(x, -1, -2)
+    return xp.matrix_transpose(x)
+
+
+def _concat_last(xp: Any, *parts: Any) -> Any:
+    """Concatenate along the last axis in the parts' common dtype."""
+    dt = xp.result_type(*(p.dtype for p in parts))
+    return xp.concat([xp.astype(p, dt, copy=False) for p in parts], axis=-1)
+
+
+def _solve(xp: Any, M: Any, R: Any) -> Any:
+    """``M^-1 R`` for stacks of matrices, in the common dtype of M and R."""
+    dt = xp.result_type(M.dtype, R.dtype)
+    return xp.linalg.solve(xp.astype(M, dt, copy=False), xp.astype(R, dt, copy=False))
 
 
 def _broadcast_error(fn: str, **shapes: tuple[int, ...]) -> ValueError:
@@ -98,12 +166,13 @@ def _broadcast_error(fn: str, **shapes: tuple[int, ...]) -> ValueError:
 
 def _discretize_diag_fwd(A, B, dt, method="zoh", alpha=None, *, backend=None):
     fn = "discretize_diag"
-    be = _backend(fn, backend, A, B, dt)
+    t = select(fn, A, B, dt, backend=backend)
+    xp = t.xp
     name, alpha = _parse_method(fn, method, alpha, DIAG_METHODS)
-    single = _is_single(A, B, dt)
-    A = as_float_array(fn, "A", A, min_ndim=1, expected="(..., N)")
-    B = as_float_array(fn, "B", B, min_ndim=1, expected="(..., N) or (..., N, M)")
-    dt = check_dt(fn, dt)
+    single = _is_single(t, A, B, dt)
+    A = as_float_array(fn, "A", A, min_ndim=1, expected="(..., N)", target=t)
+    B = as_float_array(fn, "B", B, min_ndim=1, expected="(..., N) or (..., N, M)", target=t)
+    dt = _check_dt(fn, dt, t)
     # dt without a state axis is a per-channel step: it gets one (S4D's dt[..., None]).
     dt_eff = dt[..., None] if dt.ndim < A.ndim else dt
     if B.ndim <= A.ndim:
@@ -111,42 +180,46 @@ def _discretize_diag_fwd(A, B, dt, method="zoh", alpha=None, *, backend=None):
     elif B.ndim == A.ndim + 1:
         matrix, Bm = True, B
     else:
-        expected = f"(..., N) or (..., N, M), at most {A.ndim + 1} dimensions for A of shape {A.shape}"
+        expected = f"(..., N) or (..., N, M), at most {A.ndim + 1} dimensions for A of shape {tuple(A.shape)}"
         raise shape_error(fn, "B", B.shape, expected)
     try:
-        shape = np.broadcast_shapes(A.shape, dt_eff.shape, Bm.shape[:-1])
+        shape = _xp.broadcast_shapes(A.shape, dt_eff.shape, Bm.shape[:-1])
     except ValueError:
         raise _broadcast_error(fn, A=A.shape, dt=dt.shape, B=B.shape) from None
     N, M = shape[-1], Bm.shape[-1]
-    R = int(np.prod(shape[:-1], dtype=np.int64))
-    A2 = np.broadcast_to(_compute(A), shape).reshape(R, N)
-    dt2 = np.broadcast_to(dt_eff.astype(np.float64, copy=False), shape).reshape(R, N)
-    B3 = np.broadcast_to(_compute(Bm), (*shape, M)).reshape(R, N, M)
+    R = _xp.prod(shape[:-1])
+    A2 = xp.reshape(_bcast(xp, _compute(xp, A), shape), (R, N))
+    dt2 = xp.reshape(_bcast(xp, xp.astype(dt_eff, xp.float64, copy=False), shape), (R, N))
+    B3 = xp.reshape(_bcast(xp, _compute(xp, Bm), (*shape, M)), (R, N, M))
     code = METHOD_CODES[name]
-    k = kernels(be, "discretization")
-    Ad, Bd = k.discretize_diag_fwd(A2, dt2, B3, code, alpha)
-    Ad = Ad.reshape(shape)
-    Bd = Bd.reshape(*shape, M) if matrix else Bd.reshape(shape)
-    res = (k, A2, dt2, B3, code, alpha, shape, matrix, A, B, dt, dt_eff.shape)
-    return (_output(Ad, single), _output(Bd, single)), res
+    Ad, Bd = t.kernels("discretization").discretize_diag_fwd(A2, dt2, B3, code, alpha)
+    Ad = xp.reshape(Ad, shape)
+    Bd = xp.reshape(Bd, (*shape, M) if matrix else shape)
+    res = (t, A2, dt2, B3, code, alpha, shape, matrix, A, B, dt, dt_eff.shape)
+    return (_output(xp, Ad, single), _output(xp, Bd, single)), res
 
 
 def _discretize_diag_bwd(res, cotangent):
-    k, A2, dt2, B3, code, alpha, shape, matrix, A, B, dt, dt_eff_shape = res
+    t, A2, dt2, B3, code, alpha, shape, matrix, A, B, dt, dt_eff_shape = res
+    xp = t.xp
     gAd, gBd = cotangent
     R, N, M = B3.shape
-    gAd2 = _compute(np.asarray(gAd)).reshape(R, N)
-    gBd3 = _compute(np.asarray(gBd)).reshape(R, N, M)
-    gA, gdt, gB = k.discretize_diag_bwd(A2, dt2, B3, code, alpha, gAd2, gBd3)
-    gB = gB.reshape(*shape, M) if matrix else gB.reshape(shape)
+    gAd2 = xp.reshape(_compute(xp, gAd), (R, N))
+    gBd3 = xp.reshape(_compute(xp, gBd), (R, N, M))
+    gA, gdt, gB = t.kernels("discretization").discretize_diag_bwd(A2, dt2, B3, code, alpha, gAd2, gBd3)
+    gB = xp.reshape(gB, (*shape, M) if matrix else shape)
+    gdt = xp.reshape(sum_to_shape(xp.reshape(gdt, shape), dt_eff_shape, xp), dt.shape)
     return (
-        _grad_as(sum_to_shape(gA.reshape(shape), A.shape), A),
-        _grad_as(sum_to_shape(gB, B.shape), B),
-        _grad_as(sum_to_shape(gdt.reshape(shape), dt_eff_shape).reshape(dt.shape), dt),
+        _grad_as(t, sum_to_shape(xp.reshape(gA, shape), A.shape, xp), A),
+        _grad_as(t, sum_to_shape(gB, B.shape, xp), B),
+        _grad_as(t, gdt, dt),
     )
 
 
-@register_op("discretize_diag", fwd=_discretize_diag_fwd, bwd=_discretize_diag_bwd, inputs=("A", "B", "dt"))
+@register_op(
+    "discretize_diag", fwd=_discretize_diag_fwd, bwd=_discretize_diag_bwd, inputs=("A", "B", "dt"),
+    backends=_BACKENDS,
+)
 def discretize_diag(
     A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None, *, backend: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -243,31 +316,34 @@ def discretize_diag(
 # --------------------------------------------------------------------------- dense A
 
 
-def _hold_matrix(A: np.ndarray, B: np.ndarray, dtb: np.ndarray, first_order: bool) -> np.ndarray:
+def _hold_matrix(t: Target, A: Any, B: Any, dtb: Any, first_order: bool) -> Any:
     """dt [[A, B], [0, 0]] (zero-order hold) or [[A dt, B dt, 0], [0, 0, I], [0, 0, 0]] (first-order hold)."""
+    xp = t.xp
     n, m = B.shape[-2:]
     P = n + (2 * m if first_order else m)
-    batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2], dtb.shape[:-2])
-    Z = np.zeros((*batch, P, P), dtype=np.result_type(A, B))
+    batch = _xp.broadcast_shapes(A.shape[:-2], B.shape[:-2], dtb.shape[:-2])
+    Z = xp.zeros((*batch, P, P), dtype=xp.result_type(A.dtype, B.dtype), device=t.device)
     Z[..., :n, :n] = A
     Z[..., :n, n : n + m] = B
     Z *= dtb  # one pass, no A*dt and B*dt temporaries (the same products scipy forms)
     if first_order:
-        Z[..., n : n + m, n + m :] = np.eye(m)
+        Z[..., n : n + m, n + m :] = xp.eye(m, dtype=Z.dtype, device=t.device)
     return Z
 
 
-def _norm1(M: np.ndarray) -> np.ndarray:
+def _norm1(xp: Any, M: Any) -> Any:
     """1-norm (largest column sum) of each matrix of a stack, shaped (..., 1, 1)."""
-    return np.max(np.sum(np.abs(M), axis=-2), axis=-1, initial=0.0)[..., None, None]
+    col = xp.sum(xp.abs(M), axis=-2)
+    nrm = xp.max(col, axis=-1) if col.shape[-1] else xp.sum(col, axis=-1)  # 0 for 0x0 matrices
+    return xp.reshape(nrm, (*nrm.shape, 1, 1))
 
 
-def _msum(x: np.ndarray) -> np.ndarray:
+def _msum(xp: Any, x: Any) -> Any:
     """Sum over the two matrix axes: the pairing of a cotangent with a matrix, per system."""
-    return np.sum(x, axis=(-2, -1))
+    return xp.sum(x, axis=(-2, -1))
 
 
-def _frechet_adjoint(k, X: np.ndarray, G: np.ndarray) -> np.ndarray:
+def _frechet_adjoint(t: Target, k, X: Any, G: Any) -> Any:
     """Transpose of the Frechet derivative of expm at X, applied to G (stacks, no conjugation).
 
     L(X, E) is the upper-right block of expm([[X, E], [0, X]]); its transpose
@@ -275,21 +351,24 @@ def _frechet_adjoint(k, X: np.ndarray, G: np.ndarray) -> np.ndarray:
     to X's size: a large cotangent would otherwise raise the 1-norm that sets
     the number of squarings, and cost accuracy.
     """
+    xp = t.xp
     n = X.shape[-1]
-    Xt = _swap(X)
-    c = np.maximum(_norm1(G), 1e-300) / np.maximum(_norm1(X), 1.0)
-    W = np.zeros((*G.shape[:-2], 2 * n, 2 * n), dtype=np.result_type(X, G))
+    Xt = _swap(xp, X)
+    c = xp.maximum(_norm1(xp, G), 1e-300) / xp.maximum(_norm1(xp, X), 1.0)
+    W = xp.zeros((*G.shape[:-2], 2 * n, 2 * n), dtype=xp.result_type(X.dtype, G.dtype), device=t.device)
     W[..., :n, :n] = Xt
     W[..., n:, n:] = Xt
     W[..., :n, n:] = G / c
     return k.expm(W)[..., :n, n:] * c
 
 
-def _dense_forward(k, A: np.ndarray, B: np.ndarray, dtb: np.ndarray, name: str, alpha: float, fn: str):
+def _dense_forward(t: Target, A: Any, B: Any, dtb: Any, name: str, alpha: float, fn: str):
     """(Ad, Bd, residuals) for validated float64/complex128 A (.., n, n), B (.., n, m), dtb (batch, 1, 1)."""
+    xp = t.xp
+    k = t.kernels("discretization")
     n, m = B.shape[-2:]
     if name in ("zoh", "foh"):
-        Z = _hold_matrix(A, B, dtb, first_order=name == "foh")
+        Z = _hold_matrix(t, A, B, dtb, first_order=name == "foh")
         F = k.expm(Z)
         F11, F12 = F[..., :n, :n], F[..., :n, n : n + m]
         if name == "zoh":
@@ -301,14 +380,14 @@ def _dense_forward(k, A: np.ndarray, B: np.ndarray, dtb: np.ndarray, name: str, 
         F = k.expm(X)
         if name == "impulse":
             return F, (F @ B) * dtb, {"X": X, "F": F}
-        return F, np.broadcast_to(B * dtb, (*X.shape[:-2], n, m)).copy(), {"X": X}
+        return F, xp.asarray(xp.broadcast_to(B * dtb, (*X.shape[:-2], n, m)), copy=True), {"X": X}
     # generalised bilinear transform: M = I - alpha dt A, [Ad, Bd] = M^-1 [I + (1-alpha) dt A, dt B]
-    eye = np.eye(n)
+    eye = xp.eye(n, dtype=xp.float64, device=t.device)
     Mm = eye - (alpha * dtb) * A
     rhs_A = eye + ((1.0 - alpha) * dtb) * A
-    rhs_B = np.broadcast_to(dtb * B, (*rhs_A.shape[:-2], n, m))
+    rhs_B = xp.broadcast_to(dtb * B, (*rhs_A.shape[:-2], n, m))
     try:
-        K = np.linalg.solve(Mm, np.concatenate([rhs_A, rhs_B], axis=-1))
+        K = _solve(xp, Mm, _concat_last(xp, rhs_A, rhs_B))
     except np.linalg.LinAlgError:
         raise np.linalg.LinAlgError(
             f"{fn}: I - alpha*dt*A is singular (alpha={alpha}): an eigenvalue of A equals 1/(alpha*dt)"
@@ -316,87 +395,93 @@ def _dense_forward(k, A: np.ndarray, B: np.ndarray, dtb: np.ndarray, name: str, 
     return K[..., :n], K[..., n:], {"M": Mm, "K": K}
 
 
-def _dense_backward(k, A, B, dtb, name, alpha, extra, gAd, gBd):
+def _dense_backward(t: Target, A, B, dtb, name, alpha, extra, gAd, gBd):
     """(gA, gB, gdt) on the broadcast batch shape (before reduction)."""
+    xp = t.xp
+    k = t.kernels("discretization")
     n, m = B.shape[-2:]
     if name in ("zoh", "foh"):
         Z = extra["Z"]
-        GE = np.zeros(Z.shape, dtype=np.result_type(Z, gAd, gBd))
+        GE = xp.zeros(Z.shape, dtype=xp.result_type(Z.dtype, gAd.dtype, gBd.dtype), device=t.device)
         if name == "zoh":
             GE[..., :n, :n] = gAd
             GE[..., :n, n : n + m] = gBd
         else:  # Bd = F12 - F13 + F11 F13
             F11, F13 = extra["F11"], extra["F13"]
-            GE[..., :n, :n] = gAd + gBd @ _swap(F13)
+            GE[..., :n, :n] = gAd + gBd @ _swap(xp, F13)
             GE[..., :n, n : n + m] = gBd
-            GE[..., :n, n + m :] = _swap(F11) @ gBd - gBd
-        GZ = _frechet_adjoint(k, Z, GE)
+            GE[..., :n, n + m :] = _swap(xp, F11) @ gBd - gBd
+        GZ = _frechet_adjoint(t, k, Z, GE)
         GX, GY = GZ[..., :n, :n], GZ[..., :n, n : n + m]
-        return GX * dtb, GY * dtb, _msum(GX * A) + _msum(GY * B)
+        return GX * dtb, GY * dtb, _msum(xp, GX * A) + _msum(xp, GY * B)
     if name in ("impulse", "zoh_euler"):
         X = extra["X"]
         if name == "impulse":  # Bd = F B dt
             F = extra["F"]
-            gF = gAd + (gBd * dtb) @ _swap(B)
-            gB = (_swap(F) @ gBd) * dtb
-            gdt = _msum(gBd * (F @ B))
+            gF = gAd + (gBd * dtb) @ _swap(xp, B)
+            gB = (_swap(xp, F) @ gBd) * dtb
+            gdt = _msum(xp, gBd * (F @ B))
         else:  # Bd = B dt
-            gF, gB, gdt = gAd, gBd * dtb, _msum(gBd * B)
-        GX = _frechet_adjoint(k, X, gF)
-        return GX * dtb, gB, gdt + _msum(GX * A)
+            gF, gB, gdt = gAd, gBd * dtb, _msum(xp, gBd * B)
+        GX = _frechet_adjoint(t, k, X, gF)
+        return GX * dtb, gB, gdt + _msum(xp, GX * A)
     Mm, K = extra["M"], extra["K"]
-    S = np.linalg.solve(_swap(Mm), np.concatenate([gAd, gBd], axis=-1))  # cotangent of the right-hand side
-    gM = -(S @ _swap(K))
+    S = _solve(xp, _swap(xp, Mm), _concat_last(xp, gAd, gBd))  # cotangent of the right-hand side
+    gM = -(S @ _swap(xp, K))
     SA, SB = S[..., :n], S[..., n:]
     gA = (-alpha * dtb) * gM + ((1.0 - alpha) * dtb) * SA
-    gdt = -alpha * _msum(gM * A) + (1.0 - alpha) * _msum(SA * A) + _msum(SB * B)
+    gdt = -alpha * _msum(xp, gM * A) + (1.0 - alpha) * _msum(xp, SA * A) + _msum(xp, SB * B)
     return gA, dtb * SB, gdt
 
 
-def _dense_validate(fn: str, A: Any, B: Any, *, integer_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    A = as_float_array(fn, "A", A, integer_ok=integer_ok, min_ndim=2, expected="(..., N, N)")
+def _dense_validate(fn: str, A: Any, B: Any, t: Target, *, integer_ok: bool = False) -> tuple[Any, Any]:
+    A = as_float_array(fn, "A", A, integer_ok=integer_ok, min_ndim=2, expected="(..., N, N)", target=t)
     if A.shape[-1] != A.shape[-2]:
         raise shape_error(fn, "A", A.shape, "(..., N, N) (square in the last two axes)")
     N = A.shape[-1]
     B = as_float_array(
-        fn, "B", B, integer_ok=integer_ok, min_ndim=2, expected=f"(..., {N}, M); for one input pass B[:, None]"
+        fn, "B", B, integer_ok=integer_ok, min_ndim=2, expected=f"(..., {N}, M); for one input pass B[:, None]",
+        target=t,
     )
     if B.shape[-2] != N:
-        raise shape_error(fn, "B", B.shape, f"(..., {N}, M) to match A of shape {A.shape}")
+        raise shape_error(fn, "B", B.shape, f"(..., {N}, M) to match A of shape {tuple(A.shape)}")
     return A, B
 
 
 def _discretize_fwd(A, B, dt, method="zoh", alpha=None, *, backend=None):
     fn = "discretize"
-    be = _backend(fn, backend, A, B, dt)
+    t = select(fn, A, B, dt, backend=backend)
+    xp = t.xp
     name, alpha = _parse_method(fn, method, alpha, DENSE_METHODS)
-    single = _is_single(A, B, dt)
-    A, B = _dense_validate(fn, A, B)
-    dt = check_dt(fn, dt)
+    single = _is_single(t, A, B, dt)
+    A, B = _dense_validate(fn, A, B, t)
+    dt = _check_dt(fn, dt, t)
     try:
-        batch = np.broadcast_shapes(A.shape[:-2], B.shape[:-2], dt.shape)
+        batch = _xp.broadcast_shapes(A.shape[:-2], B.shape[:-2], dt.shape)
     except ValueError:
         raise _broadcast_error(fn, **{"A batch": A.shape[:-2], "B batch": B.shape[:-2], "dt": dt.shape}) from None
-    A64, B64 = _compute(A), _compute(B)
-    dtb = np.broadcast_to(dt.astype(np.float64, copy=False), batch)[..., None, None]
-    k = kernels(be, "discretization")
-    Ad, Bd, extra = _dense_forward(k, A64, B64, dtb, name, alpha, fn)
-    res = (k, A64, B64, dtb, name, alpha, extra, A, B, dt)
-    return (_output(np.ascontiguousarray(Ad), single), _output(np.ascontiguousarray(Bd), single)), res
+    A64, B64 = _compute(xp, A), _compute(xp, B)
+    dtb = xp.reshape(xp.broadcast_to(xp.astype(dt, xp.float64, copy=False), batch), (*batch, 1, 1))
+    Ad, Bd, extra = _dense_forward(t, A64, B64, dtb, name, alpha, fn)
+    res = (t, A64, B64, dtb, name, alpha, extra, A, B, dt)
+    if t.kind == "numpy":  # slices of the expm stack: hand out compact arrays
+        Ad, Bd = np.ascontiguousarray(Ad), np.ascontiguousarray(Bd)
+    return (_output(xp, Ad, single), _output(xp, Bd, single)), res
 
 
 def _discretize_bwd(res, cotangent):
-    k, A64, B64, dtb, name, alpha, extra, A, B, dt = res
-    gAd, gBd = (_compute(np.asarray(c)) for c in cotangent)
-    gA, gB, gdt = _dense_backward(k, A64, B64, dtb, name, alpha, extra, gAd, gBd)
+    t, A64, B64, dtb, name, alpha, extra, A, B, dt = res
+    xp = t.xp
+    gAd, gBd = (_compute(xp, c) for c in cotangent)
+    gA, gB, gdt = _dense_backward(t, A64, B64, dtb, name, alpha, extra, gAd, gBd)
     return (
-        _grad_as(sum_to_shape(gA, A.shape), A),
-        _grad_as(sum_to_shape(gB, B.shape), B),
-        _grad_as(sum_to_shape(np.asarray(gdt), dt.shape), dt),
+        _grad_as(t, sum_to_shape(gA, A.shape, xp), A),
+        _grad_as(t, sum_to_shape(gB, B.shape, xp), B),
+        _grad_as(t, sum_to_shape(gdt, dt.shape, xp), dt),
     )
 
 
-@register_op("discretize", fwd=_discretize_fwd, bwd=_discretize_bwd, inputs=("A", "B", "dt"))
+@register_op("discretize", fwd=_discretize_fwd, bwd=_discretize_bwd, inputs=("A", "B", "dt"), backends=_BACKENDS)
 def discretize(
     A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None, *, backend: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -542,6 +627,9 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
     >>> np.round(Cd, 6), np.round(Dd, 6)
     (array([[0.952381, 0.930736]]), array([[0.094156]]))
     """
+    # Device-neutral for state-space tuples: it is discretize's core plus two products.
+    # The (num, den) and (zeros, poles, gain) forms and lti objects go through
+    # scipy.signal (tf2ss/zpk2ss and back), which is NumPy-only: they take NumPy input.
     fn = "cont2discrete"
     if hasattr(system, "to_discrete") and callable(system.to_discrete):
         return system.to_discrete(dt=dt, method=method, alpha=alpha)
@@ -550,6 +638,12 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
             f"{fn}: system must be an lti instance or a tuple (num, den), (zeros, poles, gain) "
             f"or (A, B, C, D); got {type(system).__name__}"
             + (f" of length {len(system)}" if isinstance(system, (tuple, list)) else "")
+        )
+    t = select(fn, *system, dt)
+    if len(system) in (2, 3) and t.kind != "numpy":
+        raise TypeError(
+            f"{fn}: (num, den) and (zeros, poles, gain) systems go through scipy.signal, which takes NumPy "
+            f"arrays; got {t.kind} arrays. Pass NumPy arrays, or a state-space tuple (A, B, C, D)"
         )
     if len(system) == 2:
         from scipy.signal import ss2tf, tf2ss
@@ -562,37 +656,41 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
         sysd = cont2discrete(zpk2ss(*system), dt, method=method, alpha=alpha)
         return ss2zpk(*sysd[:4]) + (dt,)
 
+    xp = t.xp
     name, alpha = _parse_method(fn, method, alpha, _SCIPY_METHODS)
-    step = check_dt(fn, dt)
+    step = _check_dt(fn, dt, t)
     if step.ndim:
-        raise ValueError(f"{fn}: dt must be a scalar; got shape {step.shape} (use discretize for batches)")
+        raise ValueError(f"{fn}: dt must be a scalar; got shape {tuple(step.shape)} (use discretize for batches)")
     A, B, C, D = system
-    A, B = _dense_validate(fn, A, B, integer_ok=True)
+    A, B = _dense_validate(fn, A, B, t, integer_ok=True)
     if A.ndim != 2 or B.ndim != 2:
         name_, arr = ("A", A) if A.ndim != 2 else ("B", B)
         raise shape_error(fn, name_, arr.shape, "a 2-D array (use discretize for batches)")
     n, m = B.shape
-    C = as_float_array(fn, "C", C, integer_ok=True)
+    C = as_float_array(fn, "C", C, integer_ok=True, target=t)
     if C.ndim != 2 or C.shape[1] != n:
-        raise shape_error(fn, "C", C.shape, f"(p, {n}) to match A of shape {A.shape}")
+        raise shape_error(fn, "C", C.shape, f"(p, {n}) to match A of shape {tuple(A.shape)}")
     p = C.shape[0]
-    D = as_float_array(fn, "D", D, integer_ok=True)
+    D = as_float_array(fn, "D", D, integer_ok=True, target=t)
     try:
-        D = np.broadcast_to(D, (p, m)).copy()
+        _xp.broadcast_shapes(D.shape, (p, m))
+        if D.ndim > 2 or _xp.broadcast_shapes(D.shape, (p, m)) != (p, m):
+            raise ValueError
     except ValueError:
-        expected = f"({p}, {m}) (or broadcastable to it) for C {C.shape} and B {B.shape}"
+        expected = f"({p}, {m}) (or broadcastable to it) for C {tuple(C.shape)} and B {tuple(B.shape)}"
         raise shape_error(fn, "D", D.shape, expected) from None
-    if name == "impulse" and not np.allclose(D, 0):
+    D = xp.asarray(xp.broadcast_to(D, (p, m)), copy=True)
+    # scipy's np.allclose(D, 0): |D| <= 1e-8 (a host synchronisation, part of the error contract)
+    if name == "impulse" and not bool(xp.all(xp.abs(D) <= 1e-8)):
         raise ValueError(
-            f"{fn}: method 'impulse' needs a strictly proper system (D = 0); got max |D| = {np.max(np.abs(D))!r}"
+            f"{fn}: method 'impulse' needs a strictly proper system (D = 0); got max |D| = {float(xp.max(xp.abs(D)))!r}"
         )
 
-    A64, B64 = _compute(A), _compute(B)
-    h = float(step)
-    k = kernels(_backend(fn, None, A, B), "discretization")
-    Ad, Bd, extra = _dense_forward(k, A64, B64, np.float64(h), name, alpha, fn)
+    A64, B64 = _compute(xp, A), _compute(xp, B)
+    h = xp.reshape(xp.astype(step, xp.float64, copy=False), (1, 1))
+    Ad, Bd, extra = _dense_forward(t, A64, B64, h, name, alpha, fn)
     if name == "gbt":
-        Cd = _swap(np.linalg.solve(_swap(extra["M"]), _swap(C)))
+        Cd = _swap(xp, _solve(xp, _swap(xp, extra["M"]), _swap(xp, C)))
         Dd = D + alpha * (C @ Bd)
     elif name == "foh":
         Cd, Dd = C, D + C @ extra["F13"]
@@ -601,4 +699,3 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
     else:
         Cd, Dd = C, D
     return Ad, Bd, Cd, Dd, dt
-

@@ -43,7 +43,9 @@ def vandermonde_kernel(log_ad: np.ndarray, W: np.ndarray, L: int, out_dtype) -> 
     """K[c, h, l] = Re(sum_n W[c, h, n] Ad[h, n]^l) with Ad = exp(log_ad).
 
     log_ad : (H, N) complex, W : (C, H, N) complex (the factor 2 of conjugate
-    symmetry is already folded into W). Returns K (C, H, L) of ``out_dtype``.
+    symmetry is already folded into W). Returns K (C, H, L) of ``out_dtype``
+    (a dtype or its name, e.g. ``"float32"``: the front door passes the name, which
+    every array library understands; the launcher allocates).
     Materialises the (H, N, L) Vandermonde matrix.
     """
     V = _powers(np.asarray(log_ad, np.complex128), L)
@@ -158,6 +160,30 @@ def dense_kernel_bwd(A: np.ndarray, B: np.ndarray, C: np.ndarray, G: np.ndarray)
 # --------------------------------------------------------------------------- convolution
 
 
+def _empty_conv(u: np.ndarray, K: np.ndarray, D: np.ndarray | None) -> np.ndarray:
+    """:func:`causal_conv` when L, L_k or the batch is 0: only the skip term D u remains."""
+    Bt, H, L = u.shape
+    y = np.zeros((Bt, K.shape[0], H, L), dtype=np.result_type(u, K))
+    if D is not None:
+        y += D[None, :, :, None] * u[:, None]
+    return y
+
+
+def _empty_conv_bwd(u, K, K_anti, D, G, need_u=True, need_k=True, need_d=True):
+    """:func:`causal_conv_bwd` when L, L_k or the batch is 0 (no taps: only D contributes)."""
+    u_bar = K_bar = Ka_bar = D_bar = None
+    if need_u:
+        u_bar = np.zeros(u.shape, dtype=np.result_type(u, G))
+        if D is not None:
+            u_bar += np.einsum("ch,bcht->bht", D, G)
+    if need_k:
+        K_bar = np.zeros_like(K)
+        Ka_bar = None if K_anti is None else np.zeros_like(K_anti)
+    if D is not None and need_d:
+        D_bar = np.einsum("bcht,bht->ch", G, u)
+    return u_bar, K_bar, Ka_bar, D_bar
+
+
 def causal_conv(
     u: np.ndarray, K: np.ndarray, K_anti: np.ndarray | None, D: np.ndarray | None, workers: int | None = None
 ) -> np.ndarray:
@@ -167,10 +193,13 @@ def causal_conv(
                     + sum_j K_anti[c, h, j] u[b, h, t + 1 + j]   (if K_anti given)
                     + D[c, h] u[b, h, t]                          (if D given)
     u (Bt, H, L) real; K, K_anti (C, H, Lk); D (C, H). ``workers`` is ignored.
-    Returns (Bt, C, H, L) float64.
+    Returns (Bt, C, H, L) float64. Any of L, Lk, Bt may be 0 (the launcher handles
+    it: only the skip term remains).
     """
     Bt, H, L = u.shape
     C, _, Lk = K.shape
+    if L == 0 or Lk == 0 or Bt == 0:
+        return _empty_conv(u, K, D)
     y = np.zeros((Bt, C, H, L))
     for b in range(Bt):
         for c in range(C):
@@ -206,6 +235,8 @@ def causal_conv_bwd(
     """
     Bt, H, L = u.shape
     C, _, Lk = K.shape
+    if L == 0 or Lk == 0 or Bt == 0:
+        return _empty_conv_bwd(u, K, K_anti, D, G, need_u, need_k, need_d)
     u_bar = np.zeros((Bt, H, L))
     K_bar = np.zeros((C, H, Lk))
     Ka_bar = None if K_anti is None else np.zeros((C, H, Lk))

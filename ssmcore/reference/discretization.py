@@ -42,6 +42,10 @@ from math import factorial
 
 import numpy as np
 
+# The kernel contract (every backend module has these functions, same parameters) and
+# the constants shared with the kernels. ``expm1`` and ``phi_functions`` are shared
+# maths helpers of the reference and the front doors (namespace-generic via ``xp``),
+# not kernels: backends do not re-implement them.
 __all__ = [
     "GBT",
     "METHOD_CODES",
@@ -49,8 +53,6 @@ __all__ = [
     "discretize_diag_bwd",
     "discretize_diag_fwd",
     "expm",
-    "expm1",
-    "phi_functions",
 ]
 
 # Integer codes shared with the Numba kernels (which cannot take strings cheaply).
@@ -63,32 +65,43 @@ PHI_SERIES_RADIUS = 1.0
 PHI3_TAYLOR = tuple(1.0 / factorial(j + 3) for j in reversed(range(17)))
 
 
-def expm1(x: np.ndarray) -> np.ndarray:
-    """exp(x) - 1, accurate for real and complex x (also near x = 2 pi i k)."""
-    x = np.asarray(x)
-    if not np.iscomplexobj(x):
-        return np.expm1(x)
-    a, b = x.real, x.imag
-    s = np.sin(0.5 * b)
-    return (np.expm1(a) * np.cos(b) - 2.0 * s * s) + 1j * (np.exp(a) * np.sin(b))
+def expm1(x: np.ndarray, xp=None) -> np.ndarray:
+    """exp(x) - 1, accurate for real and complex x (also near x = 2 pi i k).
+
+    ``xp`` is the array namespace of ``x`` (NumPy when omitted): the same code
+    runs on CuPy and array-API-strict arrays (the convolution front door uses it).
+    """
+    if xp is None:
+        xp = np
+        x = np.asarray(x)
+    if not (x.dtype == xp.complex128 or x.dtype == xp.complex64):  # cheaper than xp.isdtype
+        return xp.expm1(x)
+    a, b = xp.real(x), xp.imag(x)
+    s = xp.sin(0.5 * b)
+    return (xp.expm1(a) * xp.cos(b) - 2.0 * s * s) + 1j * (xp.exp(a) * xp.sin(b))
 
 
-def phi_functions(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(exp(x), phi1(x), phi2(x), phi3(x)) elementwise, stable for every x (real or complex)."""
-    x = np.asarray(x)
-    small = np.abs(x) < PHI_SERIES_RADIUS  # False for NaN: NaN takes the closed form and stays NaN
+def phi_functions(x: np.ndarray, xp=None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(exp(x), phi1(x), phi2(x), phi3(x)) elementwise, stable for every x (real or complex).
+
+    ``xp``: the array namespace of ``x`` (NumPy when omitted), as for :func:`expm1`.
+    """
+    if xp is None:
+        xp = np
+        x = np.asarray(x)
+    small = xp.abs(x) < PHI_SERIES_RADIUS  # False for NaN: NaN takes the closed form and stays NaN
     with np.errstate(all="ignore"):
         # series branch (evaluated everywhere, used where |x| < 1)
-        p3s = np.zeros_like(x)
+        p3s = xp.zeros_like(x)
         for c in PHI3_TAYLOR:
             p3s = p3s * x + c
         p2s = 0.5 + x * p3s
         p1s = 1.0 + x * p2s
         # closed-form branch (used where |x| >= 1)
-        p1c = expm1(x) / x
+        p1c = expm1(x, xp) / x
         p2c = (p1c - 1.0) / x
         p3c = (p2c - 0.5) / x
-    return np.exp(x), np.where(small, p1s, p1c), np.where(small, p2s, p2c), np.where(small, p3s, p3c)
+    return xp.exp(x), xp.where(small, p1s, p1c), xp.where(small, p2s, p2c), xp.where(small, p3s, p3c)
 
 
 def _coefficients(x: np.ndarray, method: int, alpha: float, derivatives: bool):

@@ -19,6 +19,8 @@ import numba
 import numpy as np
 from numba import prange
 
+from ssmcore.reference.convolution import _empty_conv, _empty_conv_bwd
+
 from ._jit import jit
 
 __all__ = [
@@ -521,8 +523,11 @@ def _fft_len(L: int, Lk: int) -> int:
 
 
 def _fft_workers(workers, size):
-    """One FFT thread for small transforms (thread hand-off costs more than it saves)."""
-    return 1 if size < _SERIAL_WORK else workers
+    """scipy.fft threads: one for small transforms (thread hand-off costs more than it saves),
+    else the caller's ``workers`` (None: all cores, -1)."""
+    if size < _SERIAL_WORK:
+        return 1
+    return -1 if workers is None else workers
 
 
 def _kernel_spectrum(K, K_anti, n, workers):
@@ -547,6 +552,9 @@ def causal_conv(
 
     Bt, H, L = u.shape
     C, _, Lk = K.shape
+    if L == 0 or Lk == 0 or Bt == 0:
+        return _empty_conv(u, K, D)
+    u, K = np.ascontiguousarray(u), np.ascontiguousarray(K)
     n = _fft_len(L, Lk)
     workers = _fft_workers(workers, Bt * max(C, 1) * H * n)
     Uf = fft.rfft(u, n, axis=-1, workers=workers)  # (Bt, H, F)
@@ -585,6 +593,9 @@ def causal_conv_bwd(
 
     Bt, H, L = u.shape
     C, _, Lk = K.shape
+    if L == 0 or Lk == 0 or Bt == 0:
+        return _empty_conv_bwd(u, K, K_anti, D, G, need_u, need_k, need_d)
+    u, K, G = np.ascontiguousarray(u), np.ascontiguousarray(K), np.ascontiguousarray(G)
     n = _fft_len(L, Lk)
     workers = _fft_workers(workers, Bt * max(C, 1) * H * n)
     Gf = fft.rfft(G, n, axis=-1, workers=workers) if (need_u or need_k) else None  # (Bt, C, H, F)

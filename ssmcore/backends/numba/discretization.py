@@ -164,6 +164,7 @@ def _result_dtype(*arrays: np.ndarray) -> np.dtype:
 
 def discretize_diag_fwd(A: np.ndarray, dt: np.ndarray, B: np.ndarray, method: int, alpha: float):
     """Ad (R, N) = ad(A dt); Bd (R, N, M) = dt beta(A dt) B, in one pass."""
+    A, dt, B = np.ascontiguousarray(A), np.ascontiguousarray(dt), np.ascontiguousarray(B)
     Ad = np.empty(A.shape, dtype=_result_dtype(A))
     Bd = np.empty(B.shape, dtype=_result_dtype(A, B))
     kernel = _diag_fwd_par if _parallel(B.size + A.size) else _diag_fwd_seq
@@ -173,6 +174,8 @@ def discretize_diag_fwd(A: np.ndarray, dt: np.ndarray, B: np.ndarray, method: in
 
 def discretize_diag_bwd(A, dt, B, method, alpha, gAd, gBd):
     """(gA, gdt, gB) before broadcasting is undone; see the reference for the maths."""
+    A, dt, B = np.ascontiguousarray(A), np.ascontiguousarray(dt), np.ascontiguousarray(B)
+    gAd, gBd = np.ascontiguousarray(gAd), np.ascontiguousarray(gBd)
     full = _result_dtype(A, B, gAd, gBd)
     gA = np.empty(A.shape, dtype=full)
     gdt = np.empty(A.shape, dtype=full)
