@@ -26,9 +26,14 @@ from .dispatch import Target, array_kind, select
 from .registry import register_op
 from .validation import shape_error
 
-__all__ = ["lfilter"]
+__all__ = ["UnsupportedDtypeError", "lfilter"]
 
 _FN = "lfilter"
+
+
+class UnsupportedDtypeError(NotImplementedError, TypeError):
+    """A dtype lfilter does not filter in: scipy raises NotImplementedError for unsupported
+    result types and TypeError for object arrays of non-numbers; this is both."""
 
 
 class _Prepared(NamedTuple):
@@ -68,7 +73,7 @@ def _as_array(name: str, v: Any, t: Target) -> Any:
         raise TypeError(f"{_FN}: {name} could not be converted to an array ({exc})") from None
     xp = t.xp
     if not xp.isdtype(arr.dtype, ("numeric", "bool")):
-        raise NotImplementedError(
+        raise UnsupportedDtypeError(
             f"{_FN}: {name} has dtype {dtype_name(arr.dtype)}; expected a floating or complex dtype "
             "(scipy.signal.lfilter does not support it either)"
         )
@@ -136,7 +141,7 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
     # scipy's dtype rule: the result type of b, a, x (and zi), without casting ints to float.
     dtype = xp.result_type(*(v.dtype for v in (b_arr, a_arr, x_arr, zi_arr) if v is not None))
     if not xp.isdtype(dtype, ("real floating", "complex floating")) or dtype_name(dtype) == "float16":
-        raise NotImplementedError(
+        raise UnsupportedDtypeError(
             f"{_FN}: b, a, x{' and zi' if zi_arr is not None else ''} promote to {dtype_name(dtype)}, which "
             "scipy.signal.lfilter does not support either; pass floating arrays (e.g. x.astype(float64))"
         )

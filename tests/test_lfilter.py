@@ -81,6 +81,9 @@ def test_longdouble_runs_in_long_double():
     "args,kw,exc",
     [
         (([1, 1], [1, 2], [1, 2, 3]), {}, NotImplementedError),
+        ((np.uint64([1]), np.uint64([2]), np.uint64([3, 4])), {}, NotImplementedError),  # scipy's test_invalid_params
+        (([1.0], [1.0], [1.0, None, 2.0]), {}, TypeError),  # scipy's test_lfilter_bad_object
+        (([None], [1.0], [1.0, 2.0, 3.0]), {}, TypeError),
         ((np.ones(2, np.float16), np.ones(2, np.float16), np.ones(3, np.float16)), {}, NotImplementedError),
         (([1.0, 1], [1.0, 0.5], np.ones(3, object)), {}, NotImplementedError),
         (([1.0, 1], [0.0, 1], [1.0, 2, 3]), {}, ValueError),
