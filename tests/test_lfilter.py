@@ -12,7 +12,7 @@ from ssmcore.backends.numba import lfilter as nb_lfilter
 from ssmcore.reference import lfilter as ref_lfilter
 from vjp_check import check_vjp
 
-ORDERS = [(1, 1), (3, 1), (1, 2), (2, 2), (3, 3), (5, 3), (2, 6), (8, 8)]
+ORDERS = [(1, 1), (3, 1), (1, 2), (2, 2), (3, 3), (4, 4), (5, 3), (2, 6), (8, 8)]  # K = 1..8
 
 
 def _filter(rng, nb, na, dtype=np.float64, radius=0.95):

@@ -14,8 +14,9 @@ Why the kernels look the way they do:
 * FIR filters (``a`` rows of length 1, as the front door passes them) have
   their own loop without feedback terms, as scipy's FIR path: a padded zero
   times an infinite output would otherwise turn inf into NaN.
-* First-order (K = 2) and biquad (K = 3) sections keep the state in registers;
-  longer filters keep it in the output row ``zf[c]`` (L1-resident).
+* IIR filters up to fourth order (K <= 5) keep the state in registers (measured
+  2-2.5x faster than the generic loop on one series); longer filters keep it in
+  the output row ``zf[c]`` (L1-resident).
 * ``fastmath`` is off and the operations are scipy's, in scipy's order
   (``(z1 + x b1) - y a1``): without FMA contraction real results are
   bit-identical to ``scipy.signal.lfilter`` (tested), so a drop-in swap
@@ -34,8 +35,8 @@ from ._jit import jit
 
 __all__ = ["PARALLEL_MIN_WORK", "lfilter_bwd", "lfilter_fwd"]
 
-#: Below this many multiply-adds (C * L * K) the serial loop beats a parallel region.
-PARALLEL_MIN_WORK = 1 << 16
+#: Below this many multiply-adds (C * L * K, about 1 ms serial) a parallel region is not worth its fork/join.
+PARALLEL_MIN_WORK = 1 << 20
 
 
 @jit(fastmath=False)
@@ -83,6 +84,53 @@ def _filt_channel(b, a, x, z, y):
             y[n] = yn
         z[0] = z0
         z[1] = z1
+    elif K == 4:
+        b0 = b[0]
+        b1 = b[1]
+        b2 = b[2]
+        b3 = b[3]
+        a1 = a[1]
+        a2 = a[2]
+        a3 = a[3]
+        z0 = z[0]
+        z1 = z[1]
+        z2 = z[2]
+        for n in range(L):
+            xn = x[n]
+            yn = z0 + b0 * xn
+            z0 = (z1 + xn * b1) - yn * a1
+            z1 = (z2 + xn * b2) - yn * a2
+            z2 = xn * b3 - yn * a3
+            y[n] = yn
+        z[0] = z0
+        z[1] = z1
+        z[2] = z2
+    elif K == 5:
+        b0 = b[0]
+        b1 = b[1]
+        b2 = b[2]
+        b3 = b[3]
+        b4 = b[4]
+        a1 = a[1]
+        a2 = a[2]
+        a3 = a[3]
+        a4 = a[4]
+        z0 = z[0]
+        z1 = z[1]
+        z2 = z[2]
+        z3 = z[3]
+        for n in range(L):
+            xn = x[n]
+            yn = z0 + b0 * xn
+            z0 = (z1 + xn * b1) - yn * a1
+            z1 = (z2 + xn * b2) - yn * a2
+            z2 = (z3 + xn * b3) - yn * a3
+            z3 = xn * b4 - yn * a4
+            y[n] = yn
+        z[0] = z0
+        z[1] = z1
+        z[2] = z2
+        z[3] = z3
     else:
         b0 = b[0]
         for n in range(L):
