@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ._xp import broadcast_shapes, dtype_name, prod
-from .dispatch import Target, array_kind, select
+from .dispatch import Target, array_kind, kernels, select
 from .registry import register_op
 from .validation import shape_error
 
@@ -71,13 +71,33 @@ def _as_array(name: str, v: Any, t: Target) -> Any:
             arr = v if (hasattr(v, "__array_namespace__") and array_kind(v) == t.kind) else t.asarray(v)
     except Exception as exc:  # ragged lists and other non-array-likes
         raise TypeError(f"{_FN}: {name} could not be converted to an array ({exc})") from None
-    xp = t.xp
-    if not xp.isdtype(arr.dtype, ("numeric", "bool")):
+    if not _is_kind(arr.dtype, ("numeric", "bool"), t):
         raise UnsupportedDtypeError(
             f"{_FN}: {name} has dtype {dtype_name(arr.dtype)}; expected a floating or complex dtype "
             "(scipy.signal.lfilter does not support it either)"
         )
     return arr
+
+
+#: NumPy dtype kinds of the array-API kind names used here (xp.isdtype costs ~3 us on NumPy).
+_NUMPY_KINDS = {"numeric": "iufc", "bool": "b", "real floating": "f", "complex floating": "c"}
+
+
+def _is_kind(dtype: Any, kinds: tuple[str, ...], t: Target) -> bool:
+    if t.kind == "numpy":
+        return any(dtype.kind in _NUMPY_KINDS[k] for k in kinds)
+    return bool(t.xp.isdtype(dtype, kinds))
+
+
+def _astype(v: Any, dtype: Any, xp: Any) -> Any:
+    return v if v.dtype == dtype else xp.astype(v, dtype)
+
+
+def _any_zero(v: Any, t: Target) -> bool:
+    """Whether ``v`` has a zero (a host sync on a GPU: scipy's a[0] == 0 error needs the answer)."""
+    if t.kind == "numpy":
+        return bool((v == 0).any())  # xp.any costs ~6 us on NumPy
+    return bool(t.xp.any(v == 0))
 
 
 def _atleast_1d(x: Any, xp: Any) -> Any:
@@ -99,6 +119,8 @@ def _rows_map(lead: tuple[int, ...], batch: tuple[int, ...], t: Target) -> Any:
     """Channel -> row map of an operand with leading shape ``lead`` broadcast to ``batch``."""
     xp = t.xp
     R, C = prod(lead), prod(batch)
+    if R == 1:  # one filter for every channel (scipy's case)
+        return xp.zeros(C, dtype=xp.int64, device=t.device)
     rows = xp.arange(R, dtype=xp.int64, device=t.device)
     if lead != batch:
         rows = xp.reshape(xp.broadcast_to(xp.reshape(rows, lead), batch), (C,))
@@ -139,8 +161,9 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
     p = _check_axis(axis, x_arr.ndim)
 
     # scipy's dtype rule: the result type of b, a, x (and zi), without casting ints to float.
-    dtype = xp.result_type(*(v.dtype for v in (b_arr, a_arr, x_arr, zi_arr) if v is not None))
-    if not xp.isdtype(dtype, ("real floating", "complex floating")) or dtype_name(dtype) == "float16":
+    dtypes_in = [v.dtype for v in (b_arr, a_arr, x_arr, zi_arr) if v is not None]
+    dtype = np.result_type(*dtypes_in) if t.kind == "numpy" else xp.result_type(*dtypes_in)
+    if not _is_kind(dtype, ("real floating", "complex floating"), t) or dtype == getattr(xp, "float16", None):
         raise UnsupportedDtypeError(
             f"{_FN}: b, a, x{' and zi' if zi_arr is not None else ''} promote to {dtype_name(dtype)}, which "
             "scipy.signal.lfilter does not support either; pass floating arrays (e.g. x.astype(float64))"
@@ -165,14 +188,14 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
 
     # Coefficient rows, normalised by a[..., 0] in the compute dtype as scipy does.
     Rb, Ra = prod(b_lead), prod(a_lead)
-    a_rows = xp.reshape(xp.astype(a_arr, dtype, copy=False), (Ra, na))
-    b_rows = xp.reshape(xp.astype(b_arr, dtype, copy=False), (Rb, nb))
+    a_rows = xp.reshape(_astype(a_arr, dtype, xp), (Ra, na))
+    b_rows = xp.reshape(_astype(b_arr, dtype, xp), (Rb, nb))
     a0_rows = a_rows[:, 0]
-    if na > 1 and bool(xp.any(a0_rows == 0)):
+    if na > 1 and _any_zero(a0_rows, t):
         # scipy's IIR path refuses a[0] == 0 (its FIR path divides and returns inf/nan, as here).
         raise ValueError(f"{_FN}: a[..., 0] == 0 for some filter; filter coefficient a[0] == 0 not supported (as in scipy)")
     brow = _rows_map(b_lead, batch, t)
-    arow = _rows_map(a_lead, batch, t)
+    arow = brow if a_lead == b_lead else _rows_map(a_lead, batch, t)
     if b_lead == a_lead or Ra == 1:
         b_norm = b_rows / a0_rows[:, None]  # row r of b belongs with row r of a (or a is shared)
     else:  # b and a batched differently: normalise per channel (only then is b expanded)
@@ -183,7 +206,7 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
     b_norm = _pad(b_norm, K, t)
 
     xb = xt if x_lead == batch else xp.broadcast_to(xt, batch + (L,))
-    x2 = xp.reshape(xp.astype(xb, dtype, copy=False), (C, L))
+    x2 = xp.reshape(_astype(xb, dtype, xp), (C, L))
 
     zshape = batch[:q] + (K - 1,) + batch[q:]
     if zi_arr is None:
@@ -199,7 +222,9 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
                 "the other axes may be 1)",
             )
         zt = xp.permute_dims(zi_arr, _move_last(len(zshape), q)) if q != len(zshape) - 1 else zi_arr
-        zt = xp.broadcast_to(xp.astype(zt, dtype, copy=False), batch + (K - 1,))
+        zt = xp.astype(zt, dtype, copy=False)
+        if tuple(zt.shape) != batch + (K - 1,):
+            zt = xp.broadcast_to(zt, batch + (K - 1,))
         zi2 = xp.reshape(zt, (C, K - 1))
 
     dtypes = (b_arr.dtype, a_arr.dtype, x_arr.dtype, None if zi_arr is None else zi_arr.dtype)
@@ -231,9 +256,7 @@ def _to_rows(v: Any, p: _Prepared, last: int) -> Any:
 def _kernels(p: _Prepared) -> Any:
     # Long double (scipy computes in it) runs on the NumPy reference, which loops in the array's dtype.
     t = p.target
-    if t.kind == "numpy" and p.dtype not in (np.float32, np.float64, np.complex64, np.complex128):
-        from .dispatch import kernels
-
+    if t.kind == "numpy" and p.dtype.itemsize > (8 if p.dtype.kind == "f" else 16):
         return kernels("numpy", "lfilter")
     return t.kernels("lfilter")
 
