@@ -194,7 +194,7 @@ def test_streaming_equals_one_call(rng):
     np.testing.assert_allclose(np.concatenate(parts, -1), lfilter(b, a, x), rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("nb,na", [(1, 1), (3, 1), (2, 2), (3, 5), (6, 3)])
+@pytest.mark.parametrize("nb,na", [(1, 1), (3, 1), (2, 2), (3, 3), (3, 5), (6, 3)])  # K = 2, 3: paired channels, odd C
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
 def test_numba_kernels_match_reference(rng, nb, na, dtype):
     K = max(nb, na)

@@ -14,6 +14,8 @@ Why the kernels look the way they do:
 * FIR filters (``a`` rows of length 1, as the front door passes them) have
   their own loop without feedback terms, as scipy's FIR path: a padded zero
   times an infinite output would otherwise turn inf into NaN.
+* First-order and biquad IIR sections over several channels advance two
+  channels interleaved (two independent chains; bit-identical per channel).
 * IIR filters up to fourth order (K <= 5) keep the state in registers (measured
   2-2.5x faster than the generic loop on one series); longer filters keep it in
   the output row ``zf[c]`` (L1-resident).
@@ -143,15 +145,78 @@ def _filt_channel(b, a, x, z, y):
 
 
 @jit(fastmath=False)
-def _fwd_serial(b, brow, a, arow, x, zf, y):
-    for c in range(x.shape[0]):
+def _pair2(bA, aA, bB, aB, xA, xB, zA, zB, yA, yB):
+    """Two first-order channels interleaved: two independent chains hide each other's latency."""
+    b0A, b1A, a1A = bA[0], bA[1], aA[1]
+    b0B, b1B, a1B = bB[0], bB[1], aB[1]
+    sA = zA[0]
+    sB = zB[0]
+    for n in range(xA.shape[0]):
+        xa = xA[n]
+        xb = xB[n]
+        ya = sA + b0A * xa
+        yb = sB + b0B * xb
+        sA = xa * b1A - ya * a1A
+        sB = xb * b1B - yb * a1B
+        yA[n] = ya
+        yB[n] = yb
+    zA[0] = sA
+    zB[0] = sB
+
+
+@jit(fastmath=False)
+def _pair3(bA, aA, bB, aB, xA, xB, zA, zB, yA, yB):
+    """Two biquad channels interleaved (same operations per channel as :func:`_filt_channel`)."""
+    b0A, b1A, b2A, a1A, a2A = bA[0], bA[1], bA[2], aA[1], aA[2]
+    b0B, b1B, b2B, a1B, a2B = bB[0], bB[1], bB[2], aB[1], aB[2]
+    s0A = zA[0]
+    s1A = zA[1]
+    s0B = zB[0]
+    s1B = zB[1]
+    for n in range(xA.shape[0]):
+        xa = xA[n]
+        xb = xB[n]
+        ya = s0A + b0A * xa
+        yb = s0B + b0B * xb
+        s0A = (s1A + xa * b1A) - ya * a1A
+        s0B = (s1B + xb * b1B) - yb * a1B
+        s1A = xa * b2A - ya * a2A
+        s1B = xb * b2B - yb * a2B
+        yA[n] = ya
+        yB[n] = yb
+    zA[0] = s0A
+    zA[1] = s1A
+    zB[0] = s0B
+    zB[1] = s1B
+
+
+@jit(fastmath=False)
+def _fwd_item(b, brow, a, arow, x, zf, y, i, paired):
+    """Work item i: channel pair (2i, 2i + 1) when ``paired``, else channel i (and a pair's odd tail)."""
+    if not paired:
+        _filt_channel(b[brow[i]], a[arow[i]], x[i], zf[i], y[i])
+        return
+    c = 2 * i
+    if c + 1 >= x.shape[0]:
         _filt_channel(b[brow[c]], a[arow[c]], x[c], zf[c], y[c])
+    elif b.shape[1] == 2:
+        _pair2(b[brow[c]], a[arow[c]], b[brow[c + 1]], a[arow[c + 1]], x[c], x[c + 1], zf[c], zf[c + 1], y[c], y[c + 1])
+    else:
+        _pair3(b[brow[c]], a[arow[c]], b[brow[c + 1]], a[arow[c + 1]], x[c], x[c + 1], zf[c], zf[c + 1], y[c], y[c + 1])
+
+
+@jit(fastmath=False)
+def _fwd_serial(b, brow, a, arow, x, zf, y, paired):
+    n = (x.shape[0] + 1) // 2 if paired else x.shape[0]
+    for i in range(n):
+        _fwd_item(b, brow, a, arow, x, zf, y, i, paired)
 
 
 @jit(parallel=True, fastmath=False)
-def _fwd_parallel(b, brow, a, arow, x, zf, y):
-    for c in prange(x.shape[0]):
-        _filt_channel(b[brow[c]], a[arow[c]], x[c], zf[c], y[c])
+def _fwd_parallel(b, brow, a, arow, x, zf, y, paired):
+    n = (x.shape[0] + 1) // 2 if paired else x.shape[0]
+    for i in prange(n):
+        _fwd_item(b, brow, a, arow, x, zf, y, i, paired)
 
 
 def _parallel(C: int, L: int, K: int) -> bool:
@@ -169,7 +234,10 @@ def lfilter_fwd(
     y = np.empty((C, L), dtype=x.dtype)
     if C == 0 or L == 0:
         return y, zf
-    (_fwd_parallel if _parallel(C, L, K) else _fwd_serial)(b, brow, a, arow, x, zf, y)
+    # First-order and biquad IIR sections are latency-bound (one add-multiply-subtract chain per
+    # sample): two channels interleaved run at nearly twice the rate of one.
+    paired = C >= 2 and K in (2, 3) and a.shape[1] > 1
+    (_fwd_parallel if _parallel(C, L, K) else _fwd_serial)(b, brow, a, arow, x, zf, y, paired)
     return y, zf
 
 
