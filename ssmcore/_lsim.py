@@ -15,6 +15,7 @@ import numpy as np
 from ._discretization import cont2discrete
 from ._lti import dlsim
 from .dispatch import declare_backends, select
+from .validation import shape_error
 
 __all__ = ["lsim"]
 
@@ -119,7 +120,13 @@ def lsim(system: Any, U: Any, T: Any, X0: Any = None, interp: bool = True) -> tu
         raise ValueError(f"{_FN}: T has shape {T.shape}; expected (L,) (T must be a rank-1 array.)")
     n, m, p = A.shape[0], B.shape[1], C.shape[0]
     L = T.size
-    x0 = np.zeros(n, A.dtype) if X0 is None else np.broadcast_to(np.asarray(X0), (n,))
+    if X0 is None:
+        x0 = np.zeros(n, A.dtype)
+    else:
+        x0 = np.asarray(X0)
+        if x0.size != n or x0.ndim > 1:  # scipy accepts (n,) (and, implicitly, a 1-element list for n = 1)
+            raise shape_error(_FN, "X0", x0.shape, f"({n},) (one value per state)")
+        x0 = x0.reshape(n)
     no_input = U is None or (isinstance(U, (int, float)) and U == 0.0) or not np.any(U)
 
     if L == 0:

@@ -76,6 +76,8 @@ def test_errors_as_scipy():
             sps.lsim(system, U, t)
         with pytest.raises(exc, match="lsim: .*" + match):
             lsim(system, U, t)
+    with pytest.raises(ValueError, match=r"lsim: X0 has shape \(3,\); expected \(2,\)"):
+        lsim((A, B, C, D), None, T, X0=[1.0, 2.0, 3.0])
     with pytest.raises(TypeError, match="interp must be a bool"):
         lsim(([1.0], [1.0, 1.0]), np.ones(11), T, interp="no")
 
