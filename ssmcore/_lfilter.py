@@ -384,18 +384,6 @@ def lfilter(
         Final state (only when ``zi`` is given), shaped like ``zi``'s expansion;
         pass it as ``zi`` of the next block to filter a stream.
 
-    Batching
-    --------
-    Let ``S_x`` be the shape of ``x`` without ``axis``. Then ``b.shape[:-1]``,
-    ``a.shape[:-1]`` and ``S_x`` broadcast (NumPy's rules) to the batch shape
-    ``S``, and every batch entry is filtered with its own ``b`` and ``a`` rows.
-    The output has shape ``S`` with the time axis inserted where ``axis`` was,
-    counted in ``x``'s axes (axes that ``S`` adds in front come first). With 1-D
-    ``b`` and ``a`` this is exactly scipy's behaviour. torchaudio's
-    ``lfilter(waveform (..., F, L), a_coeffs (F, na), b_coeffs (F, nb), batching=True)``
-    is ``lfilter(b_coeffs, a_coeffs, waveform)`` here (no clamping, no float32-only
-    restriction).
-
     Raises
     ------
     ValueError
@@ -407,6 +395,16 @@ def lfilter(
 
     Notes
     -----
+    Batching: let ``S_x`` be the shape of ``x`` without ``axis``. Then ``b.shape[:-1]``,
+    ``a.shape[:-1]`` and ``S_x`` broadcast (NumPy's rules) to the batch shape
+    ``S``, and every batch entry is filtered with its own ``b`` and ``a`` rows.
+    The output has shape ``S`` with the time axis inserted where ``axis`` was,
+    counted in ``x``'s axes (axes that ``S`` adds in front come first). With 1-D
+    ``b`` and ``a`` this is exactly scipy's behaviour. torchaudio's
+    ``lfilter(waveform (..., F, L), a_coeffs (F, na), b_coeffs (F, nb), batching=True)``
+    is ``lfilter(b_coeffs, a_coeffs, waveform)`` here (no clamping, no float32-only
+    restriction).
+
     dtype: ``result_type(b, a, x, zi)`` (float32, float64, complex64,
     complex128; long double runs on the NumPy reference, as slow as a Python loop
     over time). Gradients: registered as op ``"lfilter"`` with inputs
