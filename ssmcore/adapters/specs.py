@@ -434,3 +434,34 @@ EXAMPLES["linear_scan"] = [
                                                       "return_final_state": True})),
 ]
 COMPLEX_OK.add("linear_scan")
+
+
+# ----------------------------------------------------------------------------- lfilter (scipy.signal drop-in)
+@rule("lfilter")
+def _lfilter(b, a, x, axis=-1, zi=None, **_):
+    xs = _shape(x)
+    p = int(axis) % len(xs)
+    x_lead = xs[:p] + xs[p + 1:]
+    batch = broadcast(_shape(b)[:-1], _shape(a)[:-1], x_lead)
+    q = p + len(batch) - len(x_lead)
+    dt = result_dtype(b, a, x, zi)
+    y = ArraySpec(batch[:q] + (xs[p],) + batch[q:], dt)
+    if zi is None:
+        return y
+    K = max(_shape(b)[-1] if _shape(b) else 1, _shape(a)[-1] if _shape(a) else 1)
+    return y, ArraySpec(batch[:q] + (K - 1,) + batch[q:], dt)
+
+
+def _lfilter_coeffs(rng, shape, dtype, n):
+    """Denominators (..., n) with a[..., 0] = 1.5 and small feedback (stable)."""
+    tail = _rand(rng, shape + (n - 1,), dtype, 0.2)
+    return np.concatenate([np.full(shape + (1,), 1.5, dtype=tail.dtype), tail], -1)
+
+
+EXAMPLES["lfilter"] = [
+    ("iir", lambda rng, dt: ((_rand(rng, (3,), dt), _lfilter_coeffs(rng, (), dt, 3), _rand(rng, (2, 7), dt)), {})),
+    ("batched_axis0_zi", lambda rng, dt: ((_rand(rng, (4, 2), dt), _lfilter_coeffs(rng, (4,), dt, 3),
+                                           _rand(rng, (6, 4), dt)),
+                                          {"axis": 0, "zi": _rand(rng, (2, 4), dt)})),
+]
+COMPLEX_OK.add("lfilter")
