@@ -40,6 +40,8 @@ from ._initializers import (
     s4d_lin,
     s4d_real,
 )
+from ._lfilter import lfilter
+from ._lsim import lsim
 from ._lti import dlsim, lti_simulate, lti_simulate_diag
 from ._scan import linear_scan
 from ._selective_scan import selective_scan, selective_state_update
@@ -80,6 +82,9 @@ __all__ = [
     "selective_scan",
     "selective_state_update",
     "ssd",
+    # signal processing (scipy.signal drop-ins)
+    "lfilter",
+    "lsim",
     # LTI simulation
     "dlsim",
     "lti_simulate",

@@ -82,3 +82,11 @@ NAMESPACE_PARAMS = [
     pytest.param(Namespace("strict"), id="strict"),
     pytest.param(Namespace("cupy"), id="cupy", marks=pytest.mark.gpu),
 ]
+
+
+def cpu_backends(op: str) -> tuple[str, ...]:
+    """The CPU backends (NumPy reference, Numba) that ``op`` declares in the capability table."""
+    import ssmcore  # noqa: F401  (registers every op)
+    from ssmcore.dispatch import capabilities
+
+    return tuple(b for b in capabilities()[op] if b != "cupy")

@@ -16,7 +16,6 @@ from vjp_check import check_vjp
 import ssmcore
 from ssmcore._convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
 
-BACKENDS = ["numba", "numpy"]
 METHODS = ["zoh", "bilinear", "zoh_euler"]
 
 
@@ -98,7 +97,7 @@ def _direct_conv(u, k):
 # --------------------------------------------------------------------------- diagonal kernel
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 @pytest.mark.parametrize("method", METHODS)
 def test_diag_kernel_is_impulse_response_of_recurrence(rng, method, backend):
     H, N, L = 3, 4, 40
@@ -144,7 +143,7 @@ def test_diag_fused_discretisation_matches_discretize_diag(rng, method):
     np.testing.assert_allclose(ssm_kernel_diag(A, B, C, dt, L, method=method), want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 def test_diag_kernel_per_mode_dt_and_output_channels(rng, backend):
     H, N, L, Co = 2, 3, 25, 2
     A = _modes(rng, (H, N))
@@ -159,7 +158,7 @@ def test_diag_kernel_per_mode_dt_and_output_channels(rng, backend):
             np.testing.assert_allclose(K[c, h], _impulse_response_diag(Ad, Bd, C[c, h], L, 2.0), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 def test_diag_odd_N_conj_sym_equals_full_conjugate_extended_system(rng, backend):
     # N counts stored modes (one per conjugate pair), so odd N is legal: state size 2N.
     N, L, dt = 3, 30, 0.2
@@ -171,7 +170,7 @@ def test_diag_odd_N_conj_sym_equals_full_conjugate_extended_system(rng, backend)
     np.testing.assert_allclose(K, _impulse_response_diag(Ad, Bd, np.r_[C, C.conj()], L, 1.0), rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 def test_diag_real_modes_without_conj_sym_is_mamba_style(rng, backend):
     N, L, dt = 5, 20, 0.1
     A = -np.arange(1.0, N + 1)  # S4D-Real
@@ -184,7 +183,7 @@ def test_diag_real_modes_without_conj_sym_is_mamba_style(rng, backend):
     np.testing.assert_allclose(K2, 2 * K, rtol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 def test_diag_zoh_stable_as_A_goes_to_zero(backend):
     dt, L = 0.5, 6
     C = np.array([1.0 + 2.0j, 0.5])
@@ -251,7 +250,7 @@ def test_diag_float32_and_broadcasting(rng):
     assert ssm_kernel_diag(A, B, C[0], 0.1, L).shape == (L,)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 def test_diag_edge_lengths_and_nan(rng, backend):
     A = _modes(rng, (2, 3))
     B = _cnormal(rng, (2, 3))
@@ -267,7 +266,7 @@ def test_diag_edge_lengths_and_nan(rng, backend):
 
 
 @pytest.mark.parametrize("method", METHODS)
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 @given(seed=st.integers(0, 2**31), L=st.integers(1, 12), per_mode_dt=st.booleans())
 def test_diag_vjp(method, backend, seed, L, per_mode_dt):
     rng = np.random.default_rng(seed)
@@ -279,7 +278,7 @@ def test_diag_vjp(method, backend, seed, L, per_mode_dt):
     check_vjp("ssm_kernel_diag", (A, B, C, dt, L), dict(method=method, backend=backend), rng=rng, rtol=1e-5, atol=1e-8)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 def test_diag_vjp_broadcast_real_and_small_A(rng, backend):
     # shared (N,) modes broadcast over channels, real B, scalar dt; modes near 0 use phi1/phi2 series
     A = np.array([-0.3 + 2j, 1e-7 - 1e-7j, -1.5 + 0j])
@@ -325,7 +324,7 @@ def test_diag_bad_input():
 # --------------------------------------------------------------------------- DPLR kernel
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_dplr")
 @pytest.mark.parametrize("L", [16, 33, 64])
 def test_dplr_legs_kernel_equals_dense_bilinear_matrix(backend, L):
     N = 8
@@ -360,7 +359,7 @@ def test_dplr_with_hippo_nplr_if_available():
         np.testing.assert_allclose(K[h], want, rtol=1e-9, atol=1e-11 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_diag")
 def test_dplr_without_low_rank_is_diag_bilinear(rng, backend):
     H, N, L, dt = 2, 4, 20, np.array([0.1, 0.3])
     lam = _modes(rng, (H, N))
@@ -411,7 +410,7 @@ def test_dplr_numba_matches_reference_property(H, N, r, Co, L, seed):
     np.testing.assert_allclose(K, R, rtol=1e-10, atol=1e-10 * max(1.0, np.abs(R).max()))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_dplr")
 @given(seed=st.integers(0, 2**31), L=st.integers(1, 12), r=st.integers(1, 2))
 def test_dplr_vjp(backend, seed, L, r):
     rng = np.random.default_rng(seed)
@@ -450,7 +449,7 @@ def test_dplr_bad_input():
 # --------------------------------------------------------------------------- dense kernel
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_dense")
 def test_dense_kernel_matches_scipy_dimpulse_and_powers(rng, backend):
     from scipy.signal import dimpulse
 
@@ -483,7 +482,7 @@ def test_dense_equals_diag_for_diagonal_matrix(rng):
     np.testing.assert_allclose(K.real, ssm_kernel_diag(A, B, C, dt, L, conj_sym=False), rtol=1e-10, atol=1e-13)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("ssm_kernel_dense")
 @given(seed=st.integers(0, 2**31), L=st.integers(0, 30), N=st.integers(1, 4), cplx=st.booleans())
 def test_dense_vjp_and_reference(backend, seed, L, N, cplx):
     rng = np.random.default_rng(seed)
@@ -513,7 +512,7 @@ def test_dense_float32_and_bad_input(rng):
 # --------------------------------------------------------------------------- FFT convolution
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("fft_conv")
 def test_fft_conv_equals_direct_and_scipy(rng, backend):
     from scipy.signal import fftconvolve
 
@@ -529,7 +528,7 @@ def test_fft_conv_equals_direct_and_scipy(rng, backend):
     np.testing.assert_allclose(y, fftconvolve(u, K[None], axes=-1)[..., :L] + D[:, None] * u, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("fft_conv")
 def test_fft_conv_output_channels_are_flattened_c_major(rng, backend):
     Bt, Co, H, L = 2, 3, 2, 16
     u = rng.normal(size=(Bt, H, L))
@@ -543,7 +542,7 @@ def test_fft_conv_output_channels_are_flattened_c_major(rng, backend):
             np.testing.assert_allclose(y[0, c * H + h], want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("fft_conv")
 def test_fft_conv_bidirectional_s4_layout(rng, backend):
     H, L, Lk = 2, 20, 6
     u = rng.normal(size=(1, H, L))
@@ -569,7 +568,7 @@ def test_fft_conv_long_float32_against_scipy(rng):
     np.testing.assert_allclose(y, want, rtol=0, atol=2e-5 * np.abs(want).max())
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("fft_conv")
 def test_fft_conv_shapes_and_edges(rng, backend):
     u = rng.normal(size=(2, 2, 3, 9))  # two batch axes
     K = rng.normal(size=(3, 4))
@@ -590,7 +589,7 @@ def test_fft_conv_shapes_and_edges(rng, backend):
     assert np.isnan(yn[0, 0, 0, 4]) and np.all(np.isfinite(yn[1]))
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("fft_conv")
 @given(
     seed=st.integers(0, 2**31),
     L=st.integers(1, 20),

@@ -13,9 +13,11 @@ from vjp_check import check_vjp
 
 import ssmcore
 from ssmcore._discretization import DENSE_METHODS, DIAG_METHODS, cont2discrete, discretize, discretize_diag
+from namespaces import cpu_backends
+
+BACKENDS = cpu_backends("discretize")  # the capability table's CPU backends (discretize_diag declares the same)
 
 SCIPY_METHODS = ("zoh", "foh", "impulse", "bilinear", "tustin", "gbt", "euler", "forward_diff", "backward_diff")
-BACKENDS = ("numba", "numpy")
 
 
 def assert_close(actual, desired, rtol=1e-12):
@@ -186,7 +188,7 @@ def test_diag_matches_dense(seed, n, complex_, method, alpha, backend):
         np.testing.assert_allclose(Bd[:, col], Bd_dense[:, col], rtol=1e-13, atol=1e-300)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("discretize_diag")
 @pytest.mark.parametrize("complex_", [False, True])
 def test_diag_zoh_tiny_steps_against_taylor(backend, complex_):
     mags = np.array([0.0, 1e-300, 1e-20, 1e-12, 1e-8, 1e-4, 1e-2, 0.3, 0.999, 1.001])
@@ -202,7 +204,7 @@ def test_diag_zoh_tiny_steps_against_taylor(backend, complex_):
     np.testing.assert_allclose(np.imag(Bd_tiny), np.imag(tiny) / 2, rtol=1e-15, atol=0)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.op("discretize_diag")
 def test_diag_zoh_complex_near_two_pi_i(backend):
     """exp(x) - 1 cancels near x = 2 pi i k; the real part of phi1 must still be accurate."""
     x = np.array([-1e-7 + 2j * np.pi, -3e-4 + 4j * np.pi, 1e-9 + 6j * np.pi])
