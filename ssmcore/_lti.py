@@ -23,17 +23,23 @@ import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from .dispatch import kernels, select_backend
+from . import _xp
+from .dispatch import Target, UnsupportedBackendError, declare_backends, select
 from .registry import register_op
 from .validation import as_float_array, check_choice, shape_error, sum_to_shape
 
 __all__ = ["DIAG_MODES", "LTI_MODES", "dlsim", "lti_simulate", "lti_simulate_diag"]
 
 _OPERAND_NAMES = ("A", "B", "C", "D", "u", "x0")
+
+# dlsim is not a registered op (scipy's API, not differentiable) but runs the LTI
+# kernels: it declares its backends like the ops do (see dlsim for what runs where).
+declare_backends("dlsim", ("numpy", "numba"))
 
 
 # ---------------------------------------------------------------------------------
@@ -47,84 +53,97 @@ class _Operands:
 
     ``idx[b]`` gives, for broadcast batch element ``b``, the flat index of the A, B,
     C, D, u and x0 it uses. Nothing is materialised at the broadcast shape, so one
-    long input against many systems (or the reverse) costs no copies.
+    long input against many systems (or the reverse) costs no copies. All arrays
+    are of the call's namespace and device (``target``); ``idx_host`` is the same
+    map as a NumPy array (it depends on shapes only), for host-side grouping.
     """
 
-    A: np.ndarray  # (nA, N, N)
-    B: np.ndarray  # (nB, N, M)
-    C: np.ndarray  # (nC, P, N)
-    D: np.ndarray  # (nD, P, M), zeros when D is None
-    u: np.ndarray  # (nU, M, L)
-    x0: np.ndarray  # (nX, N), zeros when x0 is None
-    idx: np.ndarray  # (batch, 6) int64
+    A: Any  # (nA, N, N)
+    B: Any  # (nB, N, M)
+    C: Any  # (nC, P, N)
+    D: Any  # (nD, P, M), zeros when D is None
+    u: Any  # (nU, M, L)
+    x0: Any  # (nX, N), zeros when x0 is None
+    idx: Any  # (batch, 6) int64, on the operands' device
+    idx_host: np.ndarray  # the same, NumPy
     batch_shape: tuple[int, ...]
     N: int
     M: int
     P: int
     L: int
-    dtype: np.dtype
+    dtype: Any
     # (shape, dtype) of each user argument, None where not given: for the gradients
-    inputs: tuple[tuple[tuple[int, ...], np.dtype] | None, ...]
-    backend: str
+    inputs: tuple[tuple[tuple[int, ...], Any] | None, ...]
+    target: Target
     # whether the caller asked for x_{L-1} (modes that get it for free ignore this)
     need_final_state: bool = True
 
     @property
     def batch(self) -> int:
-        return self.idx.shape[0]
+        return self.idx_host.shape[0]
+
+    @property
+    def backend(self) -> str:
+        return self.target.backend
 
 
-def _prepare(fn: str, A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any, backend: str | None) -> _Operands:
-    backend = select_backend(fn, A, B, C, D, u, x0, backend=backend)
-    if backend == "cupy":
-        raise NotImplementedError(f"{fn}: no CuPy kernels for LTI simulation yet; pass NumPy arrays")
-    A = as_float_array(fn, "A", A, min_ndim=2, expected="(..., N, N)")
+def _prepare(fn: str, t: Target, A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any) -> _Operands:
+    xp = t.xp
+    A = as_float_array(fn, "A", A, min_ndim=2, expected="(..., N, N)", target=t)
     if A.shape[-1] != A.shape[-2]:
         raise shape_error(fn, "A", A.shape, "(..., N, N) (square in the last two axes)")
     N = A.shape[-1]
-    B = as_float_array(fn, "B", B, min_ndim=2, expected=f"(..., {N}, M)")
+    B = as_float_array(fn, "B", B, min_ndim=2, expected=f"(..., {N}, M)", target=t)
     if B.shape[-2] != N:
         raise shape_error(fn, "B", B.shape, f"(..., {N}, M) (N = {N} from A)")
     M = B.shape[-1]
-    C = as_float_array(fn, "C", C, min_ndim=2, expected=f"(..., P, {N})")
+    C = as_float_array(fn, "C", C, min_ndim=2, expected=f"(..., P, {N})", target=t)
     if C.shape[-1] != N:
         raise shape_error(fn, "C", C.shape, f"(..., P, {N}) (N = {N} from A)")
     P = C.shape[-2]
     if D is not None:
-        D = as_float_array(fn, "D", D, min_ndim=2, expected=f"(..., {P}, {M})")
-        if D.shape[-2:] != (P, M):
+        D = as_float_array(fn, "D", D, min_ndim=2, expected=f"(..., {P}, {M})", target=t)
+        if tuple(D.shape[-2:]) != (P, M):
             raise shape_error(fn, "D", D.shape, f"(..., {P}, {M}) (P = {P} from C, M = {M} from B)")
-    u = as_float_array(fn, "u", u, min_ndim=2, expected=f"(..., {M}, L)")
+    u = as_float_array(fn, "u", u, min_ndim=2, expected=f"(..., {M}, L)", target=t)
     if u.shape[-2] != M:
         raise shape_error(fn, "u", u.shape, f"(..., {M}, L) (M = {M} from B; time is the last axis)")
     L = u.shape[-1]
     if x0 is not None:
-        x0 = as_float_array(fn, "x0", x0, min_ndim=1, expected=f"(..., {N})")
+        x0 = as_float_array(fn, "x0", x0, min_ndim=1, expected=f"(..., {N})", target=t)
         if x0.shape[-1] != N:
             raise shape_error(fn, "x0", x0.shape, f"(..., {N}) (N = {N} from A)")
 
     given = (A, B, C, D, u, x0)
     core_ndim = (2, 2, 2, 2, 2, 1)
-    leads = [None if a is None else a.shape[: a.ndim - k] for a, k in zip(given, core_ndim)]
+    leads = [None if a is None else tuple(a.shape[: a.ndim - k]) for a, k in zip(given, core_ndim)]
     try:
-        batch_shape = np.broadcast_shapes(*(s for s in leads if s is not None))
+        batch_shape = _xp.broadcast_shapes(*(s for s in leads if s is not None))
     except ValueError:
         got = ", ".join(f"{n} {s}" for n, s in zip(_OPERAND_NAMES, leads) if s is not None)
         raise ValueError(f"{fn}: the leading (batch) axes do not broadcast: {got}") from None
-    dtype = np.result_type(*(a.dtype for a in given if a is not None))
+    dtype = xp.result_type(*(a.dtype for a in given if a is not None))
+    batch = _xp.prod(batch_shape)
 
-    def flat(a: np.ndarray | None, lead: tuple[int, ...] | None, core: tuple[int, ...]):
+    def flat(a: Any, lead: tuple[int, ...] | None, core: tuple[int, ...]) -> tuple[Any, np.ndarray]:
         if a is None:  # D or x0 left out: one shared zero operand
-            return np.zeros((1,) + core, dtype=dtype), np.zeros(math.prod(batch_shape), dtype=np.int64)
-        count = math.prod(lead)
+            return xp.zeros((1,) + core, dtype=dtype, device=t.device), np.zeros(batch, dtype=np.int64)
+        count = _xp.prod(lead)
+        # the index map depends on shapes only: built on the host, sent to the device once
         index = np.broadcast_to(np.arange(count, dtype=np.int64).reshape(lead), batch_shape).ravel()
-        return np.ascontiguousarray(a.reshape((count,) + core), dtype=dtype), index
+        return xp.astype(xp.reshape(a, (count,) + core), dtype, copy=False), index
 
     cores = ((N, N), (N, M), (P, N), (P, M), (M, L), (N,))
     flats = [flat(a, s, core) for a, s, core in zip(given, leads, cores)]
-    idx = np.ascontiguousarray(np.stack([i for _, i in flats], axis=1))
-    inputs = tuple(None if a is None else (a.shape, a.dtype) for a in given)
-    return _Operands(*(f for f, _ in flats), idx, tuple(batch_shape), N, M, P, L, dtype, inputs, backend)
+    idx_host = np.ascontiguousarray(np.stack([i for _, i in flats], axis=1))
+    idx = idx_host if t.kind == "numpy" else t.asarray(idx_host)
+    inputs = tuple(None if a is None else (tuple(a.shape), a.dtype) for a in given)
+    return _Operands(*(f for f, _ in flats), idx, idx_host, tuple(batch_shape), N, M, P, L, dtype, inputs, t)
+
+
+def _take(t: Target, x: Any, index: np.ndarray) -> Any:
+    """Rows ``x[index]`` for a host index array (sent to the device for other namespaces)."""
+    return t.xp.take(x, index if t.kind == "numpy" else t.asarray(index), axis=0)
 
 
 # ---------------------------------------------------------------------------------
@@ -138,64 +157,28 @@ class _Run:
 
     ``ck`` (batch, ceil(L / K), N) holds the state entering every K-th step
     (``x_{cK-1}``), or is None when the mode kept none (the backward then
-    recomputes them with the recurrent kernel).
+    recomputes them with the recurrent kernel). The kernels choose ``K``.
     """
 
-    y: np.ndarray  # (batch, P, L)
-    x_final: np.ndarray  # (batch, N)
-    ck: np.ndarray | None
-    K: int
-
-
-def _checkpoint_interval(L: int) -> int:
-    # ~sqrt(L) balances the checkpoints (batch * N * L / K) against the backward's
-    # per-thread recompute buffer (K * N).
-    return max(16, math.isqrt(max(L, 1)))
-
-
-def _outputs(ops: _Operands, n_ck: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    y = np.empty((ops.batch, ops.P, ops.L), dtype=ops.dtype)
-    x_final = np.empty((ops.batch, ops.N), dtype=ops.dtype)
-    ck = np.empty((ops.batch, n_ck, ops.N), dtype=ops.dtype)
-    return y, x_final, ck
+    y: Any  # (batch, P, L)
+    x_final: Any  # (batch, N)
+    ck: Any | None
+    K: int | None
 
 
 def _run_recurrent(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
     """Sequential time loop, parallel over the batch."""
-    K = _checkpoint_interval(ops.L) if keep_checkpoints else max(ops.L, 1)
-    y, x_final, ck = _outputs(ops, -(-ops.L // K) if keep_checkpoints else 0)
-    k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, K, y, x_final, ck)
-    return _Run(y, x_final, ck if keep_checkpoints else None, K)
-
-
-def _scan_chunk_length(L: int, batch: int, N: int, threads: int) -> int:
-    """Time-chunk length for the scan mode: enough chunks to feed every thread.
-
-    With batch >= threads the batch already fills the machine: one chunk (the scan
-    then does exactly the recurrent work). Otherwise each sequence gets
-    ceil(threads / batch) + 1 chunks (chunk 0 only runs in pass 1 and the last only
-    in pass 2). Chunks stay long next to the N^3 log(S) cost of the chunk's A power.
-    """
-    if L == 0 or batch >= threads:
-        return max(L, 1)
-    n_chunks = -(-threads // batch) + 1
-    return min(L, max(-(-L // n_chunks), 64 + 8 * N))
+    return _Run(*k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx,
+                                      keep_checkpoints=keep_checkpoints))
 
 
 def _run_scan(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
-    """Chunked parallel scan over time (pays off when batch < threads)."""
-    S = _scan_chunk_length(ops.L, ops.batch, ops.N, k.num_threads())
-    if keep_checkpoints:
-        K = min(_checkpoint_interval(ops.L), S)
-        per_chunk = max(1, S // K)
-    else:
-        K, per_chunk = S, 1
-    y, x_final, ck = _outputs(ops, -(-ops.L // K))
-    k.simulate_scan(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, K, y, x_final, ck, per_chunk)
-    return _Run(y, x_final, ck if keep_checkpoints else None, K)
+    """Chunked parallel scan over time (pays off when the batch does not fill the device)."""
+    return _Run(*k.simulate_scan(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx,
+                                 keep_checkpoints=keep_checkpoints))
 
 
-def _causal_conv(u: np.ndarray, K: np.ndarray, backend: str) -> np.ndarray:
+def _causal_conv(xp: ModuleType, u: Any, K: Any, backend: str) -> Any:
     """fft_conv for real or complex u (..., H, L) and K (H, L) / (C_out, H, L).
 
     fft_conv is real-only; a complex product is split into real convolutions
@@ -203,19 +186,22 @@ def _causal_conv(u: np.ndarray, K: np.ndarray, backend: str) -> np.ndarray:
     """
     from ._convolution import fft_conv
 
-    if not (np.iscomplexobj(u) or np.iscomplexobj(K)):
+    u_c, k_c = _xp.is_complex_dtype(xp, u.dtype), _xp.is_complex_dtype(xp, K.dtype)
+    if not (u_c or k_c):
         return fft_conv(u, K, backend=backend)
-    ur, ui = u.real, (u.imag if np.iscomplexobj(u) else None)
-    kr, ki = K.real, (K.imag if np.iscomplexobj(K) else None)
+    ur, ui = (xp.real(u), xp.imag(u)) if u_c else (u, None)
+    kr, ki = (xp.real(K), xp.imag(K)) if k_c else (K, None)
     re = fft_conv(ur, kr, backend=backend)
-    im = np.zeros_like(re)
+    im = None
     if ki is not None:
-        im += fft_conv(ur, ki, backend=backend)
+        im = fft_conv(ur, ki, backend=backend)
     if ui is not None:
-        im += fft_conv(ui, kr, backend=backend)
+        part = fft_conv(ui, kr, backend=backend)
+        im = part if im is None else im + part
         if ki is not None:
-            re -= fft_conv(ui, ki, backend=backend)
-    return re + 1j * im
+            re = re - fft_conv(ui, ki, backend=backend)
+    cdt = xp.complex64 if re.dtype == xp.float32 else xp.complex128
+    return xp.astype(re, cdt) + xp.astype(im, cdt) * 1j
 
 
 def _run_convolution(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
@@ -229,40 +215,47 @@ def _run_convolution(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
     """
     from ._convolution import ssm_kernel_dense
 
+    t = ops.target
+    xp = t.xp
     nb, N, M, P, L = ops.batch, ops.N, ops.M, ops.P, ops.L
-    y = np.zeros((nb, P, L), dtype=ops.dtype)
-    x_final = np.empty((nb, N), dtype=ops.dtype)
+    col = ops.idx_host
     if L == 0:
-        x_final[...] = ops.x0[ops.idx[:, 5]]
-        return _Run(y, x_final, None, 1)
-    groups, inverse = np.unique(ops.idx[:, :3], axis=0, return_inverse=True)
+        return _Run(xp.zeros((nb, P, 0), dtype=ops.dtype, device=t.device), _take(t, ops.x0, col[:, 5]), None, None)
+    # distinct (A, B, C) triples: grouping by the shape-only index map, on the host
+    groups, inverse = np.unique(col[:, :3], axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     # (G, P, M, L): A (G, 1, 1, N, N), B^T rows (G, 1, M, N), C rows (G, P, 1, N)
     Kall = ssm_kernel_dense(
-        ops.A[groups[:, 0]][:, None, None],
-        np.swapaxes(ops.B[groups[:, 1]], 1, 2)[:, None],
-        ops.C[groups[:, 2]][:, :, None],
+        _take(t, ops.A, groups[:, 0])[:, None, None, ...],
+        xp.matrix_transpose(_take(t, ops.B, groups[:, 1]))[:, None, ...],
+        _take(t, ops.C, groups[:, 2])[:, :, None, ...],
         L,
         backend=ops.backend,
     )
+    parts, order = [], []
     for g in range(groups.shape[0]):
         members = np.flatnonzero(inverse == g)
-        u_g = ops.u[ops.idx[members, 4]]  # (n_g, M, L)
-        conv = _causal_conv(u_g, np.ascontiguousarray(Kall[g]), ops.backend)  # (n_g, P*M, L), channel p*M + m
-        y[members] = conv.reshape(members.size, P, M, L).sum(axis=2)
-    y += np.einsum("bpm,bml->bpl", ops.D[ops.idx[:, 3]], ops.u[ops.idx[:, 4]])
+        u_g = _take(t, ops.u, col[members, 4])  # (n_g, M, L)
+        conv = _causal_conv(xp, u_g, Kall[g, ...], ops.backend)  # (n_g, P*M, L), channel p*M + m
+        parts.append(xp.sum(xp.reshape(conv, (members.size, P, M, L)), axis=2))
+        order.append(members)
+    if len(parts) == 1:  # one system: members are 0 .. batch-1 in order
+        y = parts[0]
+    else:  # back to batch order
+        y = _take(t, xp.concat(parts, axis=0), np.argsort(np.concatenate(order), kind="stable"))
+    y = y + xp.matmul(_take(t, ops.D, col[:, 3]), _take(t, ops.u, col[:, 4]))
     if ops.inputs[5] is not None:  # x0 term: y_t += C A^{t+1} x0
-        A_b = ops.A[ops.idx[:, 0]]
-        ax0 = np.einsum("bij,bj->bi", A_b, ops.x0[ops.idx[:, 5]])
-        y += ssm_kernel_dense(A_b[:, None], ax0[:, None], ops.C[ops.idx[:, 2]], L, backend=ops.backend)
+        A_b = _take(t, ops.A, col[:, 0])
+        ax0 = xp.matmul(A_b, _take(t, ops.x0, col[:, 5])[..., None])[..., 0]
+        y = y + ssm_kernel_dense(A_b[:, None, ...], ax0[:, None, ...], _take(t, ops.C, col[:, 2]), L,
+                                 backend=ops.backend)
     if ops.need_final_state:
         # the recurrence without readout (P = 0): O(N^2 L), the recurrent mode's cost
-        none = np.empty((nb, 0, N), dtype=ops.dtype)
-        k.simulate_recurrent(ops.A, ops.B, ops.C[:, :0], ops.D[:, :0], ops.u, ops.x0, ops.idx, max(L, 1),
-                             y[:, :0], x_final, none)
+        _, x_final, _, _ = k.simulate_recurrent(ops.A, ops.B, ops.C[:, :0, :], ops.D[:, :0, :], ops.u, ops.x0,
+                                                ops.idx)
     else:
-        x_final[...] = np.nan  # not requested and never returned
-    return _Run(y, x_final, None, 1)
+        x_final = xp.full((nb, N), math.nan, dtype=ops.dtype, device=t.device)  # never returned
+    return _Run(xp.astype(y, ops.dtype, copy=False), x_final, None, None)
 
 
 #: The evaluation modes of :func:`lti_simulate`, ``name -> runner(kernels, operands,
@@ -290,15 +283,16 @@ class _Residuals:
 
 def _forward(A, B, C, D, u, x0, mode, return_final_state, backend, keep_checkpoints):
     fn = "lti_simulate"
+    t = select(fn, A, B, C, D, u, x0, backend=backend)
     mode = check_choice(fn, "mode", mode, LTI_MODES)
-    ops = _prepare(fn, A, B, C, D, u, x0, backend)
+    ops = _prepare(fn, t, A, B, C, D, u, x0)
     ops.need_final_state = bool(return_final_state)
-    if ops.batch == 0:  # nothing to run; shapes still follow the contract
-        run = _Run(*_outputs(ops, 0)[:2], None, 1)
-    else:
-        run = LTI_MODES[mode](kernels(ops.backend, "lti"), ops, keep_checkpoints)
-    y = run.y.reshape(ops.batch_shape + (ops.P, ops.L))
-    out = (y, run.x_final.reshape(ops.batch_shape + (ops.N,))) if return_final_state else y
+    # an empty batch has nothing to chunk or convolve: the recurrent launcher returns the empty outputs
+    runner = LTI_MODES[mode] if ops.batch else _run_recurrent
+    run = runner(t.kernels("lti"), ops, keep_checkpoints)
+    xp = t.xp
+    y = xp.reshape(run.y, ops.batch_shape + (ops.P, ops.L))
+    out = (y, xp.reshape(run.x_final, ops.batch_shape + (ops.N,))) if return_final_state else y
     return out, _Residuals(ops, run, bool(return_final_state))
 
 
@@ -307,46 +301,52 @@ def _lti_simulate_fwd(A, B, C, D, u, x0=None, *, mode="recurrent", return_final_
     return _forward(A, B, C, D, u, x0, mode, return_final_state, backend, keep_checkpoints=True)
 
 
-def _grad_for(g: np.ndarray, batch_shape: tuple[int, ...], core: tuple[int, ...], given) -> np.ndarray | None:
+def _grad_for(xp: ModuleType, g: Any, batch_shape: tuple[int, ...], core: tuple[int, ...], given) -> Any | None:
     """Reduce a per-batch-element gradient to its input's shape and dtype."""
     if given is None:
         return None
     shape, dtype = given
-    g = sum_to_shape(g.reshape(batch_shape + core), shape)
-    if dtype.kind != "c" and np.iscomplexobj(g):
-        g = g.real  # real input of a complex computation: transpose of the real linearisation
-    return np.ascontiguousarray(g, dtype=dtype)
+    g = sum_to_shape(xp.reshape(g, batch_shape + core), shape, xp)
+    if not _xp.is_complex_dtype(xp, dtype) and _xp.is_complex_dtype(xp, g.dtype):
+        g = xp.real(g)  # real input of a complex computation: transpose of the real linearisation
+    return xp.astype(g, dtype, copy=False)
 
 
-def _lti_simulate_bwd(res: _Residuals, cotangent) -> tuple[np.ndarray | None, ...]:
+def _as_cotangent(t: Target, g: Any, shape: tuple[int, ...], dtype: Any, real: bool) -> Any:
+    """A cotangent in the compute ``dtype`` and ``shape`` (zeros for None).
+
+    ``real``: the output is real, so it pairs only with the real part of its
+    cotangent: Re(sum(g y)) = sum(Re(g) y).
+    """
+    xp = t.xp
+    if g is None:
+        return xp.zeros(shape, dtype=dtype, device=t.device)
+    g = xp.reshape(g, shape)
+    if real and _xp.is_complex_dtype(xp, g.dtype):
+        g = xp.real(g)
+    return xp.astype(g, dtype, copy=False)
+
+
+def _lti_simulate_bwd(res: _Residuals, cotangent) -> tuple[Any | None, ...]:
     """Backward of op "lti_simulate": the reverse-time adjoint recurrence."""
     ops, run = res.ops, res.run
+    t = ops.target
+    xp = t.xp
     gy, g_final = cotangent if res.return_final_state else (cotangent, None)
-    nb, N, M, P, L = ops.batch, ops.N, ops.M, ops.P, ops.L
-
-    def as_cotangent(g, shape):
-        # a real output pairs only with the real part of its cotangent: Re(sum(g y)) = sum(Re(g) y)
-        g = np.zeros(shape, ops.dtype) if g is None else np.reshape(g, shape)
-        return np.ascontiguousarray(g.real if ops.dtype.kind != "c" else g, dtype=ops.dtype)
-
-    gy, g_final = as_cotangent(gy, (nb, P, L)), as_cotangent(g_final, (nb, N))
-    grads = [np.zeros((nb,) + core, dtype=ops.dtype) for core in ((N, N), (N, M), (P, N), (P, M), (M, L), (N,))]
-    if nb > 0:
-        k = kernels(ops.backend, "lti")
-        ck, K = run.ck, run.K
-        if ck is None:  # the mode kept no states: recompute checkpoints once
-            K = _checkpoint_interval(L)
-            y, x_final, ck = _outputs(ops, -(-L // K))
-            k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, K, y, x_final, ck)
-        if ck.shape[1] == 0:  # L == 0: the adjoint is just the final-state cotangent
-            grads[5][...] = g_final
-        else:
-            k.simulate_backward(ops.A, ops.B, ops.C, ops.D, ops.u, ops.idx, K, ck, gy, g_final, *grads)
-    cores = ((N, N), (N, M), (P, N), (P, M), (M, L), (N,))
-    return tuple(_grad_for(g, ops.batch_shape, core, given) for g, core, given in zip(grads, cores, ops.inputs))
+    nb, N, P, L = ops.batch, ops.N, ops.P, ops.L
+    real = not _xp.is_complex_dtype(xp, ops.dtype)
+    gy, g_final = _as_cotangent(t, gy, (nb, P, L), ops.dtype, real), _as_cotangent(t, g_final, (nb, N), ops.dtype, real)
+    k = t.kernels("lti")
+    ck, K = run.ck, run.K
+    if ck is None:  # the mode kept no states: recompute checkpoints once
+        _, _, ck, K = k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, keep_checkpoints=True)
+    grads = k.simulate_backward(ops.A, ops.B, ops.C, ops.D, ops.u, ops.idx, K, ck, gy, g_final)
+    cores = ((N, N), (N, ops.M), (P, N), (P, ops.M), (ops.M, L), (N,))
+    return tuple(_grad_for(xp, g, ops.batch_shape, core, given) for g, core, given in zip(grads, cores, ops.inputs))
 
 
-@register_op("lti_simulate", fwd=_lti_simulate_fwd, bwd=_lti_simulate_bwd, inputs=_OPERAND_NAMES)
+@register_op("lti_simulate", fwd=_lti_simulate_fwd, bwd=_lti_simulate_bwd, inputs=_OPERAND_NAMES,
+             backends=("numpy", "numba"))
 def lti_simulate(
     A: Any,
     B: Any,
@@ -457,48 +457,51 @@ DIAG_MODES = ("recurrent", "scan", "convolution")
 
 @dataclass
 class _DiagOperands:
-    """Diagonal operands broadcast to rows r = (batch element, channel), contiguous."""
+    """Diagonal operands broadcast to rows r = (batch element, channel), of the call's namespace."""
 
-    A: np.ndarray  # (R, N) compute dtype
-    B: np.ndarray  # (R, N)
-    C: np.ndarray  # (R, N)
-    D: np.ndarray  # (R,)
-    u: np.ndarray  # (R, L), real when the output is real
-    x0: np.ndarray  # (R, N)
+    A: Any  # (R, N) compute dtype
+    B: Any  # (R, N)
+    C: Any  # (R, N)
+    D: Any  # (R,) output dtype
+    u: Any  # (R, L), real when the output is real
+    x0: Any  # (R, N)
     scale: float
-    out_dtype: np.dtype
+    out_dtype: Any
+    real_output: bool  # the output dtype is real (proj = Re)
     batch_shape: tuple[int, ...]  # leading axes of the output, without H
     kernel_shape: tuple[int, ...]  # broadcast leading axes of A, B, C only
     H: int
     N: int
     L: int
-    inputs: tuple[tuple[tuple[int, ...], np.dtype] | None, ...]
-    backend: str
+    inputs: tuple[tuple[tuple[int, ...], Any] | None, ...]
+    target: Target
     given_x0: bool
 
+    @property
+    def backend(self) -> str:
+        return self.target.backend
 
-def _diag_prepare(fn, A, B, C, D, u, x0, conj_sym, real_output, backend) -> _DiagOperands:
-    backend = select_backend(fn, A, B, C, D, u, x0, backend=backend)
-    if backend == "cupy":
-        raise NotImplementedError(f"{fn}: no CuPy kernels for LTI simulation yet; pass NumPy arrays")
-    A = as_float_array(fn, "A", A, min_ndim=2, expected="(..., H, N)")
+
+def _diag_prepare(fn, t, A, B, C, D, u, x0, conj_sym, real_output) -> _DiagOperands:
+    xp = t.xp
+    A = as_float_array(fn, "A", A, min_ndim=2, expected="(..., H, N)", target=t)
     H, N = A.shape[-2:]
-    B = as_float_array(fn, "B", B, min_ndim=2, expected=f"(..., {H}, {N})")
-    C = as_float_array(fn, "C", C, min_ndim=2, expected=f"(..., {H}, {N})")
+    B = as_float_array(fn, "B", B, min_ndim=2, expected=f"(..., {H}, {N})", target=t)
+    C = as_float_array(fn, "C", C, min_ndim=2, expected=f"(..., {H}, {N})", target=t)
     for name, x in (("B", B), ("C", C)):
-        if x.shape[-2:] != (H, N):
+        if tuple(x.shape[-2:]) != (H, N):
             raise shape_error(fn, name, x.shape, f"(..., {H}, {N}) (H = {H} channels, N = {N} modes from A)")
     if D is not None:
-        D = as_float_array(fn, "D", D, min_ndim=1, expected=f"(..., {H})")
+        D = as_float_array(fn, "D", D, min_ndim=1, expected=f"(..., {H})", target=t)
         if D.shape[-1] != H:
             raise shape_error(fn, "D", D.shape, f"(..., {H}) (H = {H} from A)")
-    u = as_float_array(fn, "u", u, min_ndim=2, expected=f"(..., {H}, L)")
+    u = as_float_array(fn, "u", u, min_ndim=2, expected=f"(..., {H}, L)", target=t)
     if u.shape[-2] != H:
         raise shape_error(fn, "u", u.shape, f"(..., {H}, L) (H = {H} from A; time is the last axis)")
     L = u.shape[-1]
     if x0 is not None:
-        x0 = as_float_array(fn, "x0", x0, min_ndim=2, expected=f"(..., {H}, {N})")
-        if x0.shape[-2:] != (H, N):
+        x0 = as_float_array(fn, "x0", x0, min_ndim=2, expected=f"(..., {H}, {N})", target=t)
+        if tuple(x0.shape[-2:]) != (H, N):
             raise shape_error(fn, "x0", x0.shape, f"(..., {H}, {N}) (H, N from A)")
     if real_output is None:
         real_output = bool(conj_sym)
@@ -506,43 +509,41 @@ def _diag_prepare(fn, A, B, C, D, u, x0, conj_sym, real_output, backend) -> _Dia
         raise ValueError(f"{fn}: conj_sym=True means a real output 2 Re(C x); got real_output=False")
     if real_output:
         for name, x in (("u", u), ("D", D)):
-            if x is not None and x.dtype.kind == "c":
+            if x is not None and _xp.is_complex_dtype(xp, x.dtype):
                 raise TypeError(
-                    f"{fn}: {name} must be real when the output is real (conj_sym or real_output); got {x.dtype}"
+                    f"{fn}: {name} must be real when the output is real (conj_sym or real_output); "
+                    f"got {_xp.dtype_name(x.dtype)}"
                 )
     given = (A, B, C, D, u, x0)
     core_ndim = (2, 2, 2, 1, 2, 2)
-    leads = [None if a is None else a.shape[: a.ndim - k] for a, k in zip(given, core_ndim)]
+    leads = [None if a is None else tuple(a.shape[: a.ndim - k]) for a, k in zip(given, core_ndim)]
     try:
-        batch_shape = np.broadcast_shapes(*(s for s in leads if s is not None))
+        batch_shape = _xp.broadcast_shapes(*(s for s in leads if s is not None))
     except ValueError:
         got = ", ".join(f"{n} {s}" for n, s in zip(_OPERAND_NAMES, leads) if s is not None)
         raise ValueError(f"{fn}: the leading (batch) axes do not broadcast: {got}") from None
-    kernel_shape = np.broadcast_shapes(*leads[:3])
-    dtype = np.result_type(*(a.dtype for a in given if a is not None))
-    out_dtype = np.empty(0, dtype).real.dtype if real_output else dtype
-    R = math.prod(batch_shape) * H
+    kernel_shape = _xp.broadcast_shapes(*leads[:3])
+    dtype = xp.result_type(*(a.dtype for a in given if a is not None))
+    out_dtype = _xp.real_dtype(xp, dtype) if real_output else dtype
+    R = _xp.prod(batch_shape) * H
 
     def rows(a, core, dt):
         if a is None:
-            return np.zeros((R,) + core, dtype=dt)
-        full = np.broadcast_to(a, batch_shape + (H,) + core)
-        return np.ascontiguousarray(full.reshape((R,) + core), dtype=dt)
+            return xp.zeros((R,) + core, dtype=dt, device=t.device)
+        full = xp.broadcast_to(a, batch_shape + (H,) + core)
+        return xp.astype(xp.reshape(full, (R,) + core), dt, copy=False)
 
     return _DiagOperands(
         rows(A, (N,), dtype), rows(B, (N,), dtype), rows(C, (N,), dtype),
         rows(D, (), out_dtype), rows(u, (L,), out_dtype if real_output else u.dtype), rows(x0, (N,), dtype),
-        2.0 if conj_sym else 1.0, out_dtype, tuple(batch_shape), tuple(kernel_shape), H, N, L,
-        tuple(None if a is None else (a.shape, a.dtype) for a in given), backend, x0 is not None,
+        2.0 if conj_sym else 1.0, out_dtype, not _xp.is_complex_dtype(xp, out_dtype), tuple(batch_shape),
+        tuple(kernel_shape), H, N, L, tuple(None if a is None else (tuple(a.shape), a.dtype) for a in given), t,
+        x0 is not None,
     )  # fmt: skip
 
 
-def _diag_recurrent(k: Any, ops: _DiagOperands) -> tuple[np.ndarray, np.ndarray]:
-    R = ops.A.shape[0]
-    y = np.empty((R, ops.L), dtype=ops.out_dtype)
-    x_final = np.empty((R, ops.N), dtype=ops.A.dtype)
-    k.diag_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.scale, y, x_final)
-    return y, x_final
+def _diag_recurrent(k: Any, ops: _DiagOperands) -> tuple[Any, Any]:
+    return k.diag_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.scale, ops.real_output)
 
 
 # States the scan mode materialises at once: blocks of rows keep its (rows, N, L)
@@ -550,59 +551,56 @@ def _diag_recurrent(k: Any, ops: _DiagOperands) -> tuple[np.ndarray, np.ndarray]
 _SCAN_BLOCK_ELEMENTS = 1 << 23
 
 
-def _diag_scan(k: Any, ops: _DiagOperands) -> tuple[np.ndarray, np.ndarray]:
+def _diag_scan(k: Any, ops: _DiagOperands) -> tuple[Any, Any]:
     """linear_scan on b = B u over (row, mode) pairs, a block of rows at a time."""
     from ._scan import linear_scan
 
+    xp = ops.target.xp
     R, N, L = ops.A.shape[0], ops.N, ops.L
-    y = np.empty((R, L), dtype=ops.out_dtype)
-    x_final = np.empty((R, N), dtype=ops.A.dtype)
     step = max(1, _SCAN_BLOCK_ELEMENTS // max(1, N * L))
+    ys, finals = [], []
     for r0 in range(0, R, step):
         rows = slice(r0, min(r0 + step, R))
         b = ops.B[rows, :, None] * ops.u[rows, None, :]
-        x, x_final[rows] = linear_scan(ops.A[rows, :, None], b, ops.x0[rows], return_final_state=True,
-                                       backend=ops.backend)
-        z = ops.scale * np.einsum("rn,rnl->rl", ops.C[rows], x)
-        y[rows] = (z.real if ops.out_dtype.kind != "c" else z) + ops.D[rows, None] * ops.u[rows]
-    return y, x_final
+        x, x_final = linear_scan(ops.A[rows, :, None], b, ops.x0[rows, :], return_final_state=True,
+                                 backend=ops.backend)
+        z = ops.scale * xp.matmul(ops.C[rows, None, :], x)[:, 0, :]  # sum_n C_n x_n, no conjugation
+        if ops.real_output and _xp.is_complex_dtype(xp, z.dtype):
+            z = xp.real(z)
+        ys.append(xp.astype(z + ops.D[rows, None] * ops.u[rows, :], ops.out_dtype, copy=False))
+        finals.append(x_final)
+    if len(ys) == 1:
+        return ys[0], finals[0]
+    return xp.concat(ys, axis=0), xp.concat(finals, axis=0)
 
 
-def _diag_convolution(k: Any, ops: _DiagOperands, need_final_state: bool) -> tuple[np.ndarray, np.ndarray]:
+def _diag_convolution(k: Any, ops: _DiagOperands, need_final_state: bool) -> tuple[Any, Any]:
     """FFT convolution with K_l = proj(s sum_n C_n B_n A_n^l), kernels per distinct (A, B, C)."""
+    t = ops.target
+    xp = t.xp
     H, N, L = ops.H, ops.N, ops.L
     R = ops.A.shape[0]
-    kdtype = ops.out_dtype  # real kernel when the output is real
-    x_final = np.empty((R, N), dtype=ops.A.dtype)
-    nk = math.prod(ops.kernel_shape)
+    nk = _xp.prod(ops.kernel_shape)
     nb = R // H if H else 0
     if L == 0 or R == 0:
-        x_final[...] = ops.x0
-        return np.zeros((R, L), dtype=ops.out_dtype), x_final
-    # rows of the first nk batch elements hold the distinct kernels when A, B, C's
-    # leading axes are the trailing ones of the batch (else materialise per row)
+        return xp.zeros((R, L), dtype=ops.out_dtype, device=t.device), xp.asarray(ops.x0, copy=True)
+    # the rows of the first batch element hold the distinct kernels when A, B, C have
+    # no batch axes (else one kernel per row)
+    rows = H if nk == 1 else R
+    W = ops.C[:rows, :] * ops.B[:rows, :]
+    Kr = k.diag_kernel(ops.A[:rows, :], W, ops.scale, L, ops.real_output)
     if nk == 1:
-        rows = slice(0, H)
+        y = _causal_conv(xp, xp.reshape(ops.u, (nb, H, L)), Kr, ops.backend)  # (nb, H, L)
     else:
-        rows = slice(0, R)
-    Kr = np.empty((rows.stop, L), dtype=kdtype)
-    W = np.ascontiguousarray(ops.C[rows] * ops.B[rows])
-    k.diag_kernel(np.ascontiguousarray(ops.A[rows]), W, ops.scale, Kr)
-    u = ops.u.reshape(nb, H, L)
-    if nk == 1:
-        y = _causal_conv(u, Kr, ops.backend)  # (nb, H, L)
-    else:
-        y = _causal_conv(ops.u.reshape(1, R, L), Kr, ops.backend)
-    y = y.reshape(R, L) + ops.D[:, None] * ops.u
+        y = _causal_conv(xp, xp.reshape(ops.u, (1, R, L)), Kr, ops.backend)
+    y = xp.reshape(y, (R, L)) + ops.D[:, None] * ops.u
     if ops.given_x0:  # y_t += proj(s sum_n C_n A_n^{t+1} x0_n)
-        K0 = np.empty((R, L), dtype=kdtype)
-        k.diag_kernel(ops.A, np.ascontiguousarray(ops.C * ops.A * ops.x0), ops.scale, K0)
-        y = y + K0
+        y = y + k.diag_kernel(ops.A, ops.C * ops.A * ops.x0, ops.scale, L, ops.real_output)
     if need_final_state:
-        k.diag_final_state(ops.A, ops.B, ops.u, ops.x0, x_final)
+        x_final = k.diag_final_state(ops.A, ops.B, ops.u, ops.x0)
     else:
-        x_final[...] = np.nan  # never returned
-    return np.ascontiguousarray(y, dtype=ops.out_dtype), x_final
+        x_final = xp.full((R, N), math.nan, dtype=ops.A.dtype, device=t.device)  # never returned
+    return xp.astype(y, ops.out_dtype, copy=False), x_final
 
 
 @dataclass
@@ -613,19 +611,19 @@ class _DiagResiduals:
 
 def _diag_forward(A, B, C, D, u, x0, conj_sym, real_output, mode, return_final_state, backend):
     fn = "lti_simulate_diag"
+    t = select(fn, A, B, C, D, u, x0, backend=backend)
     mode = check_choice(fn, "mode", mode, DIAG_MODES)
-    ops = _diag_prepare(fn, A, B, C, D, u, x0, conj_sym, real_output, backend)
-    k = kernels(ops.backend, "lti")
-    if ops.A.shape[0] == 0:
-        y, x_final = np.empty((0, ops.L), ops.out_dtype), np.empty((0, ops.N), ops.A.dtype)
-    elif mode == "recurrent":
+    ops = _diag_prepare(fn, t, A, B, C, D, u, x0, conj_sym, real_output)
+    k = t.kernels("lti")
+    if mode == "recurrent" or ops.A.shape[0] == 0:  # no rows: the launcher returns the empty outputs
         y, x_final = _diag_recurrent(k, ops)
     elif mode == "scan":
         y, x_final = _diag_scan(k, ops)
     else:
         y, x_final = _diag_convolution(k, ops, bool(return_final_state))
-    y = y.reshape(ops.batch_shape + (ops.H, ops.L))
-    out = (y, x_final.reshape(ops.batch_shape + (ops.H, ops.N))) if return_final_state else y
+    xp = t.xp
+    y = xp.reshape(y, ops.batch_shape + (ops.H, ops.L))
+    out = (y, xp.reshape(x_final, ops.batch_shape + (ops.H, ops.N))) if return_final_state else y
     return out, _DiagResiduals(ops, bool(return_final_state))
 
 
@@ -635,32 +633,26 @@ def _lti_simulate_diag_fwd(A, B, C, D, u, x0=None, *, conj_sym=False, real_outpu
     return _diag_forward(A, B, C, D, u, x0, conj_sym, real_output, mode, return_final_state, backend)
 
 
-def _lti_simulate_diag_bwd(res: _DiagResiduals, cotangent) -> tuple[np.ndarray | None, ...]:
+def _lti_simulate_diag_bwd(res: _DiagResiduals, cotangent) -> tuple[Any | None, ...]:
     """Backward of op "lti_simulate_diag": one reverse diagonal recurrence (any mode)."""
     ops = res.ops
+    t = ops.target
+    xp = t.xp
     gy, g_final = cotangent if res.return_final_state else (cotangent, None)
     R, N, L, H = ops.A.shape[0], ops.N, ops.L, ops.H
     ct = ops.A.dtype  # compute dtype
-
-    def as_cotangent(g, shape, real):
-        g = np.zeros(shape, ct) if g is None else np.reshape(np.asarray(g), shape)
-        return np.ascontiguousarray(g.real if real else g, dtype=ct)
-
-    gy = as_cotangent(gy, (R, L), ops.out_dtype.kind != "c")
-    g_final = as_cotangent(g_final, (R, N), ct.kind != "c")
-    grads = [np.empty((R, N), ct), np.empty((R, N), ct), np.empty((R, N), ct), np.empty(R, ct),
-             np.empty((R, L), ct), np.empty((R, N), ct)]  # fmt: skip
-    if R:
-        k = kernels(ops.backend, "lti")
-        u = np.ascontiguousarray(ops.u, dtype=ct)
-        D = np.ascontiguousarray(ops.D, dtype=ct)
-        k.diag_backward(ops.A, ops.B, ops.C, D, u, ops.x0, ops.scale, gy, g_final, *grads)
+    gy = _as_cotangent(t, gy, (R, L), ct, ops.real_output)
+    g_final = _as_cotangent(t, g_final, (R, N), ct, not _xp.is_complex_dtype(xp, ct))
+    u = xp.astype(ops.u, ct, copy=False)
+    D = xp.astype(ops.D, ct, copy=False)
+    grads = t.kernels("lti").diag_backward(ops.A, ops.B, ops.C, D, u, ops.x0, ops.scale, gy, g_final)
     lead = ops.batch_shape + (H,)
     cores = ((N,), (N,), (N,), (), (L,), (N,))
-    return tuple(_grad_for(g, lead, core, given) for g, core, given in zip(grads, cores, ops.inputs))
+    return tuple(_grad_for(xp, g, lead, core, given) for g, core, given in zip(grads, cores, ops.inputs))
 
 
-@register_op("lti_simulate_diag", fwd=_lti_simulate_diag_fwd, bwd=_lti_simulate_diag_bwd, inputs=_OPERAND_NAMES)
+@register_op("lti_simulate_diag", fwd=_lti_simulate_diag_fwd, bwd=_lti_simulate_diag_bwd, inputs=_OPERAND_NAMES,
+             backends=("numpy", "numba"))
 def lti_simulate_diag(
     A: Any,
     B: Any,
@@ -783,8 +775,12 @@ def lti_simulate_diag(
 # ---------------------------------------------------------------------------------
 
 
-def _ss_from_tuple(fn: str, system: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, Any, bool]:
-    """(A, B, C, D, dt, is_state_space) from a tuple or a scipy dlti, like scipy does."""
+def _ss_from_tuple(fn: str, tg: Target, system: Any) -> tuple[Any, Any, Any, Any, Any, bool]:
+    """(A, B, C, D, dt, is_state_space) from a tuple or a scipy dlti, like scipy does.
+
+    Only ``(A, B, C, D, dt)`` tuples are read in the call's namespace; scipy's
+    objects and conversions are NumPy (``dlsim`` refuses them for other arrays).
+    """
     signal = sys.modules.get("scipy.signal")  # an lti/dlti object implies scipy.signal is loaded
     if signal is not None and isinstance(system, signal.lti):
         raise TypeError(
@@ -803,22 +799,31 @@ def _ss_from_tuple(fn: str, system: Any) -> tuple[np.ndarray, np.ndarray, np.nda
         )
     *parts, dt = system
     if len(parts) == 4:
-        return (*_abcd_normalize(fn, *parts), dt, True)
+        return (*_abcd_normalize(fn, tg, *parts), dt, True)
     from scipy import signal  # transfer functions and zpk: converted exactly as scipy does
 
     ss = signal.dlti(*parts, dt=dt).to_ss()
     return ss.A, ss.B, ss.C, ss.D, dt, False
 
 
-def _abcd_normalize(fn: str, A: Any, B: Any, C: Any, D: Any) -> tuple[np.ndarray, ...]:
+def _abcd_normalize(fn: str, tg: Target, A: Any, B: Any, C: Any, D: Any) -> tuple[Any, ...]:
     """scipy's state-space shape rules without importing scipy.
 
     Each matrix is made 2-D by prepending axes (so a 1-D B is one *row*); a missing
     or empty matrix becomes zeros of the size the others imply.
     """
+    xp = tg.xp
+
+    def zeros(shape):
+        return xp.zeros(shape, dtype=xp.float64, device=tg.device)
+
     mats = []
     for name, m in zip("ABCD", (A, B, C, D)):
-        mats.append(np.zeros((0, 0)) if m is None else np.atleast_2d(as_float_array(fn, name, m, integer_ok=True)))
+        if m is None:
+            mats.append(zeros((0, 0)))
+            continue
+        m = as_float_array(fn, name, m, integer_ok=True, target=tg)
+        mats.append(xp.reshape(m, (1,) * (2 - m.ndim) + tuple(m.shape)) if m.ndim < 2 else m)  # atleast_2d
     A, B, C, D = mats
     n = A.shape[0] or B.shape[0] or C.shape[1] or 0
     m = B.shape[1] or D.shape[1] or 0
@@ -826,9 +831,9 @@ def _abcd_normalize(fn: str, A: Any, B: Any, C: Any, D: Any) -> tuple[np.ndarray
     expected = {"A": (n, n), "B": (n, m), "C": (p, n), "D": (p, m)}
     out = []
     for name, mat in zip("ABCD", (A, B, C, D)):
-        if mat.size == 0:
-            mat = np.zeros(expected[name])
-        if mat.ndim != 2 or mat.shape != expected[name]:
+        if _xp.prod(mat.shape) == 0:
+            mat = zeros(expected[name])
+        if mat.ndim != 2 or tuple(mat.shape) != expected[name]:
             raise shape_error(fn, name, mat.shape, f"{expected[name]} (n = {n} states, {m} inputs, {p} outputs)")
         out.append(mat)
     return tuple(out)
@@ -913,26 +918,49 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarra
     array([3.   , 2.5  , 3.25 , 4.625])
     """
     fn = "dlsim"
-    A, B, C, D, dt, is_ss = _ss_from_tuple(fn, system)
+    # Device-neutral where it is cheap: a state-space tuple (A, B, C, D, dt) with
+    # u sampled at dt runs the same LTI kernels as lti_simulate on any namespace.
+    # scipy's transfer-function/zpk conversions and dlti objects are NumPy by
+    # nature, and t= interpolates onto floor(t[-1] / dt) + 1 samples -- an output
+    # length read from the data (a device-to-host copy and sync on a GPU) -- so
+    # those stay NumPy-only and other arrays get the uniform error.
+    parts = tuple(system) if isinstance(system, (tuple, list)) else ()
+    tg = select(fn, *parts, u, t, x0)
+    if tg.kind != "numpy":
+        what = None
+        if len(parts) != 5:
+            what = "a transfer-function, zpk or dlti system"
+        elif t is not None:
+            what = "t= (interpolating u onto a time grid whose length depends on t's values)"
+        if what is not None:
+            raise UnsupportedBackendError(
+                f"{fn}: {what} runs on NumPy arrays only; pass NumPy arrays, or a state-space tuple "
+                f"(A, B, C, D, dt) with u sampled at dt"
+            )
+    xp = tg.xp
+    A, B, C, D, dt, is_ss = _ss_from_tuple(fn, tg, system)
     n, m, p = A.shape[0], B.shape[1], C.shape[0]
-    u = as_float_array(fn, "u", u, integer_ok=True)
+    u = as_float_array(fn, "u", u, integer_ok=True, target=tg)
     given_shape = u.shape
-    u = u.reshape(-1, 1) if u.ndim < 2 else u  # 1-D u is one input column, like scipy
+    u = xp.reshape(u, (-1, 1)) if u.ndim < 2 else u  # 1-D u is one input column, like scipy
     if u.ndim != 2 or u.shape[1] != m:
         expected = f"(L, {m}) (one column per input; B has {m})" + (" or (L,)" if m == 1 else "")
         raise shape_error(fn, "u", given_shape, expected)
     if x0 is not None:
-        x0 = as_float_array(fn, "x0", x0, integer_ok=True)
+        x0 = as_float_array(fn, "x0", x0, integer_ok=True, target=tg)
         try:
-            x0 = np.broadcast_to(x0, (n,))
+            fits = _xp.broadcast_shapes(x0.shape, (n,)) == (n,)
         except ValueError:
-            raise shape_error(fn, "x0", x0.shape, f"({n},) (one value per state)") from None
+            fits = False
+        if not fits:
+            raise shape_error(fn, "x0", x0.shape, f"({n},) (one value per state)")
+        x0 = xp.broadcast_to(x0, (n,))
 
     if t is None:
         out_samples = u.shape[0]
         stoptime = (out_samples - 1) * dt
         u_dt = u
-    else:
+    else:  # NumPy only (checked above)
         t = as_float_array(fn, "t", t, complex_ok=False, integer_ok=True)
         if t.ndim != 1 or t.shape[0] != u.shape[0]:
             raise shape_error(fn, "t", t.shape, f"({u.shape[0]},) (one time per row of u)")
@@ -945,31 +973,36 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarra
         out_samples = int(np.floor(stoptime / dt)) + 1
         if out_samples < 1:
             raise ValueError(f"{fn}: t[-1] = {stoptime!r} gives no output samples with dt = {dt!r}; expected >= 0")
-    tout = np.linspace(0.0, stoptime, num=out_samples)
+    if tg.kind == "numpy":
+        tout = np.linspace(0.0, stoptime, num=out_samples)
+    else:
+        tout = xp.linspace(0.0, float(stoptime), out_samples, dtype=xp.float64, device=tg.device)
     if t is not None:
         u_dt = _interp_linear(t, u, tout)
 
-    dtype = np.result_type(A, B, C, D, u_dt, np.float64, *(() if x0 is None else (x0,)))
+    if tg.kind != "numpy":  # A..D from a tuple of Python lists are NumPy's until here
+        A, B, C, D = (tg.asarray(a) for a in (A, B, C, D))
+    dts = [a.dtype for a in (A, B, C, D, u_dt)] + ([] if x0 is None else [x0.dtype])
+    dtype = xp.result_type(*dts, xp.float64)
     if out_samples == 0:
-        empty = (np.zeros((0, p), dtype), np.zeros((0, n), dtype))
+        empty = tuple(xp.zeros(shape, dtype=dtype, device=tg.device) for shape in ((0, p), (0, n)))
         return (tout, *empty) if is_ss else (tout, empty[0])
     # SSM core on one batch element with no readout (P = 0): its checkpoints at
     # interval 1 are exactly x_0 .. x_{L-1} (the state entering each step).
     ops = _prepare(
         fn,
-        np.asarray(A, dtype),
-        np.asarray(B, dtype),
-        np.zeros((0, n), dtype),
+        tg,
+        xp.astype(A, dtype, copy=False),
+        xp.astype(B, dtype, copy=False),
+        xp.zeros((0, n), dtype=dtype, device=tg.device),
         None,
-        np.ascontiguousarray(u_dt.T, dtype=dtype),
-        None if x0 is None else np.asarray(x0, dtype),
-        None,
+        xp.astype(xp.matrix_transpose(u_dt), dtype, copy=False),
+        None if x0 is None else xp.astype(x0, dtype, copy=False),
     )
-    y, x_final, xout = _outputs(ops, out_samples)
-    k = kernels(ops.backend, "lti")
-    k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx, 1, y, x_final, xout)
-    xout = xout[0]
-    yout = np.empty((out_samples, p), dtype)
-    C, D, u_dt = (np.ascontiguousarray(a, dtype) for a in (C, D, u_dt))
-    k.control_readout(xout, u_dt, C, D, yout)  # y[k] = C x[k] + D u[k]
+    k = tg.kernels("lti")
+    _, _, xout, _ = k.simulate_recurrent(ops.A, ops.B, ops.C, ops.D, ops.u, ops.x0, ops.idx,
+                                         keep_checkpoints=True, K=1)
+    xout = xout[0, ...]
+    C, D, u_dt = (xp.astype(a, dtype, copy=False) for a in (C, D, u_dt))
+    yout = k.control_readout(xout, u_dt, C, D)  # y[k] = C x[k] + D u[k]
     return (tout, yout, xout) if is_ss else (tout, yout)

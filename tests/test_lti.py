@@ -278,14 +278,11 @@ def parallel_drivers(on):
 
 
 def _kernel_run(k, fn, ops, K, per_chunk=None):
-    L = ops["u"].shape[2]
-    nb = ops["idx"].shape[0]
-    n, p = ops["A"].shape[1], ops["C"].shape[1]
-    y = np.empty((nb, p, L), ops["A"].dtype)
-    xf = np.empty((nb, n), ops["A"].dtype)
-    ck = np.empty((nb, -(-L // K), n), ops["A"].dtype)
-    args = [ops[name] for name in ("A", "B", "C", "D", "u", "x0", "idx")] + [K, y, xf, ck]
-    getattr(k, fn)(*args, *(() if per_chunk is None else (per_chunk,)))
+    # the launchers choose their chunking; K (and per_chunk) force one
+    args = [ops[name] for name in ("A", "B", "C", "D", "u", "x0", "idx")]
+    extra = {} if per_chunk is None else {"per_chunk": per_chunk}
+    y, xf, ck, K_used = getattr(k, fn)(*args, keep_checkpoints=True, K=K, **extra)
+    assert K_used == K and ck.shape == (ops["idx"].shape[0], -(-ops["u"].shape[2] // K), ops["A"].shape[1])
     return y, xf, ck
 
 
@@ -323,8 +320,8 @@ def test_control_readout_kernel_matches_reference(cplx, rng):
     dtype = x.dtype
     outs = []
     for k in (numba_kernels, reference_kernels):
-        y = np.empty((13, 3), dtype)
-        k.control_readout(x, u.astype(dtype), C, D.astype(dtype), y)
+        y = k.control_readout(x, u.astype(dtype), C, D.astype(dtype))
+        assert y.shape == (13, 3) and y.dtype == dtype
         outs.append(y)
     assert_close(outs[0], outs[1], 1e-13)
     assert_close(outs[1], x @ C.T + u @ D.T, 1e-13)
@@ -483,9 +480,10 @@ def test_backward_kernel_matches_reference(L, K, nb, cplx, parallel, seed):
     dtype = ops["A"].dtype
     outs = {}
     for name, k in (("numba", numba_kernels), ("reference", reference_kernels)):
-        grads = [np.empty((nb,) + s, dtype) for s in ((3, 3), (3, 2), (2, 3), (2, 2), (2, L), (3,))]
         with parallel_drivers(parallel):
-            k.simulate_backward(*(ops[x] for x in ("A", "B", "C", "D", "u", "idx")), K, ck, gy, g_final, *grads)
+            grads = k.simulate_backward(*(ops[x] for x in ("A", "B", "C", "D", "u", "idx")), K, ck, gy, g_final)
+        assert [g.shape for g in grads] == [(nb,) + s for s in ((3, 3), (3, 2), (2, 3), (2, 2), (2, L), (3,))]
+        assert all(g.dtype == dtype for g in grads)
         outs[name] = grads
     for got, want in zip(outs["numba"], outs["reference"]):
         assert_close(got, want, 1e-12)

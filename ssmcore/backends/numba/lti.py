@@ -1,7 +1,12 @@
 """Numba CPU kernels for dense LTI simulation; same functions as ``ssmcore.reference.lti``.
 
-See the reference module for the operand layout (flattened operands + an index
-map ``idx`` (batch, 6), outputs written in place) and the checkpoint convention.
+The kernel contract (function signatures, operand layout -- flattened operands
+plus an index map ``idx`` (batch, 6) -- returned tuples and the checkpoint
+convention) is the docstring of ``ssmcore.reference.lti``. The public functions
+here are *launchers*: they make the operands C-contiguous, allocate the outputs,
+choose the work split (serial or ``prange`` driver, the scan's chunk length from
+``numba.get_num_threads()``, the checkpoint interval) and run a jitted driver
+that writes into the buffers they allocated.
 
 Design notes (why the code looks like this):
 
@@ -30,6 +35,7 @@ from numba import prange
 from numba.core import types
 from numba.extending import overload
 
+from ...reference.lti import _checkpoint_interval, _scan_plan
 from ._jit import jit
 
 __all__ = [
@@ -38,7 +44,6 @@ __all__ = [
     "diag_final_state",
     "diag_kernel",
     "diag_recurrent",
-    "num_threads",
     "simulate_backward",
     "simulate_recurrent",
     "simulate_scan",
@@ -49,9 +54,18 @@ __all__ = [
 _PARALLEL_MIN_WORK = 1 << 20
 
 
-def num_threads() -> int:
-    """Threads available to the parallel kernels (what the scan mode plans chunks for)."""
-    return numba.get_num_threads()
+def _c(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x)  # a no-op for the front door's usual C-contiguous operands
+
+
+def _dense_operands(A, B, C, D, u, x0, idx):
+    return tuple(_c(a) for a in (A, B, C, D, u, x0, idx))
+
+
+def _dense_outputs(A, C, u, idx, n_ck):
+    nb, n, p, L = idx.shape[0], A.shape[1], C.shape[1], u.shape[2]
+    dt = A.dtype
+    return np.empty((nb, p, L), dt), np.empty((nb, n), dt), np.empty((nb, n_ck, n), dt)
 
 
 def _use_parallel(jobs: int, work: int) -> bool:
@@ -207,11 +221,25 @@ def _recurrent_parallel(A, B, C, D, u, x0, idx, K, y, x_final, ck):
         _recurrent_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, b)
 
 
-def simulate_recurrent(A, B, C, D, u, x0, idx, K, y, x_final, ck):
-    """Sequential recurrence, parallel over the batch; checkpoint every K steps."""
+def _recurrent_into(A, B, C, D, u, x0, idx, K, y, x_final, ck):
     nb = idx.shape[0]
     run = _recurrent_parallel if _use_parallel(nb, nb * u.shape[2] * _step_work(A, B, C)) else _recurrent_serial
     run(A, B, C, D, u, x0, idx, K, y, x_final, ck)
+
+
+def simulate_recurrent(A, B, C, D, u, x0, idx, keep_checkpoints=False, K=None):
+    """Sequential recurrence, parallel over the batch; with ``keep_checkpoints`` a
+    checkpoint every K steps. Returns ``(y, x_final, ck, K)`` (see the reference)."""
+    A, B, C, D, u, x0, idx = _dense_operands(A, B, C, D, u, x0, idx)
+    L = u.shape[2]
+    if keep_checkpoints:
+        K = _checkpoint_interval(L) if K is None else int(K)
+        n_ck = -(-L // K)
+    else:
+        K, n_ck = max(L, 1), 0
+    y, x_final, ck = _dense_outputs(A, C, u, idx, n_ck)
+    _recurrent_into(A, B, C, D, u, x0, idx, K, y, x_final, ck)
+    return (y, x_final, ck, K) if keep_checkpoints else (y, x_final, None, None)
 
 
 # ------------------------------------------------------------------ scan
@@ -339,11 +367,14 @@ def _scan_parallel(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunk
         _scan_output_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks, first, todo, job)
 
 
-def simulate_scan(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk):
+def simulate_scan(A, B, C, D, u, x0, idx, keep_checkpoints=False, K=None, per_chunk=None):
     """Chunked parallel-scan evaluation with chunks of S = K * per_chunk steps.
 
-    ``ck`` (batch, ceil(L / K), N) is required: it holds the checkpoints at interval
-    K and doubles as the carry storage (chunk c enters at row c * per_chunk).
+    Returns ``(y, x_final, ck, K)`` (see the reference). S is planned for
+    ``numba.get_num_threads()`` threads (one chunk when the batch fills them);
+    ``K``/``per_chunk`` given (tests) are honoured.
+    ``ck`` (batch, ceil(L / K), N) is always allocated: it holds the checkpoints at
+    interval K and doubles as the carry storage (chunk c enters at row c * per_chunk).
 
     Pass 1 (parallel over batch x chunks 0..n-2): chunk 0 runs exactly from x0 and
     writes its outputs; the other chunks compute their end state h_c from zero.
@@ -352,18 +383,23 @@ def simulate_scan(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk):
     writing outputs and checkpoints.
     Work ~ 2 (n-1)/n of the recurrent kernel, spread over batch * (n-1) jobs.
     """
+    A, B, C, D, u, x0, idx = _dense_operands(A, B, C, D, u, x0, idx)
     nb, L = idx.shape[0], u.shape[2]
+    K, per_chunk = _scan_plan(L, nb, A.shape[1], numba.get_num_threads(), keep_checkpoints, K, per_chunk)
+    y, x_final, ck = _dense_outputs(A, C, u, idx, -(-L // K))
+    result = (y, x_final, ck, K) if keep_checkpoints else (y, x_final, None, None)
     x_final[...] = x0[idx[:, 5]]  # the answer for L == 0
     if L == 0 or nb == 0:
-        return
+        return result
     S = K * per_chunk
     n_chunks = -(-L // S)
     if n_chunks == 1:  # one chunk is the recurrent loop (and the same checkpoints)
-        simulate_recurrent(A, B, C, D, u, x0, idx, K, y, x_final, ck)
-        return
+        _recurrent_into(A, B, C, D, u, x0, idx, K, y, x_final, ck)
+        return result
     jobs = nb * (n_chunks - 1)
     run = _scan_parallel if _use_parallel(jobs, nb * L * _step_work(A, B, C)) else _scan_serial
     run(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks)
+    return result
 
 
 # ------------------------------------------------------------------ backward
@@ -467,18 +503,36 @@ def _backward_parallel(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, g
         _backward_job(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0, b)
 
 
-def simulate_backward(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0):
-    """Reverse-time adjoint recurrence, parallel over the batch (see the reference)."""
-    nb = idx.shape[0]
-    run = _backward_parallel if _use_parallel(nb, 3 * nb * u.shape[2] * _step_work(A, B, C)) else _backward_serial
-    run(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0)
+def simulate_backward(A, B, C, D, u, idx, K, ck, gy, g_final):
+    """Reverse-time adjoint recurrence, parallel over the batch; returns
+    ``(gA, gB, gC, gD, gu, gx0)`` per batch element (see the reference)."""
+    A, B, C, D, u, idx, ck, gy, g_final = (_c(a) for a in (A, B, C, D, u, idx, ck, gy, g_final))
+    nb, n, m, p, L = idx.shape[0], A.shape[1], B.shape[2], C.shape[1], u.shape[2]
+    dt = A.dtype
+    grads = [np.zeros((nb,) + core, dtype=dt) for core in ((n, n), (n, m), (p, n), (p, m), (m, L), (n,))]
+    if nb == 0:
+        return tuple(grads)
+    if L == 0:  # the adjoint is just the final-state cotangent
+        grads[5][...] = g_final
+        return tuple(grads)
+    run = _backward_parallel if _use_parallel(nb, 3 * nb * L * _step_work(A, B, C)) else _backward_serial
+    run(A, B, C, D, u, idx, K, ck, gy, g_final, *grads)
+    return tuple(grads)
 
 
 # ------------------------------------------------------------------ dlsim readout
 
 
+def control_readout(x, u, C, D):
+    """y[k] = C x[k] + D u[k] for time-first x (L, N), u (L, M): returns y (L, P)."""
+    x, u, C, D = (_c(a) for a in (x, u, C, D))
+    y = np.empty((x.shape[0], C.shape[0]), dtype=np.result_type(x, u, C, D))
+    _control_readout(x, u, C, D, y)
+    return y
+
+
 @jit
-def control_readout(x, u, C, D, y):
+def _control_readout(x, u, C, D, y):
     """y[k] = C x[k] + D u[k] for time-first x (L, N), u (L, M) into y (L, P).
 
     A plain loop rather than ``x @ C.T``: the product is tall and skinny, and a
@@ -556,13 +610,23 @@ def _diag_recurrent_serial(A, B, C, D, u, x0, scale, y, x_final):
         _diag_row(A, B, C, D, u, x0, scale, y, x_final, r)
 
 
-def diag_recurrent(A, B, C, D, u, x0, scale, y, x_final):
-    """Fused diagonal recurrence + readout; see ``ssmcore.reference.lti.diag_recurrent``."""
-    R = A.shape[0]
+def _real(dt: np.dtype) -> np.dtype:
+    return np.empty(0, dt).real.dtype
+
+
+def diag_recurrent(A, B, C, D, u, x0, scale, real_output):
+    """Fused diagonal recurrence + readout; returns ``(y, x_final)`` (see the reference)."""
+    A, B, C, D, u, x0 = (_c(a) for a in (A, B, C, D, u, x0))
+    R, L = u.shape
+    y = np.empty((R, L), dtype=_real(A.dtype) if real_output else A.dtype)
+    x_final = np.empty(A.shape, dtype=A.dtype)
+    if R == 0:
+        return y, x_final
     scale = x_final.dtype.type(scale)  # keep float32 arithmetic float32
     work = R * u.shape[1] * (A.shape[1] + 1)
     run = _diag_recurrent_parallel if _use_parallel(R, work) else _diag_recurrent_serial
     run(A, B, C, D, u, x0, scale, y, x_final)
+    return y, x_final
 
 
 @jit
@@ -593,11 +657,16 @@ def _diag_final_serial(A, B, u, x0, x_final):
         _diag_final_row(A, B, u, x0, x_final, r)
 
 
-def diag_final_state(A, B, u, x0, x_final):
-    """x_final = A^L x0 + sum_t A^(L-1-t) B u_t (the recurrence without readout)."""
+def diag_final_state(A, B, u, x0):
+    """x_final = A^L x0 + sum_t A^(L-1-t) B u_t (the recurrence without readout); returns x_final."""
+    A, B, u, x0 = (_c(a) for a in (A, B, u, x0))
     R = A.shape[0]
+    x_final = np.empty(A.shape, dtype=A.dtype)
+    if R == 0:
+        return x_final
     run = _diag_final_parallel if _use_parallel(R, R * u.shape[1] * A.shape[1]) else _diag_final_serial
     run(A, B, u, x0, x_final)
+    return x_final
 
 
 @jit
@@ -628,12 +697,17 @@ def _diag_kernel_serial(A, W, scale, K):
         _diag_kernel_row(A, W, scale, K, r)
 
 
-def diag_kernel(A, W, scale, K):
-    """K[r, l] = scale * sum_n W[r, n] A[r, n]^l (real part when K is real)."""
+def diag_kernel(A, W, scale, L, real_output):
+    """K[r, l] = scale * sum_n W[r, n] A[r, n]^l, l < L (real part when ``real_output``); returns K."""
+    A, W = _c(A), _c(W)
     R = A.shape[0]
+    K = np.empty((R, L), dtype=_real(W.dtype) if real_output else W.dtype)
+    if R == 0:
+        return K
     scale = W.dtype.type(scale)
-    run = _diag_kernel_parallel if _use_parallel(R, R * K.shape[1] * A.shape[1]) else _diag_kernel_serial
+    run = _diag_kernel_parallel if _use_parallel(R, R * L * A.shape[1]) else _diag_kernel_serial
     run(A, W, scale, K)
+    return K
 
 
 @jit
@@ -707,10 +781,19 @@ def _diag_backward_serial(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, 
         _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0, r)
 
 
-def diag_backward(A, B, C, D, u, x0, scale, gy, g_final, gA, gB, gC, gD, gu, gx0):
-    """Adjoint of :func:`diag_recurrent`; see ``ssmcore.reference.lti.diag_backward``."""
+def diag_backward(A, B, C, D, u, x0, scale, gy, g_final):
+    """Adjoint of :func:`diag_recurrent`; returns ``(gA, gB, gC, gD, gu, gx0)`` in
+    ``A.dtype`` (see ``ssmcore.reference.lti.diag_backward``). States are recomputed
+    from checkpoints every ``max(16, sqrt(L))`` steps per row."""
+    A, B, C, D, u, x0, gy, g_final = (_c(a) for a in (A, B, C, D, u, x0, gy, g_final))
     R, L = u.shape
+    ct = A.dtype
+    grads = (np.empty((R, A.shape[1]), ct), np.empty((R, A.shape[1]), ct), np.empty((R, A.shape[1]), ct),
+             np.empty(R, ct), np.empty((R, L), ct), np.empty((R, A.shape[1]), ct))  # fmt: skip
+    if R == 0:
+        return grads
     K = max(16, int(np.sqrt(max(L, 1))))
-    scale = gA.dtype.type(scale)
+    scale = ct.type(scale)
     run = _diag_backward_parallel if _use_parallel(R, 3 * R * L * A.shape[1]) else _diag_backward_serial
-    run(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0)
+    run(A, B, C, D, u, x0, scale, K, gy, g_final, *grads)
+    return grads
