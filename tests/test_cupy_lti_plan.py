@@ -238,7 +238,7 @@ def emulated_kernels(tmp_path_factory):
     lib = d / "liblti_emu.so"
     cmd = [cxx, "-std=c++20", "-O1", "-fcx-limited-range", "-ffp-contract=off", "-shared", "-fPIC", f"-I{d}",
            f"-I{SOURCES['lti.cu'].path.parent}", "-o", str(lib), str(d / "emu.cpp"), "-lpthread"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         if "barrier" in res.stderr and "No such file" in res.stderr:
             pytest.skip("g++ without C++20 <barrier>")
@@ -353,16 +353,19 @@ def test_host_run_of_diag_kernels(host_cupy, rng, R, N, L, ct, real_output):
 
 @pytest.mark.slow
 def test_host_run_of_diag_kernel_long_l_is_reanchored(host_cupy, rng):
-    """Several l-chunks (1 SM still splits 2 rows) and re-anchoring: |A| = 1 exactly keeps
-    the powers on the unit circle, where running products alone drift with l."""
-    R, N, L = 2, 3, 3000
+    """Many l-chunks (1 SM still splits 2 rows) and exact re-anchoring: |A| = 1 keeps the
+    powers on the unit circle, where float32 running products alone drift like sqrt(l) ulp
+    (~1e-5 relative at l = 20000); anchors in double keep every value within ~64 products."""
+    R, N, L = 2, 3, 20000
     A = np.exp(1j * rng.uniform(-np.pi, np.pi, (R, N))).astype(np.complex64)
     W = _rand(rng, (R, N), np.complex64)
-    plan, chunk, nchunk = cl.plan_vandermonde(R, N, L, 1)
+    _, chunk, nchunk = cl.plan_vandermonde(R, N, L, 1)
     assert nchunk > 1
-    want = ref.diag_kernel(A, W, 1.0, L, False)
+    want = ref.diag_kernel(A.astype(np.complex128), W.astype(np.complex128), 1.0, L, False)
     got = host_cupy.diag_kernel(A, W, 1.0, L, False)
-    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(W).sum(1).max())
+    assert got.dtype == np.complex64
+    err = np.max(np.abs(got - want)) / np.abs(W).sum(1).max()
+    assert err < 2e-6, err
 
 
 @pytest.mark.slow
@@ -386,8 +389,8 @@ def test_host_run_of_diag_lower_precision_u(host_cupy, rng):
     """complex128 state, float32 input (the front door passes u as is): cast on the device."""
     A, B, C, D, u, x0 = _diag_case(rng, 3, 5, 11, np.complex128, False)
     u32 = u.real.astype(np.float32)
-    y0, xf0 = ref.diag_recurrent(A, B, C, D, u32, x0, 1.0, False)
-    y, xf = host_cupy.diag_recurrent(A, B, C, D, u32, x0, 1.0, False)
+    y0, _xf0 = ref.diag_recurrent(A, B, C, D, u32, x0, 1.0, False)
+    y, _xf = host_cupy.diag_recurrent(A, B, C, D, u32, x0, 1.0, False)
     _close(y, y0, np.complex128)
     _close(host_cupy.diag_final_state(A, B, u32, x0), ref.diag_final_state(A, B, u32, x0), np.complex128)
 

@@ -26,8 +26,9 @@ Diagonal systems (:func:`diag_recurrent`, :func:`diag_final_state`,
     one for them). :func:`diag_kernel` also splits ``l`` into chunks
     (:func:`plan_vandermonde`), each starting from an exact power, and
     re-anchors its running products every :data:`ANCHOR` steps
-    (``p = W A^l`` by binary exponentiation), so the error of ``A^l`` stays that
-    of at most ``ANCHOR`` products rather than growing with ``l``.
+    (``p = W A^l`` by binary exponentiation, in double precision for float
+    types), so the error of ``A^l`` stays that of at most ``ANCHOR`` products
+    rather than growing with ``l``.
     :func:`diag_backward` recomputes states from checkpoints every
     ``K = max(16, isqrt(L))`` steps held in a workspace of ``R * N * (L / K + K)``
     elements (never all ``L`` states).
@@ -148,7 +149,8 @@ def plan_vandermonde(R: int, N: int, L: int, sm_count: int,
         return plan, 1, 0
     want = max(1, -(-(sm_count * threads_per_sm) // max(1, R * plan.G)))
     nchunk = min(want, -(-L // ANCHOR), MAX_GRID_Y)
-    chunk = -(-(-(-L // nchunk)) // ANCHOR) * ANCHOR
+    per = -(-L // nchunk)
+    chunk = -(-per // ANCHOR) * ANCHOR
     return plan, chunk, -(-L // chunk)
 
 
@@ -187,10 +189,18 @@ def _c(cp: Any, x: Any) -> Any:
     return cp.ascontiguousarray(x)
 
 
+_SM_COUNT: dict[int, int] = {}
+
+
 def _sm_count() -> int:
+    """SMs of the current device (a host attribute query, cached per device)."""
     import cupy
 
-    return int(cupy.cuda.Device().attributes["MultiProcessorCount"])
+    dev = cupy.cuda.Device()
+    n = _SM_COUNT.get(dev.id)
+    if n is None:
+        n = _SM_COUNT[dev.id] = int(dev.attributes["MultiProcessorCount"])
+    return n
 
 
 # --------------------------------------------------------------------------- diagonal systems

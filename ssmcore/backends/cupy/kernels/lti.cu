@@ -49,6 +49,19 @@ template <class T> __device__ __forceinline__ T ipow(T x, ssm_ll e) {
     return p;
 }
 
+// Precision of the exact anchors: double for float types, so that an anchor's own
+// error (binary exponentiation compounds to ~l ulp of its working precision in the
+// worst case) is negligible next to the <= ANCHOR float products that follow it.
+template <class T> struct wide_of { typedef T type; };
+template <> struct wide_of<float> { typedef double type; };
+template <> struct wide_of<complex<float> > { typedef complex<double> type; };
+
+// w * a^l, computed in wide_of<T> and rounded once.
+template <class T> __device__ __forceinline__ T anchor_power(const T& w, const T& a, ssm_ll l) {
+    typedef typename wide_of<T>::type W;
+    return T(W(w) * ipow(W(a), l));
+}
+
 }  // namespace ssm_lti
 
 // ---------------------------------------------------------------------------- diagonal: forward
@@ -157,7 +170,7 @@ __global__ void __launch_bounds__(128) diag_vandermonde(
 #pragma unroll
                 for (int k = 0; k < SPL; ++k) {
                     if (has[k]) {
-                        if (anchor) p[k] = l == 0 ? w[k] : w[k] * ipow(a[k], l);
+                        if (anchor) p[k] = l == 0 ? w[k] : anchor_power(w[k], a[k], l);
                         acc = acc + p[k];
                         p[k] = p[k] * a[k];
                     }
