@@ -64,6 +64,29 @@ def test_plan_vandermonde_covers_l_in_anchor_multiples(R, N, L, sm):
         assert nchunk == 1  # rows already fill the device: no split
 
 
+@pytest.mark.parametrize("R, G, L, sm, min_chunk", [
+    (1, 32, 1 << 20, 132, None), (8, 16, 1 << 16, 132, None), (16384, 16, 4096, 132, None), (1, 1, 100, 132, None),
+    (2, 4, 50, 1, 3), (3, 2, 7, 1, 3), (1, 1, 10 ** 9, 132, None),
+])
+def test_plan_diag_time(R, G, L, sm, min_chunk):
+    chunk, nchunk = cl.plan_diag_time(R, G, L, sm, min_chunk=min_chunk)
+    m = cl.MIN_TIME_CHUNK if min_chunk is None else min_chunk
+    assert nchunk * chunk >= L > (nchunk - 1) * chunk or (nchunk == 1 and chunk == max(L, 1))
+    assert nchunk <= cl.MAX_GRID_Y
+    if nchunk > 1:
+        assert chunk >= m and chunk >= 2 * nchunk  # chunks long next to their start-up fold
+        assert R * G * nchunk <= 2 * sm * cl.THREADS_PER_SM  # about one device's worth of lanes
+    if 2 * R * G >= sm * cl.THREADS_PER_SM or L < 2 * m:
+        assert nchunk == 1
+
+
+def test_plan_diag_time_splits_few_long_rows():
+    _chunk, nchunk = cl.plan_diag_time(1, 32, 1 << 20, 132)
+    assert nchunk >= 256
+    with pytest.raises(ValueError, match="plan_diag_time"):
+        cl.plan_diag_time(1, 0, 10, 1)
+
+
 def test_dense_threads_whole_warps():
     assert cl.dense_threads(0, 0, 0) == 32
     assert cl.dense_threads(3, 1, 2) == 32
@@ -92,7 +115,7 @@ def test_every_instantiation_is_declared():
     for t in types:
         for k in ("diag_bwd", "dense_fwd", "dense_bwd"):
             assert f"{k}<{t}>" in names
-        for k in ("diag_fwd", "diag_vandermonde"):
+        for k in ("diag_fwd", "diag_summary", "diag_vandermonde"):
             assert f"{k}<{t}, {t}>" in names
     for c, r in (("complex<float>", "float"), ("complex<double>", "double")):
         assert f"diag_fwd<{c}, {r}>" in names and f"diag_vandermonde<{c}, {r}>" in names
@@ -182,10 +205,13 @@ typedef const void* cv;
 typedef void* vp;
 #define GRID unsigned grid_x, unsigned grid_y, unsigned block, unsigned long long smem
 #define FWD(T, O, tag) \
-extern "C" void diag_fwd_##tag(GRID, cv A, cv B, cv C, cv D, cv u, cv x0, vp y, vp xf, ssm::real_of<T>::type s, \
-        ll R, ll N, ll L, int G, int groups, int readout) { \
-    launch(grid_x, grid_y, block, smem, [=] { diag_fwd<T, O>((const T*)A, (const T*)B, (const T*)C, (const O*)D, (const O*)u, \
-        (const T*)x0, (O*)y, (T*)xf, s, R, N, L, G, groups, readout); }); } \
+extern "C" void diag_fwd_##tag(GRID, cv A, cv B, cv C, cv D, cv u, cv x0, vp y, vp xf, cv Hs, \
+        ssm::real_of<T>::type s, ll R, ll N, ll L, ll chunk, int G, int groups, int readout) { \
+    launch(grid_x, grid_y, block, smem, [=] { diag_fwd<T, O>((const T*)A, (const T*)B, (const T*)C, (const O*)D, \
+        (const O*)u, (const T*)x0, (O*)y, (T*)xf, (const T*)Hs, s, R, N, L, chunk, G, groups, readout); }); } \
+extern "C" void diag_summary_##tag(GRID, cv A, cv B, cv u, vp Hs, ll R, ll N, ll L, ll chunk, ll nsum) { \
+    launch(grid_x, grid_y, block, smem, [=] { diag_summary<T, O>((const T*)A, (const T*)B, (const O*)u, (T*)Hs, R, N, \
+        L, chunk, nsum); }); } \
 extern "C" void diag_vandermonde_##tag(GRID, cv A, cv W, vp K, ssm::real_of<T>::type s, ll R, ll N, ll L, int G, \
         int groups, ll chunk) { \
     launch(grid_x, grid_y, block, smem, [=] { diag_vandermonde<T, O>((const T*)A, (const T*)W, (O*)K, s, R, N, L, G, groups, \
@@ -327,10 +353,13 @@ DIAG_SHAPES = [(3, 1, 7), (5, 3, 37), (2, 64, 19), (1, 130, 5), (9, 6, 1), (33, 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("min_chunk", [None, 3])  # None: rows only; 3: short series split in time too
 @pytest.mark.parametrize("R, N, L", DIAG_SHAPES)
 @pytest.mark.parametrize("ct, real_output", [(np.float32, False), (np.float64, False), (np.complex64, False),
                                              (np.complex128, False), (np.complex64, True), (np.complex128, True)])
-def test_host_run_of_diag_kernels(host_cupy, rng, R, N, L, ct, real_output):
+def test_host_run_of_diag_kernels(host_cupy, rng, monkeypatch, min_chunk, R, N, L, ct, real_output):
+    if min_chunk is not None:
+        monkeypatch.setattr(cl, "MIN_TIME_CHUNK", min_chunk)
     A, B, C, D, u, x0 = _diag_case(rng, R, N, L, ct, real_output)
     scale = 2.0 if real_output else 1.0
     y0, xf0 = ref.diag_recurrent(A, B, C, D, u, x0, scale, real_output)
@@ -359,7 +388,7 @@ def test_host_run_of_diag_kernel_long_l_is_reanchored(host_cupy, rng):
     R, N, L = 2, 3, 20000
     A = np.exp(1j * rng.uniform(-np.pi, np.pi, (R, N))).astype(np.complex64)
     W = _rand(rng, (R, N), np.complex64)
-    _, chunk, nchunk = cl.plan_vandermonde(R, N, L, 1)
+    _, _chunk, nchunk = cl.plan_vandermonde(R, N, L, 1)
     assert nchunk > 1
     want = ref.diag_kernel(A.astype(np.complex128), W.astype(np.complex128), 1.0, L, False)
     got = host_cupy.diag_kernel(A, W, 1.0, L, False)
@@ -396,7 +425,11 @@ def test_host_run_of_diag_lower_precision_u(host_cupy, rng):
 
 
 @pytest.mark.slow
-def test_host_run_of_diag_nonfinite(host_cupy):
+@pytest.mark.parametrize("min_chunk", [None, 3])
+def test_host_run_of_diag_nonfinite(host_cupy, monkeypatch, min_chunk):
+    if min_chunk is not None:
+        monkeypatch.setattr(cl, "MIN_TIME_CHUNK", min_chunk)
+        assert cl.plan_diag_time(2, 4, 40, 1)[1] > 1  # the chunked path runs
     R, N, L = 2, 5, 40
     rng = np.random.default_rng(3)
     A, B, C, D, u, x0 = _diag_case(rng, R, N, L, np.float64, False)

@@ -113,6 +113,22 @@ def test_diag_backward_matches_reference_and_numba(rng, R, N, L, ct, real_output
         _close(g, o, ct)
 
 
+@pytest.mark.parametrize("ct, real_output", [(np.float32, False), (np.complex64, True), (np.complex128, False)])
+def test_diag_forward_split_in_time(rng, monkeypatch, ct, real_output):
+    """Few long rows: the two-pass time split (diag_summary + carried chunk starts)."""
+    cl = _cl()
+    monkeypatch.setattr(cl, "MIN_TIME_CHUNK", 16)
+    R, N, L = 3, 64, 6007
+    assert cl.plan_diag_time(R, cl.plan_diag(R, N, cl.SPL_FWD).G, L, cl._sm_count())[1] > 1
+    ops = _diag_case(rng, R, N, L, ct, real_output)
+    y0, xf0 = ref.diag_recurrent(*ops, 2.0, real_output)
+    y, xf = cl.diag_recurrent(*_d(*ops), 2.0, real_output)
+    _close(y, y0, ct)
+    _close(xf, xf0, ct)
+    A, B, _, _, u, x0 = ops
+    _close(cl.diag_final_state(*_d(A, B, u, x0)), xf0, ct)
+
+
 def test_diag_kernel_long_l_stays_accurate(rng):
     """|A| = 1: running products alone drift with l; re-anchoring keeps complex64 near its ulp."""
     cl = _cl()

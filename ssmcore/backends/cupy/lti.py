@@ -21,9 +21,13 @@ Diagonal systems (:func:`diag_recurrent`, :func:`diag_final_state`,
     loads the input of step s of the tile and keeps the readout of step s, so
     loads and stores are coalesced; the readout ``sum_n C x`` is a butterfly
     over the segment. Rows are the parallelism (S4D sizes have ``B * H`` in the
-    tens of thousands); a few very long rows are not split in time (the
-    ``"scan"`` mode, on the chunked :func:`ssmcore.linear_scan` kernels, is the
-    one for them). :func:`diag_kernel` also splits ``l`` into chunks
+    tens of thousands). A few long rows are split in time
+    (:func:`plan_diag_time`): pass 1 (``diag_summary``) computes every chunk's
+    end state from its first input, and each chunk of pass 2 carries ``x0``
+    exactly through the maps ``(a^chunk, h)`` of the chunks before it (in
+    ``common.cuh``'s ``apply`` order, so a zero state never meets ``a^chunk * 0``)
+    and then runs its steps with the readout. The backward is not split in
+    time (rows only). :func:`diag_kernel` also splits ``l`` into chunks
     (:func:`plan_vandermonde`), each starting from an exact power, and
     re-anchors its running products every :data:`ANCHOR` steps
     (``p = W A^l`` by binary exponentiation, in double precision for float
@@ -68,6 +72,7 @@ __all__ = [
     "diag_kernel",
     "diag_recurrent",
     "plan_diag",
+    "plan_diag_time",
     "plan_vandermonde",
     "simulate_backward",
     "simulate_recurrent",
@@ -81,7 +86,9 @@ SPL_BWD = 2  # must match SSM_LTI_SPL_BWD
 ANCHOR = 64  # must match SSM_LTI_ANCHOR
 MAX_GRID_Y = 65535
 DENSE_MAX_THREADS = 256
-THREADS_PER_SM = 2048  # what plan_vandermonde aims to fill when the device is not asked
+THREADS_PER_SM = 2048  # what the planners aim to fill (the H100/H200 limit per SM)
+MIN_TIME_CHUNK = 1024  # shortest time chunk of the split diagonal forward: shorter ones cost more in
+# per-chunk start-up (the fold over earlier chunks, a^chunk) than the extra lanes gain
 
 _TYPES = ("float", "double", "complex<float>", "complex<double>")
 # (compute type, output type): the output is the compute type, or its real part
@@ -97,7 +104,7 @@ def _options() -> tuple[str, ...]:
 
 LTI = declare(
     "lti.cu",
-    [f"{k}<{t}, {o}>" for k in ("diag_fwd", "diag_vandermonde") for t, o in _PAIRS]
+    [f"{k}<{t}, {o}>" for k in ("diag_fwd", "diag_summary", "diag_vandermonde") for t, o in _PAIRS]
     + [f"{k}<{t}>" for k in ("diag_bwd", "dense_fwd", "dense_bwd") for t in _TYPES],
     options=_options(),
 )
@@ -152,6 +159,34 @@ def plan_vandermonde(R: int, N: int, L: int, sm_count: int,
     per = -(-L // nchunk)
     chunk = -(-per // ANCHOR) * ANCHOR
     return plan, chunk, -(-L // chunk)
+
+
+def plan_diag_time(R: int, G: int, L: int, sm_count: int, threads_per_sm: int = THREADS_PER_SM,
+                   min_chunk: int | None = None) -> tuple[int, int]:
+    """``(chunk, nchunk)``: the time split of :func:`diag_recurrent` / :func:`diag_final_state`.
+
+    Rows give ``R * G`` lanes. With at least half the device's threads
+    (``sm_count * threads_per_sm``) that many, or series shorter than two
+    ``min_chunk`` (default :data:`MIN_TIME_CHUNK`), time is not split
+    (``nchunk = 1``, ``chunk = L``). Otherwise ``L`` is cut into about enough
+    chunks to fill the device, each at least ``min_chunk`` steps and at least
+    ``2 * nchunk`` steps long (a chunk's start state folds the maps of the
+    chunks before it: ``nchunk / 2`` loads on average next to its ``chunk``
+    steps).
+    """
+    min_chunk = MIN_TIME_CHUNK if min_chunk is None else int(min_chunk)
+    if R < 0 or G <= 0 or L < 0 or sm_count <= 0 or min_chunk <= 0:
+        raise ValueError(f"plan_diag_time: expected R, L >= 0 and G, sm_count, min_chunk > 0; got "
+                         f"{(R, G, L, sm_count, min_chunk)}")
+    target = sm_count * threads_per_sm
+    lanes = max(1, R * G)
+    if 2 * lanes >= target or L < 2 * min_chunk:
+        return max(L, 1), 1
+    want = min(-(-target // lanes), L // min_chunk, math.isqrt(L) // 2, MAX_GRID_Y)
+    if want <= 1:
+        return max(L, 1), 1
+    chunk = -(-L // want)
+    return chunk, -(-L // chunk)
 
 
 def diag_checkpoint_interval(L: int) -> int:
@@ -217,11 +252,19 @@ def _diag_launch(cp: Any, A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any, y: An
         x_final[...] = x0
         return x_final
     plan = plan_diag(R, N, SPL_FWD)
-    name = f"diag_fwd<{dtype_name(A.dtype)}, {dtype_name(out_dtype)}>"
+    chunk, nchunk = plan_diag_time(R, plan.G, L, _sm_count())
+    pair = f"{dtype_name(A.dtype)}, {dtype_name(out_dtype)}"
+    if nchunk > 1:  # pass 1: every full chunk's end state from its first input
+        Hs = cp.empty((R, nchunk - 1, N), dtype=A.dtype)
+        if N:
+            LTI.get(f"diag_summary<{pair}>")((-(-(R * N) // DIAG_THREADS), nchunk - 1), (DIAG_THREADS,), (
+                A, B, u, Hs, _i64(R), _i64(N), _i64(L), _i64(chunk), _i64(nchunk - 1)))
+    else:
+        Hs = x_final  # not read
     dummy = x_final  # a valid pointer for D and y when there is no readout
-    LTI.get(name)((plan.blocks,), (plan.threads,), (
-        A, B, C, D if readout else dummy, u, x0, y if readout else dummy, x_final, _scale(A.dtype, scale),
-        _i64(R), _i64(N), _i64(L), _i32(plan.G), _i32(plan.groups), _i32(readout)))
+    LTI.get(f"diag_fwd<{pair}>")((plan.blocks, nchunk), (plan.threads,), (
+        A, B, C, D if readout else dummy, u, x0, y if readout else dummy, x_final, Hs, _scale(A.dtype, scale),
+        _i64(R), _i64(N), _i64(L), _i64(chunk), _i32(plan.G), _i32(plan.groups), _i32(readout)))
     return x_final
 
 

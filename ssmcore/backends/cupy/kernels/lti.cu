@@ -68,11 +68,19 @@ template <class T> __device__ __forceinline__ T anchor_power(const T& w, const T
 //
 // y[r, t] = project(scale * sum_n C x_t) + D u_t (when `readout`), x_final = x_{L-1}.
 // A, B, C, x0, xf: (R, N) T;  D: (R,) O;  u, y: (R, L) O.  Without readout D and y are not touched.
+//
+// Time chunks (few long rows): blockIdx.y is the chunk c of `chunk` steps
+// (nchunk = gridDim.y; one chunk is the plain sequential loop). With nchunk > 1,
+// Hs (R, nchunk - 1, N) holds every full chunk's end state started from its first
+// input (diag_summary); chunk c's start state is x0 carried exactly through the
+// maps (f = a, a^chunk, Hs[c']) of the chunks before it (ssm::apply: a zero state
+// is applied as b + f * 0, never as a^chunk * 0). Only the last chunk writes xf.
 template <class T, class O>
 __global__ void __launch_bounds__(128) diag_fwd(
     const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ C, const O* __restrict__ D,
     const O* __restrict__ u, const T* __restrict__ x0, O* __restrict__ y, T* __restrict__ xf,
-    typename ssm::real_of<T>::type scale, ssm_ll R, ssm_ll N, ssm_ll L, int G, int groups, int readout) {
+    const T* __restrict__ Hs, typename ssm::real_of<T>::type scale, ssm_ll R, ssm_ll N, ssm_ll L, ssm_ll chunk,
+    int G, int groups, int readout) {
     using namespace ssm_lti;
     const int SPL = SSM_LTI_SPL_FWD;
     ssm_ll gtid = (ssm_ll)blockIdx.x * blockDim.x + threadIdx.x;
@@ -82,8 +90,10 @@ __global__ void __launch_bounds__(128) diag_fwd(
     int sl = lane % G, base = lane - sl;
     bool live = r < R;
     ssm_ll rr = live ? r : R - 1;  // lanes past the last row compute row R-1 (for the shuffles) and write nothing
+    ssm_ll c = blockIdx.y, nchunk = gridDim.y;
+    ssm_ll t_begin = c * chunk, t_end = t_begin + chunk < L ? t_begin + chunk : L;
     for (int grp = 0; grp < groups; ++grp) {
-        T a[SPL], b[SPL], c[SPL], x[SPL];
+        T a[SPL], b[SPL], cc[SPL], x[SPL];
         bool has[SPL];
 #pragma unroll
         for (int k = 0; k < SPL; ++k) {
@@ -92,11 +102,20 @@ __global__ void __launch_bounds__(128) diag_fwd(
             ssm_ll o = rr * N + n;
             a[k] = has[k] ? A[o] : zero_of<T>();
             b[k] = has[k] ? B[o] : zero_of<T>();
-            c[k] = has[k] ? C[o] : zero_of<T>();
+            cc[k] = has[k] ? C[o] : zero_of<T>();
             x[k] = has[k] ? x0[o] : zero_of<T>();
+            if (has[k] && c > 0) {
+                Affine<T> m;
+                m.f = a[k];
+                m.a = ipow(a[k], chunk);
+                for (ssm_ll q = 0; q < c; ++q) {
+                    m.b = Hs[(rr * (nchunk - 1) + q) * N + n];
+                    x[k] = ssm::apply(m, x[k]);  // qualified: ADL on std::complex would find std::apply
+                }
+            }
         }
-        for (ssm_ll t0 = 0; t0 < L; t0 += G) {
-            int ns = (int)((L - t0) < G ? (L - t0) : G);
+        for (ssm_ll t0 = t_begin; t0 < t_end; t0 += G) {
+            int ns = (int)((t_end - t0) < G ? (t_end - t0) : G);
             O uu = sl < ns ? u[rr * L + t0 + sl] : zero_of<O>();
             T mine = zero_of<T>();
             for (int s = 0; s < ns; ++s) {
@@ -106,7 +125,7 @@ __global__ void __launch_bounds__(128) diag_fwd(
                 for (int k = 0; k < SPL; ++k) {
                     if (has[k]) {
                         x[k] = a[k] * x[k] + b[k] * ut;
-                        acc = acc + c[k] * x[k];
+                        acc = acc + cc[k] * x[k];
                     }
                 }
                 if (readout) {
@@ -120,12 +139,30 @@ __global__ void __launch_bounds__(128) diag_fwd(
                 y[o] = grp == 0 ? v + D[rr] * uu : y[o] + v;
             }
         }
-        if (live) {
+        if (live && c == nchunk - 1) {
 #pragma unroll
             for (int k = 0; k < SPL; ++k)
                 if (has[k]) xf[rr * N + (ssm_ll)grp * G * SPL + (ssm_ll)k * G + sl] = x[k];
         }
     }
+}
+
+// Pass 1 of the time-chunked forward: Hs[r, c, n] = the state after full chunk c
+// (c < gridDim.y) started from its first input b u_{c*chunk} (the map's b, see
+// common.cuh). One lane per state, no readout, so no shuffles: lanes simply run.
+template <class T, class O>
+__global__ void __launch_bounds__(128) diag_summary(
+    const T* __restrict__ A, const T* __restrict__ B, const O* __restrict__ u, T* __restrict__ Hs, ssm_ll R,
+    ssm_ll N, ssm_ll L, ssm_ll chunk, ssm_ll nsum) {
+    using namespace ssm;
+    ssm_ll e = (ssm_ll)blockIdx.x * blockDim.x + threadIdx.x;  // (row, state)
+    if (e >= R * N) return;
+    ssm_ll r = e / N, n = e % N, c = blockIdx.y;
+    T a = A[e], b = B[e];
+    const O* ur = u + r * L + c * chunk;
+    T x = b * ur[0];
+    for (ssm_ll t = 1; t < chunk; ++t) x = a * x + b * ur[t];
+    Hs[(r * nsum + c) * N + n] = x;
 }
 
 // ---------------------------------------------------------------------------- diagonal: Vandermonde kernel
