@@ -504,3 +504,41 @@ def test_control_readout_on_host_arrays(monkeypatch, rng):
     x, u = _rand(rng, (7, 3), np.float64), _rand(rng, (7, 2), np.complex128)
     C, D = _rand(rng, (4, 3), np.float64), _rand(rng, (4, 2), np.float64)
     _close(cl.control_readout(x, u, C, D), ref.control_readout(x, u, C, D), np.complex128)
+
+
+# --------------------------------------------------------------------------- NVRTC compile (no GPU needed)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_lti_cu_compiles_with_nvrtc_for_every_instantiation(arch):
+    """Every declared name expression compiles as CuPy would compile it on the GPU machine
+    (CuPy's own NVRTC options; skipped without cuda-bindings and nvidia-cuda-nvrtc)."""
+    pytest.importorskip("cupy")
+    nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
+    from cupy._core.core import assemble_cupy_compiler_options
+
+    from ssmcore.backends.cupy._rawmodule import COMPILE_OPTIONS
+
+    src = SOURCES["lti.cu"]
+    opts = tuple(assemble_cupy_compiler_options(())) + ("--device-as-default-execution-space", f"-arch={arch}")
+    opts += COMPILE_OPTIONS + src.options
+    err, prog = nvrtc.nvrtcCreateProgram(src.code().encode(), b"lti.cu", 0, [], [])
+    assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS
+    try:
+        for ne in src.name_expressions:
+            (err,) = nvrtc.nvrtcAddNameExpression(prog, ne.encode())
+            assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, ne
+        try:
+            (err,) = nvrtc.nvrtcCompileProgram(prog, len(opts), [o.encode() for o in opts])
+        except RuntimeError as exc:  # libnvrtc missing
+            pytest.skip(f"NVRTC unavailable: {exc}")
+        _, size = nvrtc.nvrtcGetProgramLogSize(prog)
+        log = b" " * size
+        nvrtc.nvrtcGetProgramLog(prog, log)
+        assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, log.decode(errors="replace")[-4000:]
+        for ne in src.name_expressions:
+            err, _ = nvrtc.nvrtcGetLoweredName(prog, ne.encode())
+            assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, ne
+    finally:
+        nvrtc.nvrtcDestroyProgram(prog)
