@@ -117,7 +117,7 @@ __global__ void __launch_bounds__(128) diag_fwd(
         for (ssm_ll t0 = t_begin; t0 < t_end; t0 += G) {
             int ns = (int)((t_end - t0) < G ? (t_end - t0) : G);
             O uu = sl < ns ? u[rr * L + t0 + sl] : zero_of<O>();
-            T mine = zero_of<T>();
+            O mine = zero_of<O>();
             for (int s = 0; s < ns; ++s) {
                 O ut = shfl_idx(uu, base + s);
                 T acc = zero_of<T>();
@@ -129,13 +129,15 @@ __global__ void __launch_bounds__(128) diag_fwd(
                     }
                 }
                 if (readout) {
-                    acc = seg_sum(acc, G);
-                    if (sl == s) mine = acc;
+                    // project before the reduction (Re is linear): a real output sums
+                    // one real per lane, half the shuffles of the complex sum
+                    O v = seg_sum(project<O>(acc), G);
+                    if (sl == s) mine = v;
                 }
             }
             if (readout && live && sl < ns) {
                 ssm_ll o = rr * L + t0 + sl;
-                O v = project<O>(mine * scale);
+                O v = mine * scale;
                 y[o] = grp == 0 ? v + D[rr] * uu : y[o] + v;
             }
         }
@@ -199,7 +201,7 @@ __global__ void __launch_bounds__(128) diag_vandermonde(
         }
         for (ssm_ll t0 = l_begin; t0 < l_end; t0 += G) {
             int ns = (int)((l_end - t0) < G ? (l_end - t0) : G);
-            T mine = zero_of<T>();
+            O mine = zero_of<O>();
             for (int s = 0; s < ns; ++s) {
                 ssm_ll l = t0 + s;
                 bool anchor = ((l - l_begin) % SSM_LTI_ANCHOR) == 0;
@@ -212,12 +214,12 @@ __global__ void __launch_bounds__(128) diag_vandermonde(
                         p[k] = p[k] * a[k];
                     }
                 }
-                acc = seg_sum(acc, G);
-                if (sl == s) mine = acc;
+                O v = seg_sum(project<O>(acc), G);  // projected first: see diag_fwd
+                if (sl == s) mine = v;
             }
             if (live && sl < ns) {
                 ssm_ll o = rr * L + t0 + sl;
-                O v = project<O>(mine * scale);
+                O v = mine * scale;
                 Kout[o] = grp == 0 ? v : Kout[o] + v;
             }
         }
