@@ -94,6 +94,12 @@ def test_dense_threads_whole_warps():
     assert cl.dense_threads(1000, 1, 1) == cl.DENSE_MAX_THREADS
 
 
+def test_dense_shared_memory_limit_is_a_clear_error():
+    assert cl._shared_bytes("simulate_recurrent", 100, 16, 40, 10, 1) == 1600
+    with pytest.raises(ValueError, match=r"simulate_recurrent: .* N = 2000, M = 1, P = 1 need 64032 bytes"):
+        cl._shared_bytes("simulate_recurrent", 2 * 2000 + 2, 16, 2000, 1, 1)
+
+
 def test_checkpoint_interval_matches_numba():
     for L in (0, 1, 15, 16, 255, 256, 257, 4096, 10 ** 6):
         assert cl.diag_checkpoint_interval(L) == max(16, int(np.sqrt(max(L, 1))))

@@ -353,6 +353,21 @@ def _dense_prepare(cp: Any, *arrays: Any) -> tuple[Any, ...]:
     return tuple(_c(cp, a) for a in arrays)
 
 
+SHARED_LIMIT = 48 * 1024  # dynamic shared memory a kernel gets without an opt-in attribute
+
+
+def _shared_bytes(fn: str, count: int, itemsize: int, N: int, M: int, P: int) -> int:
+    """Shared memory of a dense kernel (``count`` scalars), refused clearly past the default limit."""
+    nbytes = count * itemsize
+    if nbytes > SHARED_LIMIT:
+        raise ValueError(
+            f"{fn}: the CuPy dense kernels keep the state in shared memory; N = {N}, M = {M}, P = {P} need "
+            f"{nbytes} bytes, more than {SHARED_LIMIT}. Use lti_simulate_diag for large diagonal systems, "
+            f"or NumPy inputs"
+        )
+    return nbytes
+
+
 def _dense_forward(A, B, C, D, u, x0, idx, K):
     import cupy as cp
 
@@ -370,7 +385,7 @@ def _dense_forward(A, B, C, D, u, x0, idx, K):
         return y, x0[idx[:, 5]], ck
     x_final = cp.empty((nb, N), dtype=dt)
     threads = dense_threads(N, M, P)
-    smem = (2 * N + 2 * M) * dt.itemsize
+    smem = _shared_bytes("simulate_recurrent", 2 * N + 2 * M, dt.itemsize, N, M, P)
     LTI.get(f"dense_fwd<{dtype_name(dt)}>")(
         (nb,), (threads,),
         (A, B, C, D, u, x0, idx, y, x_final, ck if keep else y, _i64(N), _i64(M), _i64(P), _i64(L),
@@ -434,7 +449,7 @@ def simulate_backward(A: Any, B: Any, C: Any, D: Any, u: Any, idx: Any, K: int, 
     Kb = min(K, L)
     buf = cp.empty((nb, Kb + 1, N), dtype=dt)
     threads = dense_threads(N, M, P)
-    smem = (2 * N + P + M) * dt.itemsize
+    smem = _shared_bytes("simulate_backward", 2 * N + P + M, dt.itemsize, N, M, P)
     LTI.get(f"dense_bwd<{dtype_name(dt)}>")(
         (nb,), (threads,),
         (A, B, C, D, u, idx, ck, gy, g_final, gA, gB, gC, gD, gu, gx0, buf, _i64(N), _i64(M), _i64(P), _i64(L),
