@@ -548,3 +548,14 @@ def test_lti_cu_compiles_with_nvrtc_for_every_instantiation(arch):
             assert err == nvrtc.nvrtcResult.NVRTC_SUCCESS, ne
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+def test_lti_ops_declare_cupy_and_their_modes_dependencies():
+    """The recurrent and scan modes run on CuPy kernels end to end (scan mode: linear_scan's);
+    the convolution mode's fft_conv/ssm_kernel_dense raise the uniform error until they have some."""
+    from ssmcore.dispatch import capabilities
+
+    caps = capabilities()
+    for op in ("lti_simulate", "lti_simulate_diag", "dlsim"):
+        assert "cupy" in caps[op], op
+    assert "cupy" in caps["linear_scan"]
