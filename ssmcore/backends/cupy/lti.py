@@ -316,7 +316,7 @@ def diag_backward(A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any, scale: float,
     """Adjoint of :func:`diag_recurrent`: ``(gA, gB, gC, gD, gu, gx0)``, all in ``A.dtype``.
 
     States are recomputed from checkpoints every :func:`diag_checkpoint_interval`
-    steps (workspace ``(R + 1) * N * (ceil(L / K) + K + 1)`` elements; the extra
+    steps (workspace ``(R + 1) * N * (ceil(L / K) + K)`` elements; the extra
     row is scratch for the lanes past the last row).
     """
     import cupy as cp
@@ -338,7 +338,7 @@ def diag_backward(A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any, scale: float,
     K = min(diag_checkpoint_interval(L), L)
     nck = -(-L // K)
     ck = cp.empty((R + 1, nck, N), dtype=ct)
-    buf = cp.empty((R + 1, K + 1, N), dtype=ct)
+    buf = cp.empty((R + 1, K, N), dtype=ct)
     plan = plan_diag(R, N, SPL_BWD)
     LTI.get(f"diag_bwd<{dtype_name(ct)}>")((plan.blocks,), (plan.threads,), (
         A, B, C, D, u, x0, gy, g_final, gA, gB, gC, gD, gu, gx0, ck, buf, _scale(ct, scale),

@@ -231,7 +231,8 @@ __global__ void __launch_bounds__(128) diag_vandermonde(
 // Adjoint of diag_fwd (reference.lti.diag_backward), every array in T. Per row:
 // a forward sweep stores the state entering every chunk of K steps in ck
 // (R, nck, N); chunks are then visited last to first, each recomputed from its
-// checkpoint into buf (R, K + 1, N) and walked backwards.
+// checkpoint into buf (R, K, N) (x_{t0-1} .. x_{t1-2}; x_{t1-1} stays in registers)
+// and walked backwards, each step reading x_{t-1} from buf and keeping it as the next x_t.
 template <class T>
 __global__ void __launch_bounds__(128) diag_bwd(
     const T* __restrict__ A, const T* __restrict__ B, const T* __restrict__ C, const T* __restrict__ D,
@@ -252,7 +253,7 @@ __global__ void __launch_bounds__(128) diag_bwd(
     // use a private dummy checkpoint/buffer slot (row index R, allocated by the launcher).
     ssm_ll wr = live ? r : R;
     T* ckr = ck + wr * nck * N;
-    T* bufr = buf + wr * (K + 1) * N;
+    T* bufr = buf + wr * K * N;
     T gd = zero_of<T>();
     for (int grp = 0; grp < groups; ++grp) {
         T a[SPL], b[SPL], c[SPL], x[SPL], lam[SPL], ga[SPL], gb[SPL], gc[SPL];
@@ -298,7 +299,7 @@ __global__ void __launch_bounds__(128) diag_bwd(
                 for (int k = 0; k < SPL; ++k) {
                     if (has[k]) {
                         x[k] = a[k] * x[k] + b[k] * ut;
-                        bufr[(t - t0 + 1) * N + nn[k]] = x[k];
+                        if (t + 1 < t1) bufr[(t - t0 + 1) * N + nn[k]] = x[k];  // the last stays in x
                     }
                 }
             }
@@ -317,12 +318,15 @@ __global__ void __launch_bounds__(128) diag_bwd(
 #pragma unroll
                     for (int k = 0; k < SPL; ++k) {
                         if (has[k]) {
+                            // x[k] holds x_t (the recompute ends at x_{t1-1}); x_{t-1} comes from buf
+                            T xprev = bufr[k0 * N + nn[k]];
                             T li = g * c[k] + lam[k];  // lambda_t
-                            gc[k] = gc[k] + g * bufr[(k0 + 1) * N + nn[k]];
-                            ga[k] = ga[k] + li * bufr[k0 * N + nn[k]];
+                            gc[k] = gc[k] + g * x[k];
+                            ga[k] = ga[k] + li * xprev;
                             gb[k] = gb[k] + li * ut;
                             acc = acc + b[k] * li;
                             lam[k] = a[k] * li;
+                            x[k] = xprev;
                         }
                     }
                     acc = seg_sum(acc, G);
