@@ -56,7 +56,7 @@ def _reshape(xp: ModuleType, x: Any, shape: tuple[int, ...]) -> Any:
 
 # dlsim is not a registered op (scipy's API, not differentiable) but runs the LTI
 # kernels: it declares its backends like the ops do (see dlsim for what runs where).
-declare_backends("dlsim", ("numpy", "numba"))
+declare_backends("dlsim", ("numpy", "numba", "cupy"))
 
 
 # ---------------------------------------------------------------------------------
@@ -364,8 +364,11 @@ def _lti_simulate_bwd(res: _Residuals, cotangent) -> tuple[Any | None, ...]:
     return tuple(_grad_for(xp, g, ops.batch_shape, core, given) for g, core, given in zip(grads, cores, ops.inputs))
 
 
+# CuPy: the "recurrent" and "scan" modes run on CuPy kernels end to end (backends/cupy/lti.py,
+# linear_scan's); "convolution" calls fft_conv / ssm_kernel_dense, which have none yet and
+# raise the dispatcher's uniform UnsupportedBackendError naming them.
 @register_op("lti_simulate", fwd=_lti_simulate_fwd, bwd=_lti_simulate_bwd, inputs=_OPERAND_NAMES,
-             backends=("numpy", "numba"))
+             backends=("numpy", "numba", "cupy"))
 def lti_simulate(
     A: Any,
     B: Any,
@@ -671,8 +674,11 @@ def _lti_simulate_diag_bwd(res: _DiagResiduals, cotangent) -> tuple[Any | None, 
     return tuple(_grad_for(xp, g, lead, core, given) for g, core, given in zip(grads, cores, ops.inputs))
 
 
+# CuPy: the "recurrent" and "scan" modes run on CuPy kernels end to end (backends/cupy/lti.py,
+# linear_scan's); "convolution" calls fft_conv / ssm_kernel_dense, which have none yet and
+# raise the dispatcher's uniform UnsupportedBackendError naming them.
 @register_op("lti_simulate_diag", fwd=_lti_simulate_diag_fwd, bwd=_lti_simulate_diag_bwd, inputs=_OPERAND_NAMES,
-             backends=("numpy", "numba"))
+             backends=("numpy", "numba", "cupy"))
 def lti_simulate_diag(
     A: Any,
     B: Any,

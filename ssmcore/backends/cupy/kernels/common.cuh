@@ -133,4 +133,13 @@ template <class T, int N> struct SharedArray {
     __device__ __forceinline__ T& operator[](int i) { return reinterpret_cast<T*>(raw)[i]; }
 };
 
+// ---- output projection of the LTI readouts: O(v) for O == T, Re(v) for a real O of a complex T
+template <class O, class T> struct Project {
+    static __device__ __forceinline__ O of(const T& v) { return v; }
+};
+template <class R> struct Project<R, complex<R> > {
+    static __device__ __forceinline__ R of(const complex<R>& v) { return v.real(); }
+};
+template <class O, class T> __device__ __forceinline__ O project(const T& v) { return Project<O, T>::of(v); }
+
 }  // namespace ssm
