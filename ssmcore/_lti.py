@@ -424,8 +424,10 @@ def lti_simulate(
     return_final_state : bool
         Also return :math:`x_{L-1}` (or ``x0`` when L = 0), e.g. to continue a
         simulation in a second call.
-    backend : {None, "numba", "numpy"}
-        Force a backend; None picks the Numba kernels for NumPy inputs.
+    backend : {None, "numba", "numpy", "cupy"}
+        Force a backend; None picks the Numba kernels for NumPy inputs and the
+        CuPy kernels for CuPy inputs (recurrent and scan modes; the convolution
+        mode needs ``fft_conv``'s CuPy kernel, not written yet).
 
     Returns
     -------
@@ -751,8 +753,10 @@ def lti_simulate_diag(
         All three agree to rounding.
     return_final_state : bool
         Also return :math:`x_{L-1}` (shape (..., H, N), compute dtype; ``x0`` when L = 0).
-    backend : {None, "numba", "numpy"}
-        Force a backend; None picks the Numba kernels for NumPy inputs.
+    backend : {None, "numba", "numpy", "cupy"}
+        Force a backend; None picks the Numba kernels for NumPy inputs and the
+        CuPy kernels for CuPy inputs (recurrent and scan modes; the convolution
+        mode needs ``fft_conv``'s CuPy kernel, not written yet).
 
     Returns
     -------
