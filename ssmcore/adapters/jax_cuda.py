@@ -167,7 +167,7 @@ def header_text() -> str | None:
 
 def struct_fields(text: str, name: str) -> list[str] | None:
     """Field names of ``struct name { ... };`` in the header text, in order (None if absent)."""
-    m = re.search(r"^struct\s+" + re.escape(name) + r"\s*\{(.*?)^\};", text, re.S | re.M)
+    m = re.search(r"^(?:typedef\s+)?struct\s+" + re.escape(name) + r"\s*\{(.*?)^\}\s*\w*\s*;", text, re.S | re.M)
     if m is None:
         return None
     body = re.sub(r"//[^\n]*", "", m.group(1))
