@@ -609,3 +609,16 @@ def test_gpu_arrays_of_an_op_without_a_cupy_kernel(monkeypatch):
     out = _flat(jax.jit(call)(*xs))
     for o, r in zip(out, _flat(get_op(op).fn(*args, **kw))):
         np.testing.assert_allclose(np.asarray(o), r, **TOL)
+
+
+# ============================================================================ the benchmark rows
+def test_benchmark_has_the_jax_rows_and_reports_the_ratio():
+    from benchmarks import compare_gpu as cg
+
+    case = next(c for c in cg.CASES if c.key == "jax-scan-f32")
+    assert case.shape == (1, 1024, 4096) and case.dtype == "float32"
+    assert ("ssmcore.jax fwd+bwd", "ssmcore (CuPy arrays) fwd+bwd") in case.versus
+    many = next(c for c in cg.CASES if c.key == "jax-scan-f32-many")
+    assert many.shape == (8, 4096, 4096) and "jax.lax.associative_scan" in many.candidates
+    rows = [cg.Result(case, "ssmcore (CuPy arrays) fwd", 100e-6), cg.Result(case, "ssmcore.jax fwd", 125e-6)]
+    assert "1.25x ssmcore (CuPy arrays) fwd (+25 us)" in cg.format_results(rows, 4e12)
