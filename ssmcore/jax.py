@@ -13,21 +13,30 @@ only carry arrays, not the core's residual objects) and then its ``bwd``. The
 core's complex convention is JAX's own (transpose of the linearisation, no
 conjugation), so gradients pass through unchanged.
 
-* Host calls go through :func:`ssmcore.adapters.jax_ffi.host_call`: on CPU an
-  XLA FFI custom call into a Python handler that hands the op zero-copy NumPy
-  views of XLA's buffers and copies the results back, about 10 us per call on
-  top of the op itself (``jax.pure_callback``, its fallback, costs ~80 us and
-  copies the inputs). The fallback is used on non-CPU platforms, if the FFI
-  self-test fails at first use (with one warning), or when the environment
-  variable ``SSMCORE_JAX_CALLBACK=pure_callback`` is set.
-* ``vmap``: host calls use ``vmap_method="expand_dims"``; the host side loops
-  over the batch inside one call, so any op batches correctly whatever its
-  own broadcasting rules.
+* Calls go through :func:`ssmcore.adapters.jax_cuda.device_call`, lowered per
+  platform. On CPU: an XLA FFI custom call into a Python handler that hands the
+  op zero-copy NumPy views of XLA's buffers and copies the results back, about
+  10 us per call on top of the op itself (:mod:`ssmcore.adapters.jax_ffi`;
+  ``jax.pure_callback``, its fallback, costs ~80 us and copies the inputs). On
+  CUDA, for every op whose capability table lists ``"cupy"``: an XLA FFI call
+  that runs the same core functions on CuPy views of XLA's device buffers, on
+  XLA's stream, with no host round trip (:mod:`ssmcore.adapters.jax_cuda`; not
+  yet run on a GPU). GPU arrays of ops without a CuPy kernel raise
+  :class:`ssmcore.dispatch.UnsupportedBackendError` unless
+  ``SSMCORE_JAX_GPU_FALLBACK=host`` sends them through the host (warned once).
+  ``pure_callback`` is used if an FFI self-test fails at first use (with one
+  warning), or when ``SSMCORE_JAX_CALLBACK=pure_callback`` is set.
+* ``vmap``: calls use ``vmap_method="expand_dims"``; ops in :data:`FOLDABLE`
+  fold the batch into their leading axes when every argument is batched, the
+  others loop over the batch inside one call, so any op batches correctly
+  whatever its own broadcasting rules.
+* Shape errors are raised at trace time with the core's message naming the op
+  and the argument (:func:`ssmcore.adapters.specs.spec_error`).
 * float16/bfloat16 inputs are upcast to float32 and float results cast back.
 * Python scalars, strings, booleans and None pass through unchanged as
   constants (no gradient). Integer arrays are carried as constant inputs.
-* Per-call cost is measured in ``benchmarks/compare_adapters.py``; arrays on an
-  accelerator are copied to the host and back.
+* Per-call cost is measured in ``benchmarks/compare_adapters.py`` (CPU) and
+  ``benchmarks/compare_gpu.py --only jax`` (GPU).
 * With ``jax_enable_x64`` off (JAX's default), float64 results come back as
   float32, like every other JAX computation.
 
@@ -205,11 +214,9 @@ def _fold(host: Callable[..., tuple], arrays: tuple, ranks: tuple[int, ...], ext
     It applies when every argument is batched along the full batch (no size-1
     stand-ins) and has the same per-example rank as the first one: then the
     op's broadcasting of leading axes lines the batch axes up with each other,
-    and one call on the stacked arrays is the per-element calls stacked --
-    which the result shapes confirm (a function whose leading axes are not
-    batch axes gives other shapes, and the loop runs instead). Ops opt in by
-    name (:data:`FOLDABLE`), because only an op's semantics, not its shapes,
-    say that its leading axes are independent.
+    and one call on the stacked arrays is the per-element calls stacked. Ops
+    opt in by name (:data:`FOLDABLE`), because only an op's semantics, not its
+    shapes, say that its leading axes are independent batch axes.
     """
     name = getattr(host, "op_name", None)
     if name not in FOLDABLE or len(set(ranks)) != 1:
