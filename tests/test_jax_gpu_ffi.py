@@ -177,7 +177,9 @@ class _NumpyBridge:
 
     def run(self, fn, args, slots, stream, device):
         self.runs.append((stream, device, slots))
-        return list(fn(*args))
+        return list(fn(*args)), lambda: self.outstanding
+
+    outstanding = 0
 
     def place(self, results, targets, slots, stream, device):
         self.copied = jax_cuda.place_results(results, targets, slots, _np_address, np.copyto, np.array)
@@ -284,6 +286,12 @@ def test_handler_reports_errors_to_xla(numpy_bridge, monkeypatch):
     monkeypatch.setattr(jax_ffi, "_error_create", jax_ffi._ERROR_CREATE_T(frame.error_create))
     assert frame() == 0xE0 and "returned 2 arrays; expected 1" in frame.errors[0]
 
+    numpy_bridge.outstanding = 1  # the op kept an allocation that lives in an XLA result buffer
+    frame = _Frame(jax_cuda.device_handle(lambda x: (x + 1,)), [x], [np.empty(4, np.float32)])
+    monkeypatch.setattr(jax_ffi, "_error_create", jax_ffi._ERROR_CREATE_T(frame.error_create))
+    assert frame() == 0xE0 and "kept a reference to an array it allocated" in frame.errors[0]
+    numpy_bridge.outstanding = 0
+
     small = _Frame(jax_cuda.device_handle(wrong), [x], [np.empty(4, np.float32)])
     small.keep[-1].struct_size = 16  # an XLA_FFI_Api too small to hold XLA_FFI_Stream_Get
     monkeypatch.setattr(jax_ffi, "_error_create", jax_ffi._ERROR_CREATE_T(small.error_create))
@@ -316,6 +324,9 @@ def test_result_allocator_lends_each_buffer_to_one_live_allocation():
     assert alloc(64).mem.ptr == 1000  # free again once its holder died
     assert alloc(32).mem.ptr == 2000
     assert alloc(48) == ("pool", 48) and alloc(0) == ("pool", 0)
+    assert alloc.outstanding() == 1  # only p2 is still held: the others were dropped at once
+    del p2
+    assert alloc.outstanding() == 0
 
 
 def test_place_results_copies_only_what_is_not_in_place():

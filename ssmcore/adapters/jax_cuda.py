@@ -254,6 +254,11 @@ class _ResultAllocator:
                 return self.cp.cuda.MemoryPointer(mem, 0)
         return self.fallback(size)
 
+    def outstanding(self) -> int:
+        """How many lent buffers are still held. Once the call's results are dropped this must be
+        0: an array the op kept (a cache) would otherwise live in memory XLA reuses."""
+        return sum(1 for lease in self.leases if lease is not None and lease() is not None)
+
 
 class CupyBridge:
     """How XLA's device buffers meet the core: CuPy views, XLA's stream, result buffers as outputs.
@@ -298,13 +303,17 @@ class CupyBridge:
         return s
 
     def run(self, fn: Callable[..., tuple], args: list, slots: list[tuple[int, int]], stream: int,
-            device: int) -> list:
-        """Run ``fn`` with CuPy's device, stream and the result allocator set; the results as a list."""
+            device: int) -> tuple[list, Callable[[], int]]:
+        """Run ``fn`` with CuPy's device, stream and the result allocator set.
+
+        Returns the results as a list and a function counting the XLA result
+        buffers still lent out (see :meth:`_ResultAllocator.outstanding`).
+        """
         cp = self.xp
         pool = cp.get_default_memory_pool().malloc
-        with cp.cuda.Device(device), self.stream(stream, device), \
-                cp.cuda.using_allocator(_ResultAllocator(cp, slots, device, pool)):
-            return list(fn(*args))
+        alloc = _ResultAllocator(cp, slots, device, pool)
+        with cp.cuda.Device(device), self.stream(stream, device), cp.cuda.using_allocator(alloc):
+            return list(fn(*args)), alloc.outstanding
 
     def place(self, results: list, targets: list, slots: list[tuple[int, int]], stream: int, device: int) -> None:
         """Put each result into its XLA buffer (a copy on XLA's stream unless it is already there)."""
@@ -407,10 +416,14 @@ def _execute(frame: _CallFrame) -> None:
     outs = [_buffer(r) for r in rets.rets[:n_rets]]
     slots = [(ptr, int(np.prod(shape, dtype=np.int64)) * dt.itemsize) for ptr, shape, dt in outs]
     targets = [br.view(ptr, shape, dt, device) for ptr, shape, dt in outs]
-    results = br.run(fn, ins, slots, stream, device)
+    results, outstanding = br.run(fn, ins, slots, stream, device)
     if len(results) != n_rets:
         raise ValueError(f"device_call: {_ffi._name(fn)} returned {len(results)} arrays; expected {n_rets}")
     br.place(results, targets, slots, stream, device)
+    del results, targets, ins
+    if outstanding():
+        raise RuntimeError(f"device_call: {_ffi._name(fn)} kept a reference to an array it allocated during the "
+                           "call; that memory is XLA's result buffer, which XLA reuses after the call")
 
 
 def _handler(frame_address: int) -> int:
