@@ -458,6 +458,21 @@ def test_vmap_of_linear_scan_and_its_grad_equal_the_loop():
         np.testing.assert_allclose(np.asarray(g[1][i]), rb, rtol=1e-5)
 
 
+def test_checkpoint_and_donation_on_cpu():
+    rng = np.random.default_rng(6)
+    a = (0.5 * rng.standard_normal((3, 16))).astype(np.float32)
+    b = rng.standard_normal((3, 16)).astype(np.float32)
+    loss = lambda a, b: jnp.sum(sj.linear_scan(a, b) ** 2)  # noqa: E731
+    g1 = jax.jit(jax.grad(loss, argnums=(0, 1)))(a, b)
+    g2 = jax.jit(jax.grad(jax.checkpoint(loss), argnums=(0, 1)))(a, b)
+    for x, y in zip(g1, g2):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-6)
+    ref = ssmcore.linear_scan(a, b)
+    jb = jnp.array(b)
+    out = jax.jit(lambda a, b: sj.linear_scan(a, b) * 1, donate_argnums=(1,))(jnp.array(a), jb)
+    np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-6)
+
+
 # ============================================================================ trace-time errors name op and argument
 def test_shape_mismatch_under_jit_names_the_op_and_arguments():
     with pytest.raises(ValueError, match=r"linear_scan: a has shape \(3, 8\) and b has shape \(4, 8\)"):
