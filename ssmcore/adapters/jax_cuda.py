@@ -30,7 +30,9 @@ How it works
   that ended up elsewhere (a view, a stacked vmap batch, a cast) is copied
   device-to-device into its XLA buffer on the same stream: one extra read and
   write of that result (about 2 x its bytes / 4 TB/s on an H200 plus a launch,
-  ~8 us for 16 MiB).
+  ~16 us for 16 MiB). An op that keeps a lent buffer past the call (a cache of
+  device arrays) would leave data in memory XLA reuses: the call then fails
+  with a RuntimeError instead.
 * Which device function to run is a table index, the scalar FFI attribute
   ``handle``, as on CPU. Ops are not written here one by one: :mod:`ssmcore.jax`
   builds the device functions from the registry for every op whose registered
