@@ -60,6 +60,7 @@ class Case:
     candidates: tuple[str, ...]
     target: str  # what the issue asks this case to show
     backward: bool = False  # candidates named "... fwd+bwd" are compared with their "... fwd"
+    versus: tuple[tuple[str, str], ...] = ()  # (candidate, reference): the note gives time / reference and the gap
 
 
 SCAN_PEERS = ("jax.lax.associative_scan", "accelerated_scan.scalar", "accelerated_scan.warp")
@@ -78,6 +79,17 @@ CASES: tuple[Case, ...] = (
          ("d2d copy", "ssmcore.torch"), ">= 0.8 of copy"),
     Case("scan-c64-many", "linear_scan fwd complex64", "linear_scan", (8, 4096, 4096), "complex64",
          ("d2d copy", "ssmcore.torch"), ">= 0.8 of copy"),
+    # ssmcore.jax on GPU arrays: the CUDA XLA FFI path (ssmcore/adapters/jax_cuda.py) against the CuPy call
+    # it wraps. JAX rows are wall-clock timed (JAX runs on its own streams), CuPy rows with CUDA events.
+    Case("jax-scan-f32", "ssmcore.jax linear_scan under jit vs the CuPy call", "linear_scan", (1, 1024, 4096),
+         "float32", ("ssmcore (CuPy arrays) fwd", "ssmcore.jax fwd", "ssmcore (CuPy arrays) fwd+bwd",
+                     "ssmcore.jax fwd+bwd"),
+         "jit <= 1.3x CuPy + 20 us; jit(grad) <= 1.3x CuPy fwd+bwd + 30 us", backward=True,
+         versus=(("ssmcore.jax fwd", "ssmcore (CuPy arrays) fwd"),
+                 ("ssmcore.jax fwd+bwd", "ssmcore (CuPy arrays) fwd+bwd"))),
+    Case("jax-scan-f32-many", "ssmcore.jax linear_scan vs jax.lax.associative_scan", "linear_scan",
+         (8, 4096, 4096), "float32", ("ssmcore.jax", "jax.lax.associative_scan"),
+         ">= 3x faster than jax.lax.associative_scan", versus=(("ssmcore.jax", "jax.lax.associative_scan"),)),
     Case("s4d-c64", "lti_simulate_diag, S4D sizes (B, H, N, L)", "lti_simulate_diag", (16, 1024, 64, 4096),
          "complex64", ("ssmcore recurrent", "ssmcore convolution", "ssmcore scan", "torch S4D recipe"),
          "faster than the torch recipe"),
@@ -177,6 +189,10 @@ def format_results(results: list[Result], copy_bandwidth: float | None) -> str:
                 fwd = times.get(r.candidate[: -len("fwd+bwd")] + "fwd")
                 if fwd:
                     note = (f"fwd+bwd/fwd = {r.seconds / fwd:.2f}" + (f"; {note}" if note else ""))
+            for cand, ref in case.versus:
+                if r.candidate == cand and times.get(ref):
+                    note = (f"{r.seconds / times[ref]:.2f}x {ref} ({(r.seconds - times[ref]) * 1e6:+.0f} us)"
+                            + (f"; {note}" if note else ""))
             ratio = (f"{r.peak_bytes / r.out_bytes:.2f}" if (r.peak_bytes is not None and r.out_bytes) else "")
             table.append([r.candidate, f"{r.seconds * 1e3:.3f}", "" if bw is None else f"{bw:.0f}", frac,
                           _fmt_bytes(r.peak_bytes), ratio, note])
@@ -341,31 +357,43 @@ def _scan_candidate(case: Case, name: str, a: Any, b: Any, warp: bool) -> tuple[
 
         _probe(fwd_bwd)
         return fwd_bwd, "events"
-    if name == "ssmcore (CuPy arrays)":
+    if base == "ssmcore (CuPy arrays)":
         import cupy
 
         import ssmcore
 
         ca, cb = cupy.from_dlpack(a), cupy.from_dlpack(b)
-        fn = lambda: ssmcore.linear_scan(ca, cb)  # noqa: E731 - on CuPy's stream: the null stream, as torch's
+        if bwd:
+            ct = cupy.ones_like(cb)
+
+            def fn() -> Any:  # what jit(grad) of ssmcore.jax runs: the core's fwd, then its bwd
+                _, pullback = ssmcore.vjp("linear_scan", ca, cb)
+                return pullback(ct)
+        else:
+            fn = lambda: ssmcore.linear_scan(ca, cb)  # noqa: E731 - on CuPy's stream: the null stream, as torch's
         _probe(fn)
         return fn, "events"
+    if base == "ssmcore.jax":
+        jax, jnp = _jax_gpu(case)
+        import ssmcore.jax as sj
+
+        ja, jb = _to_jax(jax, jnp, a), _to_jax(jax, jnp, b)
+        if bwd:
+            g = jax.jit(jax.grad(lambda a, b: jnp.sum(sj.linear_scan(a, b)), argnums=(0, 1)))
+            fn = lambda: g(ja, jb)  # noqa: E731
+        else:
+            f = jax.jit(sj.linear_scan)
+            fn = lambda: f(ja, jb)  # noqa: E731
+        _probe(lambda: jax.block_until_ready(fn()))
+        return fn, "wall"
     if name == "jax.lax.associative_scan":
-        try:
-            import jax
-            import jax.numpy as jnp
-        except ImportError as exc:
-            raise Skip(f"jax not importable: {exc}") from None
-        if not any(d.platform == "gpu" for d in jax.devices()):
-            raise Skip("jax sees no GPU")
-        if case.dtype not in ("float32", "complex64"):
-            raise Skip("x64 off in jax (single precision only)")
+        jax, jnp = _jax_gpu(case)
 
         def combine(x: Any, y: Any) -> Any:
             return x[0] * y[0], y[0] * x[1] + y[1]
 
         f = jax.jit(lambda a, b: jax.lax.associative_scan(combine, (a, b), axis=-1)[1])
-        ja, jb = jnp.asarray(a.cpu().numpy()), jnp.asarray(b.cpu().numpy())
+        ja, jb = _to_jax(jax, jnp, a), _to_jax(jax, jnp, b)
         return (lambda: f(ja, jb)), "wall"
     if base.startswith("accelerated_scan"):
         variant = base.split(".")[1]
@@ -391,6 +419,28 @@ def _scan_candidate(case: Case, name: str, a: Any, b: Any, warp: bool) -> tuple[
 
         return fwd_bwd, "events"
     raise Skip(f"unknown candidate {name!r}")
+
+
+def _jax_gpu(case: Case) -> tuple[Any, Any]:
+    """``(jax, jax.numpy)`` when JAX sees a GPU and the case's dtype needs no x64; else Skip."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError as exc:
+        raise Skip(f"jax not importable: {exc}") from None
+    if not any(d.platform == "gpu" for d in jax.devices()):
+        raise Skip("jax sees no GPU")
+    if case.dtype not in ("float32", "complex64"):
+        raise Skip("x64 off in jax (single precision only)")
+    return jax, jnp
+
+
+def _to_jax(jax: Any, jnp: Any, t: Any) -> Any:
+    """A CUDA tensor as a jax.Array on the GPU (DLPack: zero-copy; through the host if that fails)."""
+    try:
+        return jax.dlpack.from_dlpack(t)
+    except Exception:  # noqa: BLE001 - older JAX without the stream protocol
+        return jax.device_put(jnp.asarray(t.cpu().numpy()), jax.devices("gpu")[0])
 
 
 _NO_KERNEL = re.compile(r"no CuPy kernel", re.IGNORECASE)

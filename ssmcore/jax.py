@@ -13,21 +13,30 @@ only carry arrays, not the core's residual objects) and then its ``bwd``. The
 core's complex convention is JAX's own (transpose of the linearisation, no
 conjugation), so gradients pass through unchanged.
 
-* Host calls go through :func:`ssmcore.adapters.jax_ffi.host_call`: on CPU an
-  XLA FFI custom call into a Python handler that hands the op zero-copy NumPy
-  views of XLA's buffers and copies the results back, about 10 us per call on
-  top of the op itself (``jax.pure_callback``, its fallback, costs ~80 us and
-  copies the inputs). The fallback is used on non-CPU platforms, if the FFI
-  self-test fails at first use (with one warning), or when the environment
-  variable ``SSMCORE_JAX_CALLBACK=pure_callback`` is set.
-* ``vmap``: host calls use ``vmap_method="expand_dims"``; the host side loops
-  over the batch inside one call, so any op batches correctly whatever its
-  own broadcasting rules.
+* Calls go through :func:`ssmcore.adapters.jax_cuda.device_call`, lowered per
+  platform. On CPU: an XLA FFI custom call into a Python handler that hands the
+  op zero-copy NumPy views of XLA's buffers and copies the results back, about
+  10 us per call on top of the op itself (:mod:`ssmcore.adapters.jax_ffi`;
+  ``jax.pure_callback``, its fallback, costs ~80 us and copies the inputs). On
+  CUDA, for every op whose capability table lists ``"cupy"``: an XLA FFI call
+  that runs the same core functions on CuPy views of XLA's device buffers, on
+  XLA's stream, with no host round trip (:mod:`ssmcore.adapters.jax_cuda`; not
+  yet run on a GPU). GPU arrays of ops without a CuPy kernel raise
+  :class:`ssmcore.dispatch.UnsupportedBackendError` unless
+  ``SSMCORE_JAX_GPU_FALLBACK=host`` sends them through the host (warned once).
+  ``pure_callback`` is used if an FFI self-test fails at first use (with one
+  warning), or when ``SSMCORE_JAX_CALLBACK=pure_callback`` is set.
+* ``vmap``: calls use ``vmap_method="expand_dims"``; ops in :data:`FOLDABLE`
+  fold the batch into their leading axes when every argument is batched, the
+  others loop over the batch inside one call, so any op batches correctly
+  whatever its own broadcasting rules.
+* Shape errors are raised at trace time with the core's message naming the op
+  and the argument (:func:`ssmcore.adapters.specs.spec_error`).
 * float16/bfloat16 inputs are upcast to float32 and float results cast back.
 * Python scalars, strings, booleans and None pass through unchanged as
   constants (no gradient). Integer arrays are carried as constant inputs.
-* Per-call cost is measured in ``benchmarks/compare_adapters.py``; arrays on an
-  accelerator are copied to the host and back.
+* Per-call cost is measured in ``benchmarks/compare_adapters.py`` (CPU) and
+  ``benchmarks/compare_gpu.py --only jax`` (GPU).
 * With ``jax_enable_x64`` off (JAX's default), float64 results come back as
   float32, like every other JAX computation.
 
@@ -44,6 +53,7 @@ Examples
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
@@ -58,8 +68,8 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised only without
         'ssmcore.jax needs JAX, which is not installed; install the extra: pip install "ssmcore[jax]"'
     ) from _exc
 
+from .adapters import jax_cuda as _cuda
 from .adapters import specs as _specs
-from .adapters.jax_ffi import host_call as _host_call
 from .adapters.plan import (
     bind_options as _bind_options,
     decode_options as _decode_options,
@@ -72,6 +82,7 @@ from .adapters.plan import (
     split_values as _split_values,
     unflatten_output as _unflatten_output,
 )
+from .dispatch import UnsupportedBackendError, capabilities as _capabilities
 from .registry import OpDef, list_ops, vjp as _vjp
 
 __all__ = ["list_ops", "op"]
@@ -80,13 +91,27 @@ _UPCAST = {np.dtype(_jnp.float16): np.dtype(np.float32), np.dtype(_jnp.bfloat16)
 
 
 class _Record:
-    __slots__ = ("opdef", "names", "grad_pos", "fn")
+    __slots__ = ("opdef", "names", "grad_pos", "fn", "gpu", "unsupported")
 
     def __init__(self, opdef: OpDef) -> None:
         self.opdef = opdef
         self.names = tuple(opdef.signature.parameters)
         self.grad_pos = _grad_positions(opdef)
         self.fn: Callable[..., Any] | None = None
+        # The capability table decides which ops run GPU arrays on their CuPy kernels.
+        self.gpu = "cupy" in _capabilities().get(opdef.name, opdef.backends)
+        self.unsupported = partial(_unsupported_error, opdef.name)
+
+
+def _unsupported_error(name: str) -> UnsupportedBackendError:
+    """The uniform error for a GPU array given to an op without a CuPy kernel."""
+    have = _capabilities().get(name, ())
+    return UnsupportedBackendError(
+        f"ssmcore.jax.{name}: no CuPy kernel yet, so it cannot run on GPU arrays; it runs on "
+        f"{', '.join(have) or 'no backend'}. Move the inputs to the CPU "
+        f"(jax.device_put(x, jax.devices('cpu')[0])), or set {_cuda.FALLBACK_ENV_VAR}=host to run it through "
+        f"the host (a device-host round trip) (docs/backends.md lists what runs where)"
+    )
 
 
 _RECORDS: dict[str, _Record] = {}
@@ -118,6 +143,12 @@ def _canonical(dtype: Any) -> np.dtype:
     return np.dtype(_jax.dtypes.canonicalize_dtype(dtype))
 
 
+def _as_result(xp: Any, o: Any) -> Any:
+    """A core result as an array of JAX's canonical dtype (float64 -> float32 without x64)."""
+    o = xp.asarray(o)
+    return o.astype(_canonical(o.dtype), copy=False)
+
+
 def _full(present: tuple[bool, ...], arrays: tuple) -> list[Any]:
     """Re-insert None for the parameters that are options."""
     it = iter(arrays)
@@ -130,26 +161,40 @@ def _differentiable(rec: _Record, present: tuple[bool, ...], dtypes: list[np.dty
     return [gi is not None and dt.kind in "fc" for gi, dt in zip(pos, dtypes)]
 
 
-def _batched(host: Callable[..., tuple], ranks: tuple[int, ...]) -> Callable[..., tuple]:
-    """Wrap a host function so it also takes ``vmap``-ed arguments (``vmap_method="expand_dims"``).
+def _namespace(arrays: tuple) -> Any:
+    """NumPy, or CuPy for the CuPy views the CUDA handler passes (CuPy is never imported here)."""
+    if arrays and type(arrays[0]).__module__.partition(".")[0] == "cupy":
+        return sys.modules["cupy"]
+    return np
+
+
+def _batched(host: Callable[..., tuple], ranks: tuple[int, ...], device: bool = False) -> Callable[..., tuple]:
+    """Wrap a host (or device) function so it also takes ``vmap``-ed arguments (``vmap_method="expand_dims"``).
 
     Under ``jax.vmap`` every argument arrives with the same number of extra
     leading axes (size 1 where that argument is not batched). The op is called
-    once per batch element inside this *one* callback -- far cheaper than one
-    callback per element -- and the results are stacked. Ops need no batching
-    rule of their own, whatever their broadcasting semantics.
+    once per batch element inside this *one* call -- far cheaper than one
+    call per element -- and the results are stacked. Ops need no batching
+    rule of their own, whatever their broadcasting semantics. On the GPU
+    (``device=True``, CuPy arrays) the per-element calls only enqueue kernels on
+    XLA's stream; see :func:`_fold` for the batch folded into one call.
     """
 
     def run(*arrays: Any) -> tuple:
-        # The FFI path hands writable zero-copy NumPy views of XLA's buffers: used as they are.
-        # The pure_callback fallback hands CPU jax.Arrays, whose NumPy views are *read-only*, and
-        # Numba compiles (and caches) a separate specialisation of every kernel for read-only
-        # arrays; one copy of those inputs is cheaper than doubling every kernel's compile time.
-        arrays = tuple(a if isinstance(a, np.ndarray) and a.flags.writeable else np.array(a, copy=True)
-                       for a in arrays)
+        if not device:
+            # The FFI path hands writable zero-copy NumPy views of XLA's buffers: used as they are.
+            # The pure_callback fallback hands CPU jax.Arrays, whose NumPy views are *read-only*, and
+            # Numba compiles (and caches) a separate specialisation of every kernel for read-only
+            # arrays; one copy of those inputs is cheaper than doubling every kernel's compile time.
+            arrays = tuple(a if isinstance(a, np.ndarray) and a.flags.writeable else np.array(a, copy=True)
+                           for a in arrays)
         extra = arrays[0].ndim - ranks[0] if arrays else 0
         if extra == 0:
             return host(*arrays)
+        folded = _fold(host, arrays, ranks, extra)
+        if folded is not None:
+            return folded
+        xp = _namespace(arrays)
         batch = np.broadcast_shapes(*(a.shape[:extra] for a in arrays))
         results = []
         for idx in np.ndindex(*batch):
@@ -157,10 +202,37 @@ def _batched(host: Callable[..., tuple], ranks: tuple[int, ...]) -> Callable[...
             results.append(host(*item))
         if not results:  # an empty batch: shapes only
             raise NotImplementedError("ssmcore.jax: vmap over an empty batch is not supported")
-        return tuple(np.stack([r[k] for r in results]).reshape(batch + results[0][k].shape)
+        return tuple(xp.stack([r[k] for r in results]).reshape(batch + results[0][k].shape)
                      for k in range(len(results[0])))
 
     return run
+
+
+def _fold(host: Callable[..., tuple], arrays: tuple, ranks: tuple[int, ...], extra: int) -> tuple | None:
+    """The batching rule that folds the ``vmap`` axes into the op's own leading axes, when that is exact.
+
+    It applies when every argument is batched along the full batch (no size-1
+    stand-ins) and has the same per-example rank as the first one: then the
+    op's broadcasting of leading axes lines the batch axes up with each other,
+    and one call on the stacked arrays is the per-element calls stacked. Ops
+    opt in by name (:data:`FOLDABLE`), because only an op's semantics, not its
+    shapes, say that its leading axes are independent batch axes.
+    """
+    name = getattr(host, "op_name", None)
+    if name not in FOLDABLE or len(set(ranks)) != 1:
+        return None
+    batch = arrays[0].shape[:extra]
+    if any(a.shape[:extra] != batch for a in arrays) or 0 in batch:
+        return None
+    n = int(np.prod(batch))
+    flat = tuple(a.reshape((n,) + a.shape[extra:]) if extra > 1 else a for a in arrays)
+    out = host(*flat)
+    return tuple(o.reshape(batch + o.shape[1:]) for o in out)
+
+
+#: Ops whose leading axes are independent batch axes of every input and output (same rank for
+#: all inputs): ``vmap`` folds into them (:func:`_fold`) instead of looping.
+FOLDABLE = frozenset({"linear_scan"})
 
 
 @lru_cache(maxsize=1024)
@@ -173,10 +245,14 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
     run_fn = _bind_options(opdef, opdef.fn, present, options)
     run_vjp = _bind_options(opdef, partial(_vjp, name), present, options)
 
-    def host_fwd(*arrays: np.ndarray) -> tuple:
+    def host_fwd(*arrays: Any) -> tuple:
+        # NumPy views on CPU, CuPy views of XLA's device buffers on the GPU: the core dispatches on them.
+        xp = _namespace(arrays)
         out = run_fn(*arrays)
         outs, _ = _flatten_output(out, name)
-        return tuple(np.asarray(o, dtype=_canonical(np.asarray(o).dtype)) for o in outs)
+        return tuple(_as_result(xp, o) for o in outs)
+
+    host_fwd.op_name = name
 
     def out_structs(arrays: tuple) -> tuple:
         specs = _full(present, tuple(_specs.ArraySpec(tuple(a.shape), np.dtype(a.dtype)) for a in arrays))
@@ -187,13 +263,13 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
     pos = [gi for gi, p in zip(rec.grad_pos, present) if p]
     hosts: dict[tuple, Callable[..., tuple]] = {}
 
-    def host(kind: str, ranks: tuple[int, ...], diff: tuple[bool, ...] = ()) -> Callable[..., tuple]:
-        """One host function per (direction, ranks, differentiable inputs), reused by every trace:
-        host_call registers each distinct function once for the life of the process."""
-        key = (kind, ranks, diff)
+    def host(kind: str, ranks: tuple[int, ...], diff: tuple[bool, ...] = (), device: bool = False) -> Callable[..., tuple]:
+        """One host (or device) function per (direction, ranks, differentiable inputs), reused by every
+        trace: the FFI tables register each distinct function once for the life of the process."""
+        key = (kind, ranks, diff, device)
         fn = hosts.get(key)
         if fn is None:
-            fn = hosts[key] = _batched(host_fwd if kind == "fwd" else make_host_bwd(diff), ranks)
+            fn = hosts[key] = _batched(host_fwd if kind == "fwd" else make_host_bwd(diff), ranks, device)
         return fn
 
     def make_host_bwd(diff: tuple[bool, ...]) -> Callable[..., tuple]:
@@ -204,7 +280,8 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
                 needs[gi] = True
         needs = tuple(needs)
 
-        def host_bwd(*flat: np.ndarray) -> tuple:
+        def host_bwd(*flat: Any) -> tuple:
+            xp = _namespace(flat)
             args, cts = flat[:n], flat[n:]
             _, pullback = run_vjp(*args)
             grads = pullback(_unflatten_output(list(cts)), needs=needs)
@@ -213,18 +290,24 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
                 if not d:
                     continue
                 g = grads[gi]
-                g = np.zeros(a.shape, a.dtype) if g is None else np.asarray(g)
+                g = xp.zeros(a.shape, a.dtype) if g is None else xp.asarray(g)
                 if a.dtype.kind != "c" and g.dtype.kind == "c":
                     g = g.real
-                result.append(np.asarray(g, dtype=a.dtype).reshape(a.shape))
+                result.append(g.astype(a.dtype, copy=False).reshape(a.shape))
             return tuple(result)
 
+        host_bwd.op_name = name
         return host_bwd
+
+    def call(kind: str, structs: tuple, arrays: tuple, diff: tuple[bool, ...] = ()) -> Any:
+        ranks = tuple(a.ndim for a in arrays)  # per-example ranks, also under vmap
+        device = host(kind, ranks, diff, True) if rec.gpu else None
+        return _cuda.device_call(host(kind, ranks, diff), device, rec.unsupported, structs, *arrays,
+                                 name=name, vmap_method="expand_dims")
 
     @_jax.custom_vjp
     def f(*arrays: Any) -> tuple:
-        ranks = tuple(a.ndim for a in arrays)  # per-example ranks, also under vmap
-        return _host_call(host("fwd", ranks), out_structs(arrays), *arrays, vmap_method="expand_dims")
+        return call("fwd", out_structs(arrays), arrays)
 
     def f_fwd(*arrays: Any) -> tuple:
         return f(*arrays), arrays
@@ -232,8 +315,7 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
     def f_bwd(arrays: tuple, cotangents: tuple) -> tuple:
         diff = tuple(_differentiable(rec, present, [np.dtype(a.dtype) for a in arrays]))
         structs = tuple(_jax.ShapeDtypeStruct(a.shape, a.dtype) for a, d in zip(arrays, diff) if d)
-        ranks = tuple(x.ndim for x in (*arrays, *cotangents))
-        grads = iter(_host_call(host("bwd", ranks, diff), structs, *arrays, *cotangents, vmap_method="expand_dims"))
+        grads = iter(call("bwd", structs, (*arrays, *cotangents), diff))
         return tuple(next(grads) if d else None for d in diff)
 
     f.defvjp(f_fwd, f_bwd)
@@ -245,6 +327,17 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
 # ----------------------------------------------------------------------------- the generic call
 def _is_array(v: Any) -> bool:
     return isinstance(v, (_jax.Array, np.ndarray))
+
+
+_TRACER = _jax.core.Tracer
+
+
+def _refuse_gpu_arrays(rec: _Record, arrays: list) -> None:
+    """Raise the uniform error now (not from the compiled program) for concrete GPU inputs of an op
+    without a CuPy kernel. Under ``jit`` the inputs are tracers and the program raises it when it runs."""
+    for a in arrays:
+        if not isinstance(a, _TRACER) and any(d.platform != "cpu" for d in a.devices()):
+            raise rec.unsupported()
 
 
 def _call(opdef: OpDef, values: tuple) -> Any:
@@ -261,6 +354,8 @@ def _call(opdef: OpDef, values: tuple) -> Any:
         if a.dtype in _UPCAST:
             half = True
         ins.append(a)
+    if not rec.gpu and not _cuda.host_fallback_enabled():
+        _refuse_gpu_arrays(rec, ins)
     promoted = None  # JAX's promotion of the inexact inputs, to cast half-precision results back
     if half:  # (jnp.result_type costs ~5 us: only when the answer can be a half type)
         inexact = [np.dtype(a.dtype) for a in ins if np.dtype(a.dtype).kind in "fcV"]

@@ -117,7 +117,49 @@ def output_spec(opdef: OpDef, arrays: Sequence[ArraySpec | None], options: dict[
     fn = RULES.get(opdef.name)
     if fn is None:
         return probe_spec(opdef, arrays, options)
-    return core_call(opdef, fn, arrays, {k: _as_spec(v) for k, v in options.items()})
+    try:
+        return core_call(opdef, fn, arrays, {k: _as_spec(v) for k, v in options.items()})
+    except (ValueError, TypeError, IndexError, AttributeError, KeyError) as exc:
+        # A rule fails on inputs the op itself would refuse; report the op's own error instead.
+        raise spec_error(opdef, arrays, options, exc) from None
+
+
+#: Placeholder inputs larger than this are not run through the core to find its error message.
+_EXPLAIN_MAX_ELEMENTS = 1 << 22
+
+
+def spec_error(opdef: OpDef, arrays: Sequence[ArraySpec | None], options: dict[str, Any],
+               exc: BaseException) -> Exception:
+    """The error to raise when an output rule failed: the core's own, naming the op and the argument.
+
+    The op runs once on zero-strided placeholders of the given shapes and dtypes
+    (no memory of their size is allocated); its validation raises the message a
+    NumPy call would (``linear_scan: a has shape (3, 8) ...``). When the inputs
+    are too large to risk running the op, or the op accepts them, the rule's
+    error comes back prefixed with the op's name and the arguments' shapes and dtypes.
+    """
+    names = list(opdef.signature.parameters)
+    small = all(a is None or int(np.prod([int(d) for d in a.shape], dtype=np.int64)) <= _EXPLAIN_MAX_ELEMENTS
+                for a in arrays)
+    if small:
+        try:
+            data = [None if a is None else np.broadcast_to(np.asarray(0.5).astype(a.dtype),
+                                                           tuple(int(d) for d in a.shape)) for a in arrays]
+        except TypeError:  # symbolic sizes: nothing to run
+            data = None
+        if data is not None:
+            try:
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    core_call(opdef, opdef.fn, data, options)
+            except (ValueError, TypeError) as core_exc:
+                return core_exc
+            except Exception:  # noqa: BLE001 - anything else says nothing about the arguments
+                pass
+    described = ", ".join(f"{n} {tuple(a.shape)} {np.dtype(a.dtype).name}"
+                          for n, a in zip(names, arrays) if a is not None)
+    kind = type(exc) if isinstance(exc, (ValueError, TypeError)) else ValueError
+    return kind(f"{opdef.name}: {exc} (array arguments: {described})")
 
 
 _PROBED: dict[tuple, Any] = {}
