@@ -53,9 +53,9 @@ if not ok:
     print("WARNING: no CUDA device: the GPU tests will skip and the benchmarks cannot run")
 PY
 
-# Budgets add up to 5.5 minutes: tests 3 min, gate 0.5 min, benchmarks 2 min.
-step "GPU tests" 180 "$py" -m pytest -m gpu -q -rfEs -p no:cacheprovider tests
-step "compile gate" 30 "$py" -m ssmcore.backends.cupy.compile_gate
+# Budgets add up to 5.7 minutes: tests 170 s, gate 50 s (every source x 2 archs), benchmarks 120 s.
+step "GPU tests" 170 "$py" -m pytest -m gpu -q -rfEs -p no:cacheprovider tests
+step "compile gate" 50 "$py" -m ssmcore.backends.cupy.compile_gate
 step "GPU benchmarks" 120 "$py" benchmarks/compare_gpu.py   # tables also to $OUT/compare_gpu.txt
 
 echo
