@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import re
 
+import cuda_emulation
 import numpy as np
 import pytest
 
 from ssmcore.backends.cupy import scan as cs
 from ssmcore.backends.cupy._rawmodule import SOURCES
 from ssmcore.reference import scan as ref
-
-import cuda_emulation
 
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
 TOL = {np.float32: 2e-5, np.float64: 1e-12, np.complex64: 2e-5, np.complex128: 1e-12}
@@ -313,7 +312,6 @@ def emulated_kernels(tmp_path_factory):
 def host_cupy(emulated_kernels, monkeypatch):
     """Route scan.py's launchers to the host kernels: NumPy stands in for CuPy, 1 SM,
     and forced chunking uses 128-step chunks (many chunks from short series)."""
-    import ctypes
     import sys
     import types
 

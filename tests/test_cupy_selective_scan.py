@@ -19,10 +19,10 @@ import re
 import sys
 import types
 
+import cuda_emulation
 import numpy as np
 import pytest
 
-import cuda_emulation
 from ssmcore.backends.cupy import selective_scan as css
 from ssmcore.backends.cupy._rawmodule import SOURCES
 from ssmcore.reference import selective_scan as ref

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ._rawmodule import KERNEL_DIR, declare
+from ._rawmodule import declare
 from .scan import _options
 
 __all__ = ["CHUNK", "ITEMS", "MAX_N", "THREADS", "SelectiveScanPlan", "plan_selective_scan", "selective_scan_bwd",
@@ -200,7 +200,7 @@ def selective_scan_bwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     dh0 = cp.empty((nb, nd, N), dtype=sdt)
     if plan.blocks:
         dummy_r, dummy_s = du, dh0  # valid pointers for what the flags say is absent
-        pick = lambda x, d: d if x is None else x  # noqa: E731
+        pick = lambda x, d: d if x is None else x
         args = (u, delta, A, Bk, Ck, pick(Dv, dummy_r), pick(z, dummy_r), pick(bias, dummy_r), pick(seq, u), states,
                 dout, pick(dlast, dummy_s), du, ddelta, pick(dz, dummy_r), pick(dBv, dummy_s), pick(dCv, dummy_s),
                 dAp, pick(dBp, dummy_s), pick(dCp, dummy_s), dDp, dh0, _i64(nd), _i64(L), _i64(N), _i64(GB),
