@@ -103,6 +103,9 @@ class Result:
 # D and z, variable B / C (batch, N, L) as mamba uses them. Rows: ssmcore on CuPy arrays and through
 # ssmcore.torch (forward, forward + backward), mamba.py's pscan (materialises (B, L, D, N)) and the torch
 # loop of mamba_ssm's selective_scan_ref (written out below, so that it needs no mamba_ssm install).
+# The torch loop's fwd+bwd (about 3.3 s a call on an H200: the figure) is not a default row: with
+# its warm-up, calibration and rounds it would take most of gpu_check.sh's benchmark budget; the candidate
+# "torch selective_scan_ref fwd+bwd" still exists for a case that lists it.
 # The bytes column is the I/O floor: u, delta, z read and out written, plus B and C (and, for fwd+bwd, the
 # cotangent read and du, ddelta, dz written).
 
@@ -112,8 +115,7 @@ SELECTIVE_SCAN_CASES: tuple[Case, ...] = (
          "<= 0.25 ms (goal <= 0.12 ms)"),
     Case("sscan-f32-bwd", "selective_scan fwd+bwd (softplus, D, z)", "selective_scan", (4, 1536, 2048, 16),
          "float32", ("ssmcore (CuPy arrays) fwd", "ssmcore (CuPy arrays) fwd+bwd", "ssmcore.torch fwd",
-                     "ssmcore.torch fwd+bwd", "torch selective_scan_ref fwd", "torch selective_scan_ref fwd+bwd"),
-         "<= 1.0 ms", backward=True),
+                     "ssmcore.torch fwd+bwd"), "<= 1.0 ms", backward=True),
 )
 CASES = CASES + SELECTIVE_SCAN_CASES
 

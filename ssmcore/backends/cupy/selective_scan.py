@@ -21,7 +21,12 @@ host.
 
 Determinism: every gradient except variable ``B`` / ``C`` is reduced in a fixed
 order. Variable ``dB`` / ``dC`` sum the contributions of a group's channels with
-``atomicAdd`` (as mamba_ssm does), so their last bits can vary between runs.
+``atomicAdd`` (as mamba_ssm does), so where several channels share a group (mamba's
+usual single group included) their last bits can vary between runs; with one
+channel per group every element receives one contribution and is deterministic.
+A deterministic group sum would need per-channel (batch, D, N, L) partials, or
+a block per group walking its channels one after another (too little parallelism
+for one group).
 """
 
 from __future__ import annotations
