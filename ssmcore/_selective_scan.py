@@ -280,7 +280,7 @@ def _selective_scan_bwd(res, cotangent):
     fwd=_selective_scan_fwd,
     bwd=_selective_scan_bwd,
     inputs=("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"),
-    backends=("numpy", "numba"),
+    backends=("numpy", "numba", "cupy"),
 )
 def selective_scan(
     u: np.ndarray,
