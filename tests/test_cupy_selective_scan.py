@@ -288,3 +288,26 @@ def test_host_nan_propagates_like_the_reference(host_small, rng):
     fin = np.isfinite(out0)
     np.testing.assert_allclose(out[fin], out0[fin], rtol=1e-10, atol=1e-10)
     np.testing.assert_array_equal(np.isnan(last), np.isnan(last0))
+
+
+@pytest.mark.slow
+def test_host_no_allocation_of_batch_d_l_n_size(host_small, rng, monkeypatch):
+    """Memory-lean: every array the launchers allocate is at most the size of u or of B
+    (never batch x D x L x N), and the checkpoints are O(batch D N L / chunk)."""
+    nb, nd, L, N = 2, 4, 300, 8
+    args = _case(rng, nb, nd, L, N, np.float32, False, 1, 2)
+    sizes = []
+    fake = sys.modules["cupy"]
+    for name in ("empty", "zeros"):
+        orig = getattr(np, name)
+
+        def alloc(shape, dtype=float, _orig=orig):
+            out = _orig(shape, dtype)
+            sizes.append(out.size)
+            return out
+
+        monkeypatch.setattr(fake, name, alloc)
+    _, _, ckpt = host_small.selective_scan_fwd(*args, True)
+    host_small.selective_scan_bwd(*args, ckpt, rng.standard_normal((nb, nd, L)).astype(np.float32), None)
+    assert sizes and max(sizes) <= max(nb * nd * L, args[3].size, args[4].size) < nb * nd * L * N
+    assert ckpt[1].size == nb * nd * N * -(-L // host_small.CHUNK)
