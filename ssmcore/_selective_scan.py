@@ -14,9 +14,12 @@ inputs' array namespace ``xp`` once per call; validation, the canonical layout
 record the call's ``Target``) and the backward's reductions are array-API code,
 so the same VJP serves every device. The kernels' launchers
 (``backends/<device>/selective_scan.py``) own layout, output allocation, the
-checkpoint spacing and the work split. Declared backends: NumPy reference and
-Numba CPU kernels; CuPy input gets the dispatcher's uniform "no CuPy kernel yet"
-error until the CuPy kernels land.
+checkpoint spacing and the work split. Declared backends: ``selective_scan`` has
+the NumPy reference, the Numba CPU kernels and the CuPy GPU kernels
+(``backends/cupy/selective_scan.py``: mamba_ssm's fused design, states on chip,
+chunk checkpoints for the backward; not yet run on a GPU);
+``selective_state_update`` has NumPy and Numba only, so CuPy input gets the
+dispatcher's uniform "no CuPy kernel yet" error.
 """
 
 from __future__ import annotations
@@ -280,7 +283,7 @@ def _selective_scan_bwd(res, cotangent):
     fwd=_selective_scan_fwd,
     bwd=_selective_scan_bwd,
     inputs=("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "h0"),
-    backends=("numpy", "numba"),
+    backends=("numpy", "numba", "cupy"),
 )
 def selective_scan(
     u: np.ndarray,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 
+import cuda_emulation
 import numpy as np
 import pytest
 
@@ -269,72 +270,7 @@ def test_model_avoids_inf_times_zero_of_an_identity_start(rng):
 # which the NumPy model above only mirrors. It says nothing about GPU-only
 # matters (memory model, real warp scheduling, speed).
 
-_EMU_COMPLEX = """
-#pragma once
-#include <complex>
-template <class T> using complex = std::complex<T>;
-"""
-
-_EMU_HEADER = r"""
-#pragma once
-#include <algorithm>
-#include <barrier>
-#include <cstring>
-#include <functional>
-#include <memory>
-#include <thread>
-#include <vector>
-using std::max;
-using std::min;
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __restrict__ __restrict
-#define __launch_bounds__(...)
-#define __shared__ static
-struct Dim3 { unsigned x = 0, y = 0, z = 0; };
-inline thread_local Dim3 threadIdx, blockIdx;
-inline Dim3 blockDim, gridDim;
-struct WarpX { std::barrier<> bar{32}; unsigned long long slot[32]; };
-inline thread_local WarpX* tl_warp = nullptr;
-inline std::barrier<>* g_block_bar = nullptr;
-template <class V> inline V exchange(V v, int src) {
-    int lane = threadIdx.x & 31;
-    unsigned long long raw = 0;
-    std::memcpy(&raw, &v, sizeof(V));
-    tl_warp->slot[lane] = raw;
-    tl_warp->bar.arrive_and_wait();
-    unsigned long long got = tl_warp->slot[src];
-    tl_warp->bar.arrive_and_wait();
-    V out;
-    std::memcpy(&out, &got, sizeof(V));
-    return out;
-}
-template <class V> inline V __shfl_sync(unsigned, V v, int src) { return exchange(v, src & 31); }
-template <class V> inline V __shfl_up_sync(unsigned, V v, unsigned d) {
-    int l = threadIdx.x & 31, s = l - (int)d; return exchange(v, s >= 0 ? s : l);
-}
-template <class V> inline V __shfl_down_sync(unsigned, V v, unsigned d) {
-    int l = threadIdx.x & 31, s = l + (int)d; return exchange(v, s < 32 ? s : l);
-}
-template <class V> inline V __shfl_xor_sync(unsigned, V v, int m) { return exchange(v, (threadIdx.x & 31) ^ m); }
-inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
-inline void launch(unsigned grid, unsigned block, const std::function<void()>& body) {
-    blockDim.x = block; gridDim.x = grid;
-    for (unsigned bi = 0; bi < grid; ++bi) {
-        std::vector<std::unique_ptr<WarpX>> warps;
-        for (unsigned w = 0; w < block / 32; ++w) warps.emplace_back(new WarpX());
-        std::barrier<> bb(block);
-        g_block_bar = &bb;
-        std::vector<std::thread> ts;
-        for (unsigned t = 0; t < block; ++t)
-            ts.emplace_back([&, t] { threadIdx.x = t; blockIdx.x = bi; tl_warp = warps[t / 32].get(); body(); });
-        for (auto& th : ts) th.join();
-    }
-}
-#include "scan.cu"
-typedef long long ll;
-typedef const void* cv;
+_EMU_BINDINGS = r"""
 #define INST(T, tag) \
 extern "C" void scan_fwd_tiles_##tag(unsigned g, unsigned b, cv a, cv arow, ll La, cv bb, cv st, void* out, ll C, \
         ll L, ll nch, ll Lc, int rev, int vec) { \
@@ -368,34 +304,14 @@ _EMU_TAGS = {"float": "f32", "double": "f64", "complex<float>": "c64", "complex<
 @pytest.fixture(scope="module")
 def emulated_kernels(tmp_path_factory):
     """``scan.cu`` compiled for the host (skipped without a C++20 g++)."""
-    import ctypes
-    import shutil
-    import subprocess
-
-    cxx = shutil.which("g++")
-    if cxx is None:
-        pytest.skip("needs g++ to run scan.cu on the host")
     d = tmp_path_factory.mktemp("scan_emu")
-    (d / "cupy").mkdir()
-    (d / "cupy" / "complex.cuh").write_text(_EMU_COMPLEX)
-    (d / "emu.cpp").write_text(_EMU_HEADER)
-    lib = d / "libscan_emu.so"
-    # Plain complex products (as thrust's), no FMA contraction (as the NumPy reference).
-    cmd = [cxx, "-std=c++20", "-O1", "-fcx-limited-range", "-ffp-contract=off", "-shared", "-fPIC", f"-I{d}",
-           f"-I{SOURCES['scan.cu'].path.parent}", "-o", str(lib), str(d / "emu.cpp"), "-lpthread"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        if "barrier" in res.stderr and "No such file" in res.stderr:
-            pytest.skip("g++ without C++20 <barrier>")
-        raise AssertionError(f"scan.cu does not compile as host C++:\n{res.stderr[-4000:]}")
-    return ctypes.CDLL(str(lib))
+    return cuda_emulation.build(d, SOURCES["scan.cu"].path.parent, "scan.cu", _EMU_BINDINGS, "scan_emu")
 
 
 @pytest.fixture
 def host_cupy(emulated_kernels, monkeypatch):
     """Route scan.py's launchers to the host kernels: NumPy stands in for CuPy, 1 SM,
     and forced chunking uses 128-step chunks (many chunks from short series)."""
-    import ctypes
     import sys
     import types
 
@@ -406,22 +322,7 @@ def host_cupy(emulated_kernels, monkeypatch):
 
     def get(name):
         kernel, cxx = name[:-1].split("<", 1)
-        fn = getattr(emulated_kernels, f"{kernel}_{_EMU_TAGS[cxx]}")
-
-        def call(grid, block, args):
-            conv = [ctypes.c_uint(grid[0]), ctypes.c_uint(block[0])]
-            for x in args:
-                if isinstance(x, np.ndarray):
-                    conv.append(ctypes.c_void_p(x.ctypes.data))
-                elif isinstance(x, np.int64):
-                    conv.append(ctypes.c_longlong(int(x)))
-                elif isinstance(x, np.int32):
-                    conv.append(ctypes.c_int(int(x)))
-                else:
-                    raise TypeError(f"{name}: unexpected kernel argument {type(x).__name__}")
-            fn(*conv)
-
-        return call
+        return cuda_emulation.caller(getattr(emulated_kernels, f"{kernel}_{_EMU_TAGS[cxx]}"), name)
 
     plan = cs.plan_scan
     monkeypatch.setattr(cs.SCAN, "get", get)

@@ -142,4 +142,63 @@ template <class R> struct Project<R, complex<R> > {
 };
 template <class O, class T> __device__ __forceinline__ O project(const T& v) { return Project<O, T>::of(v); }
 
+// ---- additions for selective_scan.cu (reverse warp scans, real/complex math helpers)
+
+template <class T> __device__ __forceinline__ Affine<T> shfl_down(const Affine<T>& m, unsigned d) {
+    Affine<T> r;
+    r.f = shfl_down(m.f, d);
+    r.a = shfl_down(m.a, d);
+    r.b = shfl_down(m.b, d);
+    return r;
+}
+
+// Inclusive warp scan in the other direction: lane i ends with the map of
+// lanes 31, 30, ..., i (in that order of steps). Lanes holding no steps may
+// sit at the bottom of the warp. All 32 lanes must call it.
+template <class T> __device__ __forceinline__ void warp_scan_inclusive_rev(Affine<T>& m, int lane) {
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        Affine<T> above = shfl_down(m, (unsigned)d);
+        if (lane + d < 32) m = combine(above, m);
+    }
+}
+
+__device__ __forceinline__ float real_part(float x) { return x; }
+__device__ __forceinline__ double real_part(double x) { return x; }
+template <class R> __device__ __forceinline__ R real_part(const complex<R>& x) { return x.real(); }
+
+// 2 for a complex (conjugate-halved) state, whose readout is 2 Re(C x); 1 for a real one.
+template <class S> struct readout_factor { static constexpr int value = 1; };
+template <class R> struct readout_factor<complex<R> > { static constexpr int value = 2; };
+
+__device__ __forceinline__ float exp_r(float x) { return expf(x); }
+__device__ __forceinline__ double exp_r(double x) { return exp(x); }
+__device__ __forceinline__ float log1p_r(float x) { return log1pf(x); }
+__device__ __forceinline__ double log1p_r(double x) { return log1p(x); }
+__device__ __forceinline__ float cos_r(float x) { return cosf(x); }
+__device__ __forceinline__ double cos_r(double x) { return cos(x); }
+__device__ __forceinline__ float sin_r(float x) { return sinf(x); }
+__device__ __forceinline__ double sin_r(double x) { return sin(x); }
+
+// exp(dt * a) for a real step dt and a real or complex coefficient a.
+template <class R> __device__ __forceinline__ R exp_scaled(R dt, R a) { return exp_r(dt * a); }
+template <class R> __device__ __forceinline__ complex<R> exp_scaled(R dt, const complex<R>& a) {
+    const R e = exp_r(dt * a.real());
+    const R w = dt * a.imag();
+    return complex<R>(e * cos_r(w), e * sin_r(w));
+}
+
+// softplus(x) = log1p(exp(x)), = x above 20 (the torch / mamba_ssm threshold).
+template <class R> __device__ __forceinline__ R softplus(R x) { return x > R(20) ? x : log1p_r(exp_r(x)); }
+template <class R> __device__ __forceinline__ R sigmoid(R x) { return R(1) / (R(1) + exp_r(-x)); }
+
+// Atomic accumulation (complex: each part; not one atomic operation, which a sum does not need).
+__device__ __forceinline__ void atomic_add(float* p, float v) { atomicAdd(p, v); }
+__device__ __forceinline__ void atomic_add(double* p, double v) { atomicAdd(p, v); }
+template <class R> __device__ __forceinline__ void atomic_add(complex<R>* p, const complex<R>& v) {
+    R* q = reinterpret_cast<R*>(p);
+    atomicAdd(q, v.real());
+    atomicAdd(q + 1, v.imag());
+}
+
 }  // namespace ssm
