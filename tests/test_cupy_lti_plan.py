@@ -147,6 +147,7 @@ _EMU_HEADER = r"""
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 using std::max;
@@ -158,6 +159,8 @@ using std::min;
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(x)
+inline std::mutex g_atomic_mutex;  // common.cuh's atomic_add helpers (used by other kernels) need atomicAdd
+template <class V> inline V atomicAdd(V* p, V v) { std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
 inline thread_local Dim3 threadIdx, blockIdx;
 inline Dim3 blockDim, gridDim;
