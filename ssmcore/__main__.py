@@ -19,8 +19,13 @@ def main(argv: list[str] | None = None) -> int:
 
         info_main()
     else:
-        from .demo import run_demo
+        from .demo import require_matplotlib, run_demo
 
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            print(f"python -m ssmcore demo: {exc}", file=sys.stderr)
+            return 1
         run_demo(output=args.output, quick=args.quick)
     return 0
 
