@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import inspect
 import os
 import sys
 from pathlib import Path
@@ -26,8 +25,9 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT))  # document the checkout, not whatever ssmcore is installed
 sys.path.insert(0, str(DOCS / "_tools"))
 
-import ssmcore  # noqa: E402
 from inventories import INTERSPHINX_BASES  # noqa: E402
+
+import ssmcore  # noqa: E402
 
 project = "ssmcore"
 author = "the ssmcore developers"
@@ -45,8 +45,8 @@ extensions = [
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "_api_functions.rst", "_tools", "_inventories", "**/*.ipynb", "gallery/*.py", "gallery/*.zip",
-                    "gallery/*.md5", "gallery/*.json"]
+exclude_patterns = ["_build", "_api_functions.rst", "_tools", "_inventories", "**/*.ipynb",
+                    "gallery/*.py", "gallery/*.zip", "gallery/*.md5", "gallery/*.json"]
 templates_path: list[str] = []
 
 # --- MyST: the guide pages are plain Markdown that also reads well on a code host

@@ -18,8 +18,6 @@ import importlib
 
 __version__ = "0.1.0"
 
-from .registry import get_op, list_ops, vjp
-
 # Importing an area registers its ops; none of these imports SciPy or Numba.
 from ._convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
 from ._discretization import cont2discrete, discretize, discretize_diag
@@ -50,6 +48,7 @@ from ._lti import dlsim, lti_simulate, lti_simulate_diag
 from ._scan import linear_scan
 from ._selective_scan import selective_scan, selective_state_update
 from ._ssd import ssd
+from .registry import get_op, list_ops, vjp
 
 __all__ = [
     "__version__",
@@ -127,7 +126,9 @@ def __getattr__(name: str):
             ) from exc
         if missing == f"{__name__}.{name}":
             # The adapter module itself is not part of this installation (yet).
-            raise AttributeError(f"module 'ssmcore' has no attribute {name!r} (ssmcore.{name} is not in this version)") from None
+            raise AttributeError(
+                f"module 'ssmcore' has no attribute {name!r} (ssmcore.{name} is not in this version)"
+            ) from None
         raise
 
 

@@ -162,6 +162,7 @@ def plot_reconstruction(t: np.ndarray, u: np.ndarray, curves: dict, theta: float
 
 
 def save_figure(path: str, t: np.ndarray, u: np.ndarray, curves: dict, theta: float) -> None:
+    """Draw the demo's figure (:func:`plot_reconstruction`) and save it to ``path`` as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed: the figure goes to a file

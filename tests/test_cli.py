@@ -7,7 +7,8 @@ import pytest
 
 
 def _run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "ssmcore", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-m", "ssmcore", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
 
 
 def test_demo_quick_writes_figure_and_tables(tmp_path):

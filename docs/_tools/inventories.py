@@ -67,8 +67,11 @@ MODULE_PAGES = {
 
 
 def _resolve(name: str):
-    """The object a dotted name refers to: attributes first (``torch.autograd.gradcheck`` is
-    the function, not the submodule of the same name), submodules where no attribute exists."""
+    """Return the object a dotted name refers to.
+
+    Attributes come first (``torch.autograd.gradcheck`` is the function, not the
+    submodule of the same name); submodules are imported where no attribute exists.
+    """
     parts = name.split(".")
     obj = importlib.import_module(parts[0])
     for i, attr in enumerate(parts[1:], start=2):

@@ -1,8 +1,8 @@
-"""
+r"""
 Discretisation methods, checked against SciPy
 =============================================
 
-A lightly damped resonator :math:`\\ddot y + 2\\zeta\\omega_0 \\dot y + \\omega_0^2 y = \\omega_0^2 u`
+A lightly damped resonator :math:`\ddot y + 2\zeta\omega_0 \dot y + \omega_0^2 y = \omega_0^2 u`
 is discretised with a deliberately coarse step (about 6 samples per period) by every
 method of :func:`ssmcore.discretize`. Zero-order hold reproduces the continuous step
 response exactly at the samples; the bilinear (Tustin) transform keeps the frequency

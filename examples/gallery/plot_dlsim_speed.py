@@ -1,4 +1,4 @@
-"""
+r"""
 Long signals: ``dlsim`` against ``scipy.signal.dlsim``
 ======================================================
 

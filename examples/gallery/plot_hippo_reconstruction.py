@@ -1,11 +1,11 @@
-"""
+r"""
 HiPPO: remembering a signal online
 ==================================
 
 A HiPPO memory is a linear system whose state is, at every instant, the vector of
 coefficients of the past signal in an orthogonal polynomial basis. **LegS** keeps the
 whole history :math:`[0, t]` with a uniform weight; **LegT** keeps a sliding window
-:math:`[t - \\theta, t]`. Reading the signal back from the *final* state only shows
+:math:`[t - \theta, t]`. Reading the signal back from the *final* state only shows
 what the memory kept: more state (larger N) keeps more detail.
 
 This is ``python -m ssmcore demo``: the computation is in :mod:`ssmcore.demo`

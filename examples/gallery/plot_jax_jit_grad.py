@@ -1,10 +1,10 @@
-"""
+r"""
 Gradients in JAX: ``jax.jit(jax.grad(...))`` through ssmcore
 ============================================================
 
 ``ssmcore.jax.<op>`` is an ssmcore op as a JAX function with a ``custom_vjp``: it can
 be ``jit``-ed, differentiated and ``vmap``-ed. Here a two-parameter model, a first-order
-filter :math:`h_t = a\\,h_{t-1} + g\\,u_t` computed with :func:`ssmcore.linear_scan`, is
+filter :math:`h_t = a\,h_{t-1} + g\,u_t` computed with :func:`ssmcore.linear_scan`, is
 fitted to a noisy response by gradient descent (Adam), with the loss and its gradient compiled
 together by :func:`jax.jit` over :func:`jax.value_and_grad`. The plot shows the loss
 landscape, the descent path, and the JAX gradient against a finite difference.
@@ -25,7 +25,7 @@ a_true, g_true = 0.9, 0.5
 
 
 def response(theta):
-    """theta = (logit of the decay a, gain g) -> filter output (L,)."""
+    """Filter output (L,) for theta = (logit of the decay a, gain g)."""
     a = jax.nn.sigmoid(theta[0])
     return sj.linear_scan(jnp.full((1, 1), a), theta[1] * u[None, :])[0]
 

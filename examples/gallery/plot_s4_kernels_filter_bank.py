@@ -1,10 +1,10 @@
-"""
+r"""
 S4D and S4 kernels as a filter bank
 ===================================
 
 In convolution mode an SSM layer is a causal convolution with the kernel
-:math:`K_l = C \\bar A^l \\bar B`. With the S4D-Lin initialisation
-(:math:`A_n = -\\tfrac12 + i\\pi n`, :func:`ssmcore.s4d_lin`) the step ``dt`` sets the
+:math:`K_l = C \bar A^l \bar B`. With the S4D-Lin initialisation
+(:math:`A_n = -\tfrac12 + i\pi n`, :func:`ssmcore.s4d_lin`) the step ``dt`` sets the
 time scale: small ``dt`` gives a long, slowly decaying kernel, large ``dt`` a short one.
 A bank of channels with log-spaced ``dt`` (as S4 initialises them) therefore looks at
 a signal at several time scales at once. Here the kernels come from
@@ -57,5 +57,6 @@ ax_d.legend(fontsize=8, loc="upper right")
 ax_u.plot(hours / 24, u / 2 + 8, color="0.4", lw=0.6, label="load (normalised)")
 for h, dt in enumerate(dts):
     ax_u.plot(hours / 24, y[h] / 2 + 2 * h, lw=0.9, label=f"S4D channel, dt = {dt:.0e}")
-ax_u.set(xlabel="day", yticks=[], title="the bank on six weeks of hourly load: each channel responds on its own time scale")
+ax_u.set(xlabel="day", yticks=[],
+         title="the bank on six weeks of hourly load: each channel responds on its own time scale")
 ax_u.legend(fontsize=8, ncol=5, loc="upper center", bbox_to_anchor=(0.5, -0.12))

@@ -1,4 +1,4 @@
-"""
+r"""
 Training a tiny S4D model in PyTorch
 ====================================
 
