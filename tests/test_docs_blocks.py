@@ -1,4 +1,4 @@
-"""Every ```python block of the guide (docs/*.md) runs as written.
+"""Every ```python block of the guide (docs/*.md) and of README.md runs as written.
 
 The blocks of one page run in order in one namespace (a later block may use names
 an earlier one defined), as a reader pasting them into one session would. A block
@@ -31,7 +31,8 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return blocks
 
 
-PAGES = sorted(p.name for p in DOCS.glob("*.md") if python_blocks(p.read_text()))
+README = DOCS.parent / "README.md"
+PAGES = sorted(p.name for p in DOCS.glob("*.md") if python_blocks(p.read_text())) + ["README.md"]
 
 
 def test_the_guide_has_python_blocks():
@@ -45,7 +46,7 @@ def test_page_blocks_run(page, tmp_path, monkeypatch):
             pytest.skip(f"{page} needs {module}")
     monkeypatch.chdir(tmp_path)  # a block that writes a file writes it here
     namespace: dict = {"__name__": f"docs_{page[:-3]}"}
-    path = DOCS / page
+    path = README if page == "README.md" else DOCS / page
     for line, source in python_blocks(path.read_text()):
         code = compile("\n" * (line - 1) + source, str(path), "exec")  # tracebacks point into the page
         try:
