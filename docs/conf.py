@@ -150,6 +150,15 @@ def _api_page() -> str:
         out += [title, "-" * len(title), "", ".. autosummary::", "   :toctree: generated", "   :nosignatures:", ""]
         out += [f"   {name}" for name in sorted(groups[module], key=str.lower)]
         out.append("")
+    # The framework modules present in this checkout (ssmcore.dask/xarray may not be).
+    present = [m for m, (framework, _extra) in ssmcore._LAZY_SUBMODULES.items()
+               if importlib.util.find_spec(f"ssmcore.{m}") is not None and importlib.util.find_spec(framework)]
+    title = "Framework adapters"
+    out += [title, "-" * len(title), "",
+            "``ssmcore.<framework>.<op>`` takes the same arguments as the NumPy function of the same name;",
+            "these modules are lazy attributes of ``ssmcore`` (see :doc:`adapters`).", ""]
+    for m in present:
+        out += [f".. automodule:: ssmcore.{m}", "   :no-members:", ""]
     return "\n".join(out)
 
 
