@@ -17,10 +17,14 @@ Run:  python examples/jax_example.py [--quick]
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
+try:
+    import jax
+    import jax.numpy as jnp
+except ModuleNotFoundError:
+    sys.exit('examples/jax_example.py needs JAX: python -m pip install "ssmcore[jax]"')
 import numpy as np
 
 import ssmcore.jax as sj

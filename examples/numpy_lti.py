@@ -20,8 +20,7 @@ import argparse
 import numpy as np
 
 import ssmcore
-from ssmcore import discretize
-from ssmcore import lti_simulate
+from ssmcore import discretize, lti_simulate
 
 
 def system(k: float, c: float = 0.4) -> tuple[np.ndarray, np.ndarray]:

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
-import torch
+try:
+    import torch
+except ModuleNotFoundError:
+    sys.exit('examples/s4d_torch.py needs PyTorch: python -m pip install "ssmcore[torch]"')
 
 import ssmcore.torch as st
 

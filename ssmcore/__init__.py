@@ -5,14 +5,18 @@ LTI simulation and convolution kernels, each as a NumPy reference, a Numba CPU
 kernel and a hand-written vector-Jacobian product. Arrays in, arrays out.
 
 ``import ssmcore`` imports NumPy only: SciPy and Numba are imported, and kernels
-compiled, on the first call that needs them.
+compiled, on the first call that needs them. The framework adapters are lazy
+attributes: ``ssmcore.torch``, ``ssmcore.jax``, ``ssmcore.dask`` and
+``ssmcore.xarray`` import their module (and its framework) on first access, and
+raise an :class:`ImportError` naming the extra to install when the framework is
+missing.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
 
-from .registry import get_op, list_ops, vjp
+__version__ = "0.1.0"
 
 # Importing an area registers its ops; none of these imports SciPy or Numba.
 from ._convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
@@ -46,6 +50,7 @@ from ._lti import dlsim, lti_simulate, lti_simulate_diag
 from ._scan import linear_scan
 from ._selective_scan import selective_scan, selective_state_update
 from ._ssd import ssd
+from .registry import get_op, list_ops, vjp
 
 __all__ = [
     "__version__",
@@ -96,3 +101,41 @@ __all__ = [
     "ssm_kernel_diag",
     "ssm_kernel_dplr",
 ]
+
+# Lazy submodules: attribute name -> (top-level package it needs, extra that installs it).
+# Listed here rather than imported so that ``import ssmcore`` never imports a framework.
+_LAZY_SUBMODULES: dict[str, tuple[str, str]] = {
+    "torch": ("torch", "torch"),
+    "jax": ("jax", "jax"),
+    "dask": ("dask", "dask"),
+    "xarray": ("xarray", "xarray"),
+}
+
+
+def __getattr__(name: str):
+    """Import ``ssmcore.<name>`` on first access for the framework adapters (PEP 562)."""
+    if name not in _LAZY_SUBMODULES:
+        raise AttributeError(f"module 'ssmcore' has no attribute {name!r}")
+    framework, extra = _LAZY_SUBMODULES[name]
+    try:
+        # import_module binds the submodule as an attribute of the package, so this
+        # function is not called again for the same name.
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == framework or missing.startswith(framework + "."):
+            raise ImportError(
+                f"ssmcore.{name} needs {framework}, which is not installed (no module named {missing!r}); "
+                f"install it with: python -m pip install \"ssmcore[{extra}]\"",
+                name=missing,
+            ) from exc
+        if missing == f"{__name__}.{name}":
+            # The adapter module itself is not part of this installation (yet).
+            raise AttributeError(
+                f"module 'ssmcore' has no attribute {name!r} (ssmcore.{name} is not in this version)"
+            ) from None
+        raise
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))

@@ -7,6 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = argparse.ArgumentParser(prog="python -m ssmcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="online function approximation with HiPPO: figure + error/timing table")
@@ -19,8 +20,13 @@ def main(argv: list[str] | None = None) -> int:
 
         info_main()
     else:
-        from .demo import run_demo
+        from .demo import require_matplotlib, run_demo
 
+        try:
+            require_matplotlib()
+        except ImportError as exc:
+            print(f"python -m ssmcore demo: {exc}", file=sys.stderr)
+            return 1
         run_demo(output=args.output, quick=args.quick)
     return 0
 

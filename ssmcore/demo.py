@@ -127,10 +127,23 @@ def timing_table(rng: np.random.Generator, quick: bool):
     return rows
 
 
-def save_figure(path: str, t: np.ndarray, u: np.ndarray, curves: dict, theta: float) -> None:
-    import matplotlib
+def require_matplotlib() -> None:
+    """Raise an ImportError with the install command when matplotlib is missing.
 
-    matplotlib.use("Agg")
+    Called before any computation, so that a missing plotting library is reported
+    at once rather than after the tables.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ImportError(
+            "the demo saves a figure and needs matplotlib, which is not installed; install it with: "
+            'python -m pip install "ssmcore[demo]"   (or: python -m pip install matplotlib)'
+        )
+
+
+def plot_reconstruction(t: np.ndarray, u: np.ndarray, curves: dict, theta: float):
+    """The figure of the demo: the signal and its LegS / LegT reconstructions per N."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 1, figsize=(10, 7), constrained_layout=True)
@@ -145,12 +158,24 @@ def save_figure(path: str, t: np.ndarray, u: np.ndarray, curves: dict, theta: fl
         ax.set_title(f"HiPPO-{measure.capitalize()}: reconstruction from the final state ({what})")
         ax.set_xlabel("time")
         ax.legend(loc="upper left", ncol=5, fontsize=8)
+    return fig
+
+
+def save_figure(path: str, t: np.ndarray, u: np.ndarray, curves: dict, theta: float) -> None:
+    """Draw the demo's figure (:func:`plot_reconstruction`) and save it to ``path`` as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed: the figure goes to a file
+    import matplotlib.pyplot as plt
+
+    fig = plot_reconstruction(t, u, curves, theta)
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
 def run_demo(output: str = "ssmcore_demo.png", quick: bool = False) -> None:
     """Run the demo: print the tables and save the figure to ``output``."""
+    require_matplotlib()
     rng = np.random.default_rng(0)
     L = 1000 if quick else 4000
     theta = 0.25

@@ -7,7 +7,8 @@ import pytest
 
 
 def _run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "ssmcore", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([sys.executable, "-m", "ssmcore", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
 
 
 def test_demo_quick_writes_figure_and_tables(tmp_path):
@@ -38,3 +39,17 @@ def test_info_lists_backends_and_ops(tmp_path):
 def test_unknown_command_fails(tmp_path):
     res = _run("frobnicate", cwd=tmp_path)
     assert res.returncode != 0 and "invalid choice" in res.stderr
+
+
+def test_demo_without_matplotlib_says_how_to_install(tmp_path):
+    # A sitecustomize that hides matplotlib, as if it were not installed.
+    (tmp_path / "sitecustomize.py").write_text("import sys\nsys.modules['matplotlib'] = None\n")
+    import os
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    res = subprocess.run([sys.executable, "-m", "ssmcore", "demo", "--quick", "--output", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+    assert res.returncode == 1
+    assert 'pip install "ssmcore[demo]"' in res.stderr
+    assert "RMS error" not in res.stdout  # nothing was computed first
+    assert not (tmp_path / "x.png").exists()

@@ -41,3 +41,14 @@ def test_s4d_torch():
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="JAX is not installed")
 def test_jax_example():
     _improved(_run("jax_example.py", "--quick"))
+
+
+@pytest.mark.parametrize(("script", "framework"), [("s4d_torch.py", "torch"), ("jax_example.py", "jax")])
+def test_example_without_its_framework_prints_the_install_hint(script, framework, tmp_path):
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{framework!r}] = None\n")
+    env = dict(os.environ, PYTHONWARNINGS="ignore",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, str(EXAMPLES / script), "--quick"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode == 1
+    assert f'pip install "ssmcore[{framework}]"' in out.stderr, out.stderr

@@ -93,7 +93,8 @@ def main(argv=None):
     import os
     import sys
 
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    # _timing.py lives one folder up, next to the compare_*.py scripts.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from _timing import format_table, interleaved_medians
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
