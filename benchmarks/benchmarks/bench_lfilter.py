@@ -10,7 +10,7 @@ import numpy as np
 import scipy.signal
 
 import ssmcore
-from ssmcore._lfilter import lfilter  # registers op "lfilter" (until ssmcore/__init__ exports it)
+from ssmcore import lfilter
 
 
 def _butter_bank(F, order, seed=0):
