@@ -108,7 +108,7 @@ def test_asv_gpu_benchmarks_skip_without_a_device():
 
     if gpu_available():
         pytest.skip("a GPU is present: the benchmarks would run")
-    from benchmarks import bench_gpu
+    from benchmarks.benchmarks import bench_gpu
 
     bench = bench_gpu.LinearScanGPU()
     with pytest.raises(NotImplementedError):

@@ -371,7 +371,7 @@ def test_backend_modules_implement_the_reference_contract():
         modules.append("ssmcore.backends.cupy.lti")  # importable without a GPU (compiles at first use)
     for name in modules:
         module = importlib.import_module(name)
-        assert sorted(module.__all__) == sorted(reference.__all__), name
+        assert set(reference.__all__) <= set(module.__all__), name  # a backend may export helpers too
         for fn in reference.__all__:
             want = inspect.signature(getattr(reference, fn)).parameters
             got = inspect.signature(getattr(module, fn)).parameters
