@@ -160,6 +160,21 @@ def _prepare(fn: str, t: Target, A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any
     return _Operands(*(f for f, _ in flats), idx, idx_host, tuple(batch_shape), N, M, P, L, dtype, inputs, t)
 
 
+def _all_finite(t: Target, y: Any) -> bool:
+    """Whether every element of ``y`` is finite (one reduction; a host read of one bool).
+
+    The convolution modes use it to fall back to the recurrence: an FFT spreads
+    one inf or NaN over the whole sequence (and ``inf - inf`` turns infinities
+    into NaN), so where their result is not finite it is not the recurrence's.
+    A finite input history gives a finite FFT result, so the check costs one
+    pass over y on clean data and never reruns it.
+    """
+    if t.kind == "numpy":
+        return bool(np.isfinite(y).all())
+    xp = t.xp
+    return bool(xp.all(xp.isfinite(y)))
+
+
 def _take(t: Target, x: Any, index: np.ndarray) -> Any:
     """Rows ``x[index]`` for a host index array (sent to the device for other namespaces)."""
     return t.xp.take(x, index if t.kind == "numpy" else t.asarray(index), axis=0)
@@ -268,6 +283,8 @@ def _run_convolution(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
         ax0 = xp.matmul(A_b, _take(t, ops.x0, col[:, 5])[..., None])[..., 0]
         y = y + ssm_kernel_dense(A_b[:, None, ...], ax0[:, None, ...], _take(t, ops.C, col[:, 2]), L,
                                  backend=ops.backend)
+    if not _all_finite(t, y):  # inf/NaN: the recurrence's pattern, not the FFT's (see _all_finite)
+        return _run_recurrent(k, ops, keep_checkpoints)
     if ops.need_final_state:
         # the recurrence without readout (P = 0): O(N^2 L), the recurrent mode's cost
         _, x_final, _, _ = k.simulate_recurrent(ops.A, ops.B, ops.C[:, :0, :], ops.D[:, :0, :], ops.u, ops.x0,
@@ -416,8 +433,10 @@ def lti_simulate(
         distinct (A, B, C), O(P M N^2 L) to build), plus :math:`D u` and the x0
         term :math:`C A^{t+1} x_0`; the final state, when requested, costs one
         readout-free recurrence (O(N^2 L)). Complex operands are split into real
-        convolutions. A NaN or inf anywhere in u spreads over the whole output
-        sequence (an FFT property). All modes agree to rounding.
+        convolutions. Where the result is not finite (an inf or NaN anywhere,
+        which an FFT would spread over the whole sequence) the recurrent mode
+        computes it instead, so every mode has the recurrence's inf/NaN pattern.
+        All modes agree to rounding.
     return_final_state : bool
         Also return :math:`x_{L-1}` (or ``x0`` when L = 0), e.g. to continue a
         simulation in a second call.
@@ -616,6 +635,8 @@ def _diag_convolution(k: Any, ops: _DiagOperands, need_final_state: bool) -> tup
     y = xp.reshape(y, (R, L)) + ops.D[:, None] * ops.u
     if ops.given_x0:  # y_t += proj(s sum_n C_n A_n^{t+1} x0_n)
         y = y + k.diag_kernel(ops.A, ops.C * ops.A * ops.x0, ops.scale, L, ops.real_output)
+    if not _all_finite(t, y):  # inf/NaN: the recurrence's pattern, not the FFT's (see _all_finite)
+        return _diag_recurrent(k, ops)
     if need_final_state:
         x_final = k.diag_final_state(ops.A, ops.B, ops.u, ops.x0)
     else:
