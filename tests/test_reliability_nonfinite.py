@@ -132,15 +132,12 @@ _SS_SPOTS = {"u": (0, 1, 5), "delta": (0, 1, 5), "A": (1, 2), "B": (0, 2, 5), "C
 @pytest.mark.parametrize("complex_A", [False, True])
 @pytest.mark.parametrize("options", [dict(), dict(delta_softplus=True, reverse=True)])
 def test_selective_scan_nonfinite_pattern(name, value, complex_A, options):
-    if complex_A and name == "A" and value == -np.inf:
-        pytest.xfail("known difference: the reference (as NumPy and torch) forms delta * A as a complex "
-                     "product, (delta + 0j)(-inf + wj) = -inf + NaN j, so exp gives NaN; the Numba kernel "
-                     "scales the real and imaginary parts and gets exp(-inf) = 0")
     arrs = _ss_inputs(np.random.default_rng(0), complex_A)
     arrs[name][_SS_SPOTS[name]] = value
     args = [arrs.pop(k) for k in ("u", "delta", "A", "B", "C")]
     r = _both("selective_scan", args, dict(arrs, return_last_state=True, **options))
     _same_pattern(r["numba"][0], r["numpy"][0], f"selective_scan forward ({name}={value})")
+    _same_pattern(r["numba"][1], r["numpy"][1], f"selective_scan gradients ({name}={value})")
 
 
 # ------------------------------------------------------------------- LTI
@@ -190,3 +187,24 @@ def test_lti_simulate_diag_nonfinite_pattern(name, value, mode, conj_sym, driver
     r = _both("lti_simulate_diag", args, dict(mode=mode, conj_sym=conj_sym, return_final_state=True))
     _same_pattern(r["numba"][0], r["numpy"][0], f"lti_simulate_diag {mode} forward ({name}={value})")
     _same_pattern(r["numba"][1], r["numpy"][1], f"lti_simulate_diag {mode} gradients ({name}={value})")
+
+
+@pytest.mark.parametrize("name", ["u", "delta", "A", "B", "h0"])
+@pytest.mark.parametrize("value", VALUES)
+def test_selective_scan_float32_nonfinite_pattern(name, value):
+    arrs = {k: v.astype(np.float32) for k, v in _ss_inputs(np.random.default_rng(0)).items()}
+    arrs[name][_SS_SPOTS[name]] = value
+    args = [arrs.pop(k) for k in ("u", "delta", "A", "B", "C")]
+    r = _both("selective_scan", args, dict(arrs, return_last_state=True, delta_softplus=True))
+    _same_pattern(r["numba"], r["numpy"], f"selective_scan float32 ({name}={value})")
+
+
+@pytest.mark.parametrize("name", ["x", "dt", "B", "C", "initial_states"])
+@pytest.mark.parametrize("value", VALUES)
+def test_ssd_float32_nonfinite_pattern(name, value):
+    arrs = {k: v.astype(np.float32) for k, v in _ssd_inputs(np.random.default_rng(0)).items()}
+    arrs[name][_SSD_SPOTS[name]] = value
+    kw = dict(arrs, chunk_size=64, return_final_states=True)
+    args = [kw.pop(k) for k in ("x", "dt", "A", "B", "C")]
+    r = _both("ssd", args, kw)
+    _same_pattern(r["numba"], r["numpy"], f"ssd float32 ({name}={value})")
