@@ -155,8 +155,9 @@ _LTI_SPOTS = {"A": (1, 2), "B": (0, 1), "C": (1, 0), "D": (0, 0), "u": (0, 1, 7)
 @pytest.mark.parametrize("name", list(_LTI_SPOTS))
 @pytest.mark.parametrize("value", VALUES)
 @pytest.mark.parametrize("mode", ["recurrent", "scan", "convolution"])
-def test_lti_simulate_nonfinite_pattern(name, value, mode, driver):
-    arrs = _lti_inputs(np.random.default_rng(0))
+@pytest.mark.parametrize("N", [3, 16])  # the kernels' row-dot and column forms
+def test_lti_simulate_nonfinite_pattern(name, value, mode, N, driver):
+    arrs = _lti_inputs(np.random.default_rng(0), N=N)
     arrs[name][_LTI_SPOTS[name]] = value
     args = [arrs.pop(k) for k in ("A", "B", "C", "D", "u", "x0")]
     r = _both("lti_simulate", args, dict(mode=mode, return_final_state=True))
