@@ -42,7 +42,7 @@ import numpy as np
 
 from ._initializers import _as_generator
 from .dispatch import Target, array_kind, declare_backends, select
-from .validation import as_float_array, check_choice, check_dt, check_int
+from .validation import as_float_array, check_bool, check_choice, check_dt, check_int
 
 __all__ = [
     "MEASURES",
@@ -632,6 +632,9 @@ def dplr(
         raise ValueError(f"{fn}: N must be even (N/2 conjugate-pair modes); got N={N}")
     rank = check_int(fn, "rank", rank, minimum=1)
     H = check_int(fn, "H", H, minimum=1)
+    real_random = check_bool(fn, "real_random", real_random)
+    imag_random = check_bool(fn, "imag_random", imag_random)
+    normalize = check_bool(fn, "normalize", normalize)
     for key, value in (("real_scale", real_scale), ("imag_scale", imag_scale)):
         if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool) or not value >= 0:
             raise ValueError(f"{fn}: {key} must be a real number >= 0 (Re and Im of Lambda stay <= 0); got {value!r}")
@@ -770,7 +773,11 @@ def hippo_basis(measure: str, N: int, s: Any, *, t: float, **params: float) -> n
     """
     fn = "hippo_basis"
     # recurrences and elementwise maths: device-neutral (array API standard)
-    t_ = select(fn, s)
+    return _checked_basis(fn, select(fn, s), measure, N, s, t, params)
+
+
+def _checked_basis(fn: str, t_: Target, measure: Any, N: Any, s: Any, t: Any, params: dict[str, Any]) -> Any:
+    """Validate the basis arguments (errors name the public function ``fn``), then evaluate."""
     name, p = _measure(fn, measure, params, allowed=_WITH_BASIS)
     N = _check_N(fn, name, N, even=name in _FOURIER)
     s = t_.xp.astype(as_float_array(fn, "s", s, complex_ok=False, target=t_), t_.xp.float64)
@@ -869,7 +876,7 @@ def hippo_reconstruct(measure: str, c: Any, s: Any, *, t: float, **params: float
                   xp.float64)
     if t_.kind != "numpy" and array_kind(s) is None:
         s = t_.asarray(s, dtype=xp.float64)  # plain Python times join the coefficients' device
-    G = hippo_basis(measure, c.shape[-1], s, t=t, **params)
+    G = _checked_basis(fn, t_, measure, c.shape[-1], s, t, params)
     return xp.tensordot(c, G, axes=([-1], [0]))
 
 
@@ -1020,7 +1027,8 @@ def _online(name: str, p: dict[str, float], N: int, u: np.ndarray, h: float | No
                 # implicit steps: one O(N^2) triangular solve (A is lower triangular), no N x N inverse
                 half = 0.5 if method == "bilinear" else 1.0
                 rhs = x + (1.0 - half) / k * (x @ A.T) + uk * (B / k)
-                x = solve_triangular(eye - (half / k) * A, rhs.reshape(-1, N).T, lower=True).T.reshape(x.shape)
+                x = solve_triangular(eye - (half / k) * A, rhs.reshape(-1, N).T, lower=True,
+                                     check_finite=False).T.reshape(x.shape)
             else:
                 Ad, Bd = _legs_step(A, B, k, method)
                 x = x @ Ad.T + uk * Bd

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from ._xp import broadcast_shapes
 from .dispatch import select
-from .validation import as_float_array, check_int
+from .validation import as_float_array, check_bool, check_int
 
 __all__ = [
     "dt_init",
@@ -347,6 +348,11 @@ def lru_lambda(nu_log: Any, theta_log: Any) -> np.ndarray:
     xp = t.xp
     nu_log = as_float_array(fn, "nu_log", nu_log, complex_ok=False, target=t)
     theta_log = as_float_array(fn, "theta_log", theta_log, complex_ok=False, target=t)
+    try:
+        broadcast_shapes(nu_log.shape, theta_log.shape)
+    except ValueError:
+        raise ValueError(f"{fn}: shapes do not broadcast: nu_log {tuple(nu_log.shape)}, "
+                         f"theta_log {tuple(theta_log.shape)}") from None
     # complex64 only when both are float32 (NumPy's promotion of float32 + 1j * float32)
     cdt = xp.complex64 if nu_log.dtype == theta_log.dtype == xp.float32 else xp.complex128
     # the standard leaves real-array * complex-scalar unspecified: form the complex argument explicitly
@@ -393,7 +399,7 @@ def dt_init(
     fn = "dt_init"
     shape = _size(fn, "H", H)
     lo, hi = _dt_range(fn, dt_min, dt_max)
-    if deterministic:
+    if check_bool(fn, "deterministic", deterministic):
         row = np.exp(np.linspace(math.log(lo), math.log(hi), shape[-1]))
         return np.broadcast_to(row, shape).copy()
     gen = _as_generator(fn, rng)

@@ -37,7 +37,7 @@ import numpy as np
 from . import _xp
 from .dispatch import Target, UnsupportedBackendError, declare_backends, select
 from .registry import register_op
-from .validation import as_float_array, check_choice, shape_error, sum_to_shape
+from .validation import as_float_array, check_bool, check_choice, shape_error, sum_to_shape
 
 __all__ = ["DIAG_MODES", "LTI_MODES", "dlsim", "lti_simulate", "lti_simulate_diag"]
 
@@ -160,6 +160,21 @@ def _prepare(fn: str, t: Target, A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any
     return _Operands(*(f for f, _ in flats), idx, idx_host, tuple(batch_shape), N, M, P, L, dtype, inputs, t)
 
 
+def _all_finite(t: Target, y: Any) -> bool:
+    """Whether every element of ``y`` is finite (one reduction; a host read of one bool).
+
+    The convolution modes use it to fall back to the recurrence: an FFT spreads
+    one inf or NaN over the whole sequence (and ``inf - inf`` turns infinities
+    into NaN), so where their result is not finite it is not the recurrence's.
+    A finite input history gives a finite FFT result, so the check costs one
+    pass over y on clean data and never reruns it.
+    """
+    if t.kind == "numpy":
+        return bool(np.isfinite(y).all())
+    xp = t.xp
+    return bool(xp.all(xp.isfinite(y)))
+
+
 def _take(t: Target, x: Any, index: np.ndarray) -> Any:
     """Rows ``x[index]`` for a host index array (sent to the device for other namespaces)."""
     return t.xp.take(x, index if t.kind == "numpy" else t.asarray(index), axis=0)
@@ -268,6 +283,8 @@ def _run_convolution(k: Any, ops: _Operands, keep_checkpoints: bool) -> _Run:
         ax0 = xp.matmul(A_b, _take(t, ops.x0, col[:, 5])[..., None])[..., 0]
         y = y + ssm_kernel_dense(A_b[:, None, ...], ax0[:, None, ...], _take(t, ops.C, col[:, 2]), L,
                                  backend=ops.backend)
+    if not _all_finite(t, y):  # inf/NaN: the recurrence's pattern, not the FFT's (see _all_finite)
+        return _run_recurrent(k, ops, keep_checkpoints)
     if ops.need_final_state:
         # the recurrence without readout (P = 0): O(N^2 L), the recurrent mode's cost
         _, x_final, _, _ = k.simulate_recurrent(ops.A, ops.B, ops.C[:, :0, :], ops.D[:, :0, :], ops.u, ops.x0,
@@ -304,6 +321,7 @@ def _forward(A, B, C, D, u, x0, mode, return_final_state, backend, keep_checkpoi
     fn = "lti_simulate"
     t = select(fn, A, B, C, D, u, x0, backend=backend)
     mode = check_choice(fn, "mode", mode, LTI_MODES)
+    return_final_state = check_bool(fn, "return_final_state", return_final_state)
     ops = _prepare(fn, t, A, B, C, D, u, x0)
     ops.need_final_state = bool(return_final_state)
     # an empty batch has nothing to chunk or convolve: the recurrent launcher returns the empty outputs
@@ -419,8 +437,10 @@ def lti_simulate(
         distinct (A, B, C), O(P M N^2 L) to build), plus :math:`D u` and the x0
         term :math:`C A^{t+1} x_0`; the final state, when requested, costs one
         readout-free recurrence (O(N^2 L)). Complex operands are split into real
-        convolutions. A NaN or inf anywhere in u spreads over the whole output
-        sequence (an FFT property). All modes agree to rounding.
+        convolutions. Where the result is not finite (an inf or NaN anywhere,
+        which an FFT would spread over the whole sequence) the recurrent mode
+        computes it instead, so every mode has the recurrence's inf/NaN pattern.
+        All modes agree to rounding.
     return_final_state : bool
         Also return :math:`x_{L-1}` (or ``x0`` when L = 0), e.g. to continue a
         simulation in a second call.
@@ -621,6 +641,8 @@ def _diag_convolution(k: Any, ops: _DiagOperands, need_final_state: bool) -> tup
     y = xp.reshape(y, (R, L)) + ops.D[:, None] * ops.u
     if ops.given_x0:  # y_t += proj(s sum_n C_n A_n^{t+1} x0_n)
         y = y + k.diag_kernel(ops.A, ops.C * ops.A * ops.x0, ops.scale, L, ops.real_output)
+    if not _all_finite(t, y):  # inf/NaN: the recurrence's pattern, not the FFT's (see _all_finite)
+        return _diag_recurrent(k, ops)
     if need_final_state:
         x_final = k.diag_final_state(ops.A, ops.B, ops.u, ops.x0)
     else:
@@ -638,6 +660,9 @@ def _diag_forward(A, B, C, D, u, x0, conj_sym, real_output, mode, return_final_s
     fn = "lti_simulate_diag"
     t = select(fn, A, B, C, D, u, x0, backend=backend)
     mode = check_choice(fn, "mode", mode, DIAG_MODES)
+    conj_sym = check_bool(fn, "conj_sym", conj_sym)
+    real_output = None if real_output is None else check_bool(fn, "real_output", real_output)
+    return_final_state = check_bool(fn, "return_final_state", return_final_state)
     ops = _diag_prepare(fn, t, A, B, C, D, u, x0, conj_sym, real_output)
     k = t.kernels("lti")
     if mode == "recurrent" or ops.A.shape[0] == 0:  # no rows: the launcher returns the empty outputs
@@ -805,26 +830,57 @@ def lti_simulate_diag(
 # ---------------------------------------------------------------------------------
 
 
+class ContinuousSystemError(AttributeError, TypeError):
+    """A continuous-time system where a discrete-time one is needed.
+
+    An ``AttributeError`` as scipy's ``dlsim`` raises for an ``lti`` (code that
+    catches scipy's exception keeps working) and a ``TypeError`` (what it is).
+    """
+
+
+def _continuous(fn: str, what: str) -> ContinuousSystemError:
+    return ContinuousSystemError(
+        f"{fn}: system is a continuous-time {what}; dlsim needs a discrete-time system "
+        "(a dlti, a state-space object with dt > 0, or a tuple ending in dt)"
+    )
+
+
 def _ss_from_tuple(fn: str, tg: Target, system: Any) -> tuple[Any, Any, Any, Any, Any, bool]:
-    """(A, B, C, D, dt, is_state_space) from a tuple or a scipy dlti, like scipy does.
+    """(A, B, C, D, dt, is_state_space) from a tuple, a scipy dlti or a state-space object.
 
     Only ``(A, B, C, D, dt)`` tuples are read in the call's namespace; scipy's
     objects and conversions are NumPy (``dlsim`` refuses them for other arrays).
+    Any other object with ``.A .B .C .D`` and ``.dt`` (python-control's
+    ``StateSpace``, ...) is read as a state-space system; python-control's
+    ``dt=True`` (discrete, unspecified step) means 1, as scipy's ``dlti`` default.
     """
     signal = sys.modules.get("scipy.signal")  # an lti/dlti object implies scipy.signal is loaded
     if signal is not None and isinstance(system, signal.lti):
-        raise TypeError(
-            f"{fn}: system is a continuous-time lti; dlsim needs a discrete-time system "
-            "(a dlti, or a tuple ending in dt)"
-        )
+        raise _continuous(fn, "lti")
     if signal is not None and isinstance(system, signal.dlti):
         is_ss = isinstance(system, signal.StateSpace)
         ss = system if is_ss else system.to_ss()
         return ss.A, ss.B, ss.C, ss.D, system.dt, is_ss
+    if not isinstance(system, (tuple, list)) and all(hasattr(system, k) for k in "ABCD"):
+        kind = type(system).__name__
+        if not hasattr(system, "dt"):
+            raise TypeError(f"{fn}: system ({kind}) has A, B, C, D but no dt; pass (A, B, C, D, dt)")
+        dt = system.dt
+        if dt is None:
+            raise ValueError(f"{fn}: system ({kind}) has dt=None (no timebase); pass (A, B, C, D, dt)")
+        if dt is True:
+            dt = 1.0
+        elif isinstance(dt, (bool, np.bool_)) or not isinstance(dt, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{fn}: system ({kind}) has dt={dt!r}; expected a positive number or True")
+        elif dt == 0:
+            raise _continuous(fn, f"{kind} (dt=0)")
+        elif not dt > 0:
+            raise ValueError(f"{fn}: system ({kind}) has dt={dt!r}; expected a positive number or True")
+        return (*_abcd_normalize(fn, tg, system.A, system.B, system.C, system.D), float(dt), True)
     if not isinstance(system, (tuple, list)) or len(system) not in (3, 4, 5):
         raise TypeError(
-            f"{fn}: system must be a dlti or a tuple (num, den, dt), (zeros, poles, gain, dt) "
-            f"or (A, B, C, D, dt); got {type(system).__name__}"
+            f"{fn}: system must be a dlti, a state-space object with A, B, C, D, dt, or a tuple "
+            f"(num, den, dt), (zeros, poles, gain, dt) or (A, B, C, D, dt); got {type(system).__name__}"
             + (f" of length {len(system)}" if isinstance(system, (tuple, list)) else "")
         )
     *parts, dt = system
@@ -832,7 +888,14 @@ def _ss_from_tuple(fn: str, tg: Target, system: Any) -> tuple[Any, Any, Any, Any
         return (*_abcd_normalize(fn, tg, *parts), dt, True)
     from scipy import signal  # transfer functions and zpk: converted exactly as scipy does
 
-    ss = signal.dlti(*parts, dt=dt).to_ss()
+    try:
+        ss = signal.dlti(*parts, dt=dt).to_ss()
+    except (ValueError, TypeError, IndexError) as e:
+        form = "a transfer function (num, den, dt)" if len(parts) == 2 else "zeros, poles and gain (z, p, k, dt)"
+        raise ValueError(
+            f"{fn}: system, a tuple of length {len(system)}, is read as {form} and scipy could not "
+            f"convert it ({e}); a state-space system is the tuple (A, B, C, D, dt) of length 5"
+        ) from e
     return ss.A, ss.B, ss.C, ss.D, dt, False
 
 
@@ -893,9 +956,9 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarra
 
     Parameters
     ----------
-    system : tuple or scipy.signal.dlti
-        ``(A, B, C, D, dt)``, ``(num, den, dt)``, ``(zeros, poles, gain, dt)`` or a
-        ``dlti`` instance. Transfer functions and zpk are converted with scipy's
+    system : tuple, scipy.signal.dlti or state-space object
+        ``(A, B, C, D, dt)``, ``(num, den, dt)``, ``(zeros, poles, gain, dt)``, a
+        ``dlti`` instance, or an object with ``.A .B .C .D .dt`` (python-control). Transfer functions and zpk are converted with scipy's
         ``tf2ss`` / ``zpk2ss`` (scipy is imported only for them).
     u : array_like, shape (L,) or (L, m)
         Input per time step (rows are time); 1-D means a single input.
@@ -927,8 +990,11 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarra
     * L = 0 returns empty arrays (scipy raises IndexError); ``t`` with fewer than
       two points raises ValueError (scipy returns NaNs); NaN in ``u`` propagates
       instead of raising when ``t`` is given.
-    * Errors are ``TypeError``/``ValueError`` naming the argument (scipy raises
-      AttributeError for a continuous-time ``lti``).
+    * Errors are ``TypeError``/``ValueError`` naming the argument; a
+      continuous-time system raises :class:`ContinuousSystemError`, both an
+      ``AttributeError`` (what scipy raises) and a ``TypeError``.
+    * Also accepted: any object with ``.A .B .C .D`` and ``.dt`` (python-control's
+      ``StateSpace``; ``dt=True`` means 1, ``dt=0`` is continuous-time).
 
     Examples
     --------

@@ -87,7 +87,9 @@ def _orig_dtype(xp: Any, x: Any, norm: Any) -> Any:
         return norm.dtype
     kind = getattr(dt, "kind", None)
     if kind is not None:  # NumPy / CuPy dtypes
-        return dt if kind in "fc" else norm.dtype
+        if kind not in "fc":
+            return norm.dtype
+        return dt if dt.isnative else dt.newbyteorder("=")  # '>f4' -> float32: the native equivalent
     return dt if xp.isdtype(dt, ("real floating", "complex floating")) else norm.dtype
 
 

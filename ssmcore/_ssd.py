@@ -26,7 +26,7 @@ import numpy as np
 from ._xp import dtype_name
 from .dispatch import select
 from .registry import register_op
-from .validation import as_float_array, check_int, shape_error
+from .validation import as_float_array, check_bool, check_int, shape_error
 
 __all__ = ["ssd"]
 
@@ -78,6 +78,7 @@ def _seq_array(t: Any, x: Any) -> Any:
 def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx, backend):
     """Validate and normalise every argument once; return what the kernels need."""
     chunk_size = check_int(_FN, "chunk_size", chunk_size, minimum=1)
+    dt_softplus = check_bool(_FN, "dt_softplus", dt_softplus)
     lo, hi = _check_dt_limit(dt_limit)
     t = select(_FN, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, backend=backend)
     xp = t.xp
@@ -159,6 +160,7 @@ def _ssd_fwd(x, dt, A, B, C, *, chunk_size=64, D=None, z=None, dt_bias=None, dt_
              dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, return_final_states=False,
              backend=None):
     """Forward of op ``"ssd"``: ``(out, residuals)``."""
+    return_final_states = check_bool(_FN, "return_final_states", return_final_states)
     r = _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states,
                  seq_idx, backend)
     xp = r.target.xp

@@ -254,7 +254,39 @@ def selective_scan_fwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     chunk = CHUNK
     out, last, ckpt = _fwd_kernel(*_kernel_args(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx, b_var, c_var,
                                                 ratio_b, ratio_c, softplus, reverse), chunk, bool(save))
+    # u, delta and z are not scanned: an inf/NaN there always reaches out (see _all_finite)
+    if not _all_finite(out, last, A, B, C, Dv, delta_bias, h0):
+        ref_out, ref_last, _ = _reference().selective_scan_fwd(
+            u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx, b_var, c_var, ratio_b, ratio_c, softplus, reverse,
+            False)
+        out, last = ref_out.astype(out.dtype), np.asarray(ref_last).astype(last.dtype)
     return out, last, ((chunk, ckpt) if save else None)
+
+
+def _reference():
+    from ...reference import selective_scan as ref
+
+    return ref
+
+
+def _all_finite(*arrays) -> bool:
+    """Whether every given array (None skipped) is free of inf and NaN.
+
+    Where an input or a result is not finite, the launchers hand the call to the
+    reference (``ssmcore.reference.selective_scan``): the kernels' fused
+    arithmetic (exp(dt Re A) times cos/sin of dt Im A instead of a complex
+    product; gradient terms grouped for speed) meets an inf with a zero the
+    reference never forms, so the inf/NaN pattern would differ (NaN for inf, or
+    the reverse). The launchers scan the results and the parameter-sized inputs
+    (A, B, C, D, delta_bias, h0), one vectorised pass each (~1 % of a call), not
+    the (batch, D, L) inputs u, delta, z, dout: a non-finite value there is never
+    multiplied away (dt B u, D u, silu(z) and their gradients keep it) and shows
+    in the scanned results. Clean data never reruns.
+    """
+    for a in arrays:
+        if a is not None and not np.isfinite(a).all():
+            return False
+    return True
 
 
 @jit(parallel=True, fastmath=_FM)
@@ -365,7 +397,12 @@ def selective_scan_bwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     # not in the kernel: numba.get_num_threads() inside a kernel blocks caching.
     grads = _bwd_kernel(*args, int(chunk), states, dout, dlast, 2 * numba.get_num_threads())
     du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = grads
-    return (du, ddelta, dA, dB, dC, dD if args[14] else None, dz if args[15] else None, dbias, dh0)
+    grads = (du, ddelta, dA, dB, dC, dD if args[14] else None, dz if args[15] else None, dbias, dh0)
+    if not _all_finite(*grads, dlast, A, B, C, Dv, delta_bias, h0):  # see _all_finite
+        ref = _reference().selective_scan_bwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx, b_var, c_var,
+                                              ratio_b, ratio_c, softplus, reverse, None, dout, dlast)
+        grads = tuple(None if g is None else np.asarray(r).astype(g.dtype) for g, r in zip(grads, ref))
+    return grads
 
 
 @jit(parallel=True, fastmath=_FM)

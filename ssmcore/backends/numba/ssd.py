@@ -131,6 +131,69 @@ def _forward_one(b, h, x, dt, A, B, C, D, h0, reset, Q, zero, y, states):  # pra
     for p in range(P):
         for n in range(N):
             states[b, h, nc, p, n] = ST[n, p]
+    if not _all_finite(b, h, y, states):
+        _forward_sequential(b, h, x, dt, A, B, C, D, h0, reset, Q, zero, y, states)
+
+
+@jit(fastmath=_FM)
+def _all_finite(b, h, y, states):  # pragma: no cover - compiled
+    """Whether one (batch, head)'s outputs and chunk states are all finite."""
+    for t in range(y.shape[1]):
+        for p in range(y.shape[3]):
+            if not np.isfinite(y[b, t, h, p]):
+                return False
+    for c in range(states.shape[2]):
+        for p in range(states.shape[3]):
+            for n in range(states.shape[4]):
+                if not np.isfinite(states[b, h, c, p, n]):
+                    return False
+    return True
+
+
+@jit(fastmath=_FM)
+def _forward_sequential(b, h, x, dt, A, B, C, D, h0, reset, Q, zero, y, states):  # pragma: no cover - compiled
+    """The reference's step-by-step recurrence for one (batch, head), overwriting its outputs.
+
+    Run only where the chunked form produced a non-finite value: the chunked
+    decomposition ``C_t . h_t = e C_t . h_entry + sum_j (C_t . B_j) w_j (dt_j x_j)``
+    regroups the products, so where an input is infinite it meets zeros (a zero
+    entry state, an underflowed decay, a cancelling ``C . B``) that the
+    sequential form never multiplies it by: ``0 * inf`` becomes NaN where the
+    reference keeps inf (or the reverse). Here every state entry is
+    ``exp(dt_t A) h[p, n] + dt_t (x_t[p] B_t[n])`` and every output
+    ``sum_n h[p, n] C_t[n] + D[p] x_t[p]``, the same IEEE operations as the
+    reference, so the inf/NaN pattern is the reference's. A non-finite value
+    never becomes finite again through a chunk, so finite outputs need no rerun.
+    """
+    L = x.shape[1]
+    P = x.shape[3]
+    N = B.shape[3]
+    g = h // (x.shape[2] // B.shape[2])
+    a_h = A[h]
+    S = np.empty((P, N), dtype=x.dtype)
+    for p in range(P):
+        for n in range(N):
+            S[p, n] = h0[b, h, p, n]
+    for t in range(L):
+        if t % Q == 0:
+            for p in range(P):
+                for n in range(N):
+                    states[b, h, t // Q, p, n] = S[p, n]
+        d = dt[b, t, h]
+        e = np.exp(d * a_h)
+        for p in range(P):
+            xp_ = x[b, t, h, p]
+            acc = zero
+            for n in range(N):
+                # a reset replaces the state (multiplying by 0 would turn inf into NaN)
+                prev = zero if reset[b, t] else e * S[p, n]
+                s_ = prev + d * (xp_ * B[b, t, g, n])
+                S[p, n] = s_
+                acc += s_ * C[b, t, g, n]
+            y[b, t, h, p] = acc + D[h, p] * xp_
+    for p in range(P):
+        for n in range(N):
+            states[b, h, (L + Q - 1) // Q, p, n] = S[p, n]
 
 
 @jit(fastmath=_FM)
