@@ -633,6 +633,17 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
     fn = "cont2discrete"
     if hasattr(system, "to_discrete") and callable(system.to_discrete):
         return system.to_discrete(dt=dt, method=method, alpha=alpha)
+    if all(hasattr(system, k) for k in "ABCD") and not isinstance(system, (tuple, list)):
+        # python-control's StateSpace and other state-space objects: their matrices, if continuous
+        sys_dt = getattr(system, "dt", 0)
+        if sys_dt not in (0, None) and sys_dt is not False:
+            raise ValueError(f"{fn}: system is already discrete (dt={sys_dt!r}); cont2discrete takes a continuous system")
+        system = (system.A, system.B, system.C, system.D)
+    if isinstance(system, (tuple, list)) and len(system) == 3 and any(getattr(x, "ndim", 0) == 2 for x in system):
+        raise ValueError(
+            f"{fn}: a system of 3 entries is read as (zeros, poles, gain), but one entry is a 2-D array; "
+            "a state-space system is (A, B, C, D) (pass D, e.g. np.zeros((p, m)))"
+        )
     if not isinstance(system, (tuple, list)) or len(system) not in (2, 3, 4):
         raise ValueError(
             f"{fn}: system must be an lti instance or a tuple (num, den), (zeros, poles, gain) "
@@ -668,6 +679,9 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
         raise shape_error(fn, name_, arr.shape, "a 2-D array (use discretize for batches)")
     n, m = B.shape
     C = as_float_array(fn, "C", C, integer_ok=True, target=t)
+    c_row = C.ndim == 1 and C.shape[0] == n  # one output row, as scipy (and dlsim) accept it
+    if c_row:
+        C = xp.reshape(C, (1, n))
     if C.ndim != 2 or C.shape[1] != n:
         raise shape_error(fn, "C", C.shape, f"(p, {n}) to match A of shape {tuple(A.shape)}")
     p = C.shape[0]
@@ -698,4 +712,6 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
         Cd, Dd = C, (C @ B64) * h
     else:
         Cd, Dd = C, D
+    if c_row:  # scipy returns Cd in C's own (1-D) shape
+        Cd = xp.reshape(Cd, (n,))
     return Ad, Bd, Cd, Dd, dt

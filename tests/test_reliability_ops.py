@@ -227,3 +227,41 @@ def test_dlsim_accepts_python_control_state_space():
         np.testing.assert_allclose(g, w, rtol=1e-14, atol=1e-14)
     with pytest.raises(AttributeError, match="continuous-time StateSpace"):
         ssmcore.dlsim(control.ss(*_SS), u)  # python-control's default dt=0: continuous
+
+
+# cont2discrete drop-in: what scipy accepts (issue items 8 and 10, cont2discrete part)
+_A = np.array([[-1.0, 0.5], [0.0, -2.0]])
+_B = np.array([[1.0], [1.0]])
+
+
+@pytest.mark.parametrize("method", ["zoh", "foh", "bilinear", "impulse"])
+def test_cont2discrete_takes_a_1d_C_like_scipy(method):
+    import scipy.signal as ss
+
+    C = np.array([1.0, 1.0])
+    got = ssmcore.cont2discrete((_A, _B, C, 0.0), 0.1, method=method)
+    want = ss.cont2discrete((_A, _B, C, 0.0), 0.1, method=method)
+    for g, w in zip(got[:3], want[:3]):
+        assert np.shape(g) == np.shape(w)
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-14)
+
+
+def test_cont2discrete_takes_state_space_objects():
+    class StateSpace:  # the attributes python-control's StateSpace has
+        A, B, C, D, dt = _A, _B, np.array([[1.0, 1.0]]), np.zeros((1, 1)), 0
+
+    got = ssmcore.cont2discrete(StateSpace(), 0.1)
+    want = ssmcore.cont2discrete((_A, _B, StateSpace.C, StateSpace.D), 0.1)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    StateSpace.dt = 0.5
+    with pytest.raises(ValueError, match="cont2discrete: system is already discrete"):
+        ssmcore.cont2discrete(StateSpace(), 0.1)
+    control = pytest.importorskip("control")
+    sys_c = control.ss(_A, _B, [[1.0, 1.0]], 0)
+    np.testing.assert_array_equal(ssmcore.cont2discrete(sys_c, 0.1)[0], want[0])
+
+
+def test_cont2discrete_three_matrices_are_not_read_as_zpk_silently():
+    with pytest.raises(ValueError, match=r"cont2discrete: a system of 3 entries is read as \(zeros, poles, gain\)"):
+        ssmcore.cont2discrete((_A, _B, np.array([[1.0, 1.0]])), 0.1)

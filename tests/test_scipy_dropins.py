@@ -34,10 +34,6 @@ KNOWN_DIFFERENCES = {
         "ssmcore.lfilter is batched over filters: a 2-D b (eye(2)) is two filters, not an error; "
         "its messages start with 'lfilter: ' (the other cases of this test are ported in test_lfilter.py)"
     ),
-    ("dlsim", "TestDLTI::test_dlsim"): (
-        "issue 16 item 9 (second pass): ssmcore.dlsim raises TypeError for a continuous-time lti, "
-        "scipy raises AttributeError"
-    ),
 }
 
 
