@@ -688,3 +688,262 @@ def lti_simulate(
                                                           (D, bi + "pm"), (u, bi + "mt"), (x_in, bi + "tn")),
                      align_arrays=False, concatenate=True, adjust_chunks=y_chunks, dtype=ydt, meta=ymeta, final=False, mode=mode)
     return (y, inits[..., K, :]) if return_final_state else y
+
+
+def _dlsim_summary(u, *, A, B):
+    n = A.shape[0]
+    _, xf = _core.lti_simulate(A, B, A[:0], None, u.T, return_final_state=True)
+    return xf.reshape(1, n)
+
+
+def _dlsim_apply(u, x0, *, system):
+    _, y, x = _core.dlsim(system, u, x0=None if x0 is None else x0[0])
+    return y, x
+
+
+def _state_space(fn: str, system: Any) -> tuple[tuple[np.ndarray, ...], Any, bool]:
+    """((A, B, C, D), dt, is_state_space) of a dlsim system, converted as scipy does."""
+    from scipy import signal
+
+    if isinstance(system, signal.dlti):
+        ss = system if isinstance(system, signal.StateSpace) else system.to_ss()
+        return (ss.A, ss.B, ss.C, ss.D), system.dt, isinstance(system, signal.StateSpace)
+    if not isinstance(system, (tuple, list)) or len(system) not in (3, 4, 5):
+        raise TypeError(f"{fn}: system must be a dlti or a tuple (num, den, dt), (zeros, poles, gain, dt) or "
+                        f"(A, B, C, D, dt); got {type(system).__name__}")
+    *parts, dt = system
+    if len(parts) == 4:
+        return tuple(np.asarray(m) for m in signal.abcd_normalize(*parts)), dt, True
+    ss = signal.dlti(*parts, dt=dt).to_ss()
+    return (ss.A, ss.B, ss.C, ss.D), dt, False
+
+
+def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[da.Array, ...]:
+    r"""Lazy :func:`ssmcore.dlsim` (scipy's control convention) on a Dask input, exact over time chunks.
+
+    Parameters
+    ----------
+    system : tuple or scipy.signal.dlti
+        As for :func:`ssmcore.dlsim` (a small NumPy system).
+    u : dask array, shape (L,) or (L, m)
+        Rows are time; chunk rows freely (the inputs axis is one chunk).
+    t : None
+        Interpolation onto a new time grid is not done lazily: resample ``u``
+        to the step ``dt`` first and pass ``t=None``.
+    x0 : array, shape (n,), optional
+
+    Returns
+    -------
+    tout : dask array (L,)
+    yout : dask array (L, p)
+    xout : dask array (L, n), only for state-space systems (as scipy)
+    """
+    fn = "ssmcore.dask.dlsim"
+    if t is not None:
+        raise ValueError(f"{fn}: t is not supported on dask arrays (it resamples u onto a new grid); "
+                         "interpolate u to the step dt first and call with t=None")
+    (A, B, C, D), dt, is_ss = _state_space(fn, system)
+    u = _dask(u)
+    if u.ndim == 1:
+        u = u[:, None]
+    u = _single(u, [1])
+    n, m, p = A.shape[0], B.shape[1], C.shape[0]
+    x0 = None if x0 is None else _single(_dask(x0), [0])
+    probe = _core.dlsim((A, B, C, D, dt), np.ones((1, u.shape[1]), u.dtype),
+                        x0=None if x0 is None else np.ones(x0.shape, x0.dtype))
+    dtype = probe[1].dtype
+    A, B, C, D = (np.asarray(x, dtype) for x in (A, B, C, D))
+    L = u.shape[0]
+    tchunks = u.chunks[0]
+    K = len(tchunks)
+    meta = _meta(u._meta, 2, dtype)
+    if K == 1:
+        x_in = None if x0 is None else x0[None, :]
+    else:
+        summary = da.blockwise(_task(_dlsim_summary), "tn", u.astype(dtype), "tm", align_arrays=False,
+                               concatenate=True, new_axes={"n": n}, adjust_chunks={"t": (1,) * K}, dtype=dtype,
+                               meta=meta, A=A, B=B)
+        summary = summary.rechunk({0: -1})
+        inits = da.blockwise(_lti_combine, "tn", *_args((summary, "tn"), (da.from_array(A), "nz"),
+                                                        (None if x0 is None else x0.astype(dtype), "n")),
+                             align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=dtype,
+                             meta=meta, sizes=tchunks, cdt=dtype)
+        x_in = inits[:K].rechunk({0: 1})
+    res = da.blockwise(_task(_dlsim_apply), "tm", *_args((u, "tm"), (x_in, "tn")), align_arrays=False,
+                       concatenate=True, adjust_chunks={"t": tchunks}, dtype=object,
+                       meta=np.empty((0, 0), object), system=(A, B, C, D, dt))
+    y, x = _split(res, [((tchunks, (p,)), dtype, u._meta, None), ((tchunks, (n,)), dtype, u._meta, None)])
+    tout = da.linspace(0.0, (L - 1) * dt if L else 0.0, L, chunks=(tchunks,))
+    return (tout, y, x) if is_ss else (tout, y)
+
+
+# ---------------------------------------------------------------------------------
+# Discretisation: elementwise over batch blocks
+# ---------------------------------------------------------------------------------
+
+
+def _disc_apply(A, B, dt, *, fn_name, method, alpha):
+    return getattr(_core, fn_name)(A, B, dt, method, alpha)
+
+
+def discretize_diag(A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None
+                    ) -> tuple[da.Array, da.Array]:
+    """Lazy :func:`ssmcore.discretize_diag`: one call per block of the broadcast shape.
+
+    ``A`` (..., N), ``B`` (..., N) or (..., N, M), ``dt`` a float or an array
+    (with ``dt.ndim < A.ndim`` it is a step per channel, as in the core). The
+    outputs are chunked like the first operand that spans each axis (A, then B, dt);
+    B's trailing input axis M is one chunk.
+    """
+    fn = "ssmcore.dask.discretize_diag"
+    A, B = _dask(A), _dask(B)
+    dt_arr = _dask(dt) if not isinstance(dt, (int, float)) else None
+    matrix_B = B.ndim == A.ndim + 1
+    if dt_arr is not None and dt_arr.ndim < A.ndim:
+        dt_arr = dt_arr[..., None]
+    Bs = B.shape[:-1] if matrix_B else B.shape
+    shape = _broadcast_shape(fn, ("A", "B", "dt"), (A.shape, Bs, () if dt_arr is None else dt_arr.shape))
+    nd = len(shape)
+    A = _pad(A, nd)
+    B = _pad(B, nd + 1) if matrix_B else _pad(B, nd)
+    dt_arr = _pad(dt_arr, nd)
+    Bstate = B[..., 0] if matrix_B else B
+    chunks = _target_chunks(shape, (A, Bstate, dt_arr))
+    A, dt_arr = (_align(x, range(nd), chunks) for x in (A, dt_arr))
+    B = _single(_align(B, range(nd), chunks), [-1]) if matrix_B else _align(B, range(nd), chunks)
+    ind = _letters(nd, "z")
+    Ad_p, Bd_p = _core.discretize_diag(np.ones((1,) * nd, A.dtype), np.ones((1,) * B.ndim, B.dtype),
+                                       1.0 if dt_arr is None else np.ones((1,) * nd, dt_arr.dtype), method, alpha)
+    b_ind = ind + ("z" if matrix_B else "")
+    out_chunks = chunks + (((B.shape[-1],),) if matrix_B else ())
+    res = da.blockwise(_task(_disc_apply), b_ind, *_args((A, ind), (B, b_ind)),
+                       *(_args((dt_arr, ind)) if dt_arr is not None else [dt, None]),
+                       align_arrays=False, concatenate=True, adjust_chunks=dict(zip(b_ind, out_chunks)),
+                       dtype=object, meta=np.empty((0,) * len(b_ind), object), fn_name="discretize_diag",
+                       method=method, alpha=alpha)
+    Ad, Bd = _split(res, [(chunks, Ad_p.dtype, A._meta, 1 if matrix_B else None),
+                          (out_chunks, Bd_p.dtype, A._meta, None)])
+    return Ad, Bd
+
+
+def discretize(A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None
+               ) -> tuple[da.Array, da.Array]:
+    """Lazy :func:`ssmcore.discretize` for stacks of dense systems, one call per batch block.
+
+    ``A`` (..., N, N), ``B`` (..., N, M), ``dt`` a float or an array broadcasting
+    against the batch axes; N and M are one chunk.
+    """
+    fn = "ssmcore.dask.discretize"
+    A, B = _dask(A), _dask(B)
+    dt_arr = _dask(dt) if not isinstance(dt, (int, float)) else None
+    batch = _broadcast_shape(fn, ("A", "B", "dt"), (A.shape[:-2], B.shape[:-2],
+                                                    () if dt_arr is None else dt_arr.shape))
+    nb = len(batch)
+    A, B = (_single(_pad(x, nb + 2), [-1, -2]) for x in (A, B))
+    dt_arr = _pad(dt_arr, nb)
+    chunks = _target_chunks(batch, (A, B, dt_arr))
+    A, B, dt_arr = (_align(x, range(nb), chunks) for x in (A, B, dt_arr))
+    N, M = A.shape[-1], B.shape[-1]
+    bi = _letters(nb, "nm")
+    Ad_p, Bd_p = _core.discretize(np.ones((1,) * nb + (N, N), A.dtype) * np.eye(N), np.ones((1,) * nb + (N, M),
+                                  B.dtype), 1.0 if dt_arr is None else np.ones((1,) * nb, dt_arr.dtype), method, alpha)
+    res = da.blockwise(_task(_disc_apply), bi + "nm", *_args((A, bi + "nn"), (B, bi + "nm")),
+                       *(_args((dt_arr, bi)) if dt_arr is not None else [dt, None]),
+                       align_arrays=False, concatenate=True,
+                       adjust_chunks={**dict(zip(bi, chunks)), "n": (N,), "m": (M,)}, dtype=object,
+                       meta=np.empty((0,) * (nb + 2), object), fn_name="discretize", method=method, alpha=alpha)
+    Ad, Bd = _split(res, [(chunks + ((N,), (N,)), Ad_p.dtype, A._meta, None),
+                          (chunks + ((N,), (M,)), Bd_p.dtype, A._meta, None)])
+    return Ad, Bd
+
+
+# ---------------------------------------------------------------------------------
+# fft_conv: overlap over time chunks
+# ---------------------------------------------------------------------------------
+
+
+def _conv_window(u, K, D, *, bidirectional, keep, c_out):
+    W = u.shape[-1]
+    Kw = K[..., : min(K.shape[-1], W)]  # taps longer than the window only reach outside [0, L)
+    threads = _threads_for_task() if _is_numpy(u) else None
+    y = _core.fft_conv(u, Kw, D, bidirectional=bidirectional, workers=threads)
+    y = y[..., keep[0]: keep[1]]
+    if c_out is not None:  # (..., C_out * Hb, S) -> (..., C_out, Hb, S): the global (c h) order is rebuilt outside
+        y = y.reshape(y.shape[:-2] + (c_out, y.shape[-2] // c_out, y.shape[-1]))
+    return y
+
+
+def fft_conv(u: Any, K: Any, D: Any = None, *, bidirectional: bool = False) -> da.Array:
+    r"""Lazy :func:`ssmcore.fft_conv` on a Dask input, exact over time chunks (overlapping windows).
+
+    Output time chunk :math:`[s, e)` is the FFT convolution of the window
+    :math:`[s - (L_k - 1), e)` of ``u`` (plus :math:`L_k` steps to the right when
+    bidirectional), clipped to :math:`[0, L)`, keeping its last :math:`e - s`
+    outputs: the taps that reach before the window are exactly the zeros before
+    t = 0 or samples inside it. Each window costs :math:`O((S + L_k)\log)`; chunks
+    much longer than the kernel keep the overlap small.
+
+    Parameters
+    ----------
+    u : dask array, (..., H, L) (or (..., L) with a 1-D kernel)
+        Batch, channel and time axes may be chunked.
+    K : array, (L_k,), (H, L_k) or (C_out, H, L_k)
+        Kernels (NumPy or Dask; the tap axis is one chunk).
+    D : array, optional, scalar, (H,) or (C_out, H)
+    bidirectional : bool
+
+    Returns
+    -------
+    y : dask.array.Array, (..., C_out * H, L)
+        Channel blocks follow ``u``'s H chunks when C_out is 1; with C_out > 1 the
+        (c h) flattening merges the two axes (Dask rechunks H into one chunk there).
+    """
+    u, K = _dask(u), _dask(K)
+    D = _dask(D)
+    L = u.shape[-1]
+    Lk = K.shape[-1]
+    K = _single(K, [-1])
+    one_d = K.ndim == 1
+    c_out = None if K.ndim < 3 else K.shape[0] // (2 if bidirectional else 1)
+    dtype = np.result_type(u.dtype, K.dtype)
+    if not one_d:
+        # channel blocks of K and D follow u's H chunks
+        hchunks = u.chunks[-2]
+        K = K.rechunk({K.ndim - 2: hchunks}) if K.shape[-2] != 1 else K
+        if D is not None and D.ndim >= 1 and D.shape[-1] != 1:
+            D = D.rechunk({D.ndim - 1: hchunks})
+    left, right = max(Lk - 1, 0), (Lk if bidirectional else 0)
+    pieces = []
+    start = 0
+    nb = u.ndim - (1 if one_d else 2)
+    bi = _letters(nb, "hct")
+    for S in u.chunks[-1]:
+        lo, hi = max(0, start - left), min(L, start + S + right)
+        w = u[..., lo:hi].rechunk({u.ndim - 1: -1})
+        keep = (start - lo, start - lo + S)
+        if one_d:
+            piece = da.blockwise(_task(_conv_window), bi + "t", w, bi + "t", K, "k", *_args((D, "")),
+                                 align_arrays=False, concatenate=True, adjust_chunks={"t": (S,)}, dtype=dtype,
+                                 meta=_meta(u._meta, u.ndim, dtype), bidirectional=bidirectional, keep=keep,
+                                 c_out=None)
+        elif c_out is None:
+            piece = da.blockwise(_task(_conv_window), bi + "ht", w, bi + "ht", K, "hk",
+                                 *_args((D, "h"[: 0 if D is None else D.ndim])),
+                                 align_arrays=False, concatenate=True, adjust_chunks={"t": (S,)}, dtype=dtype,
+                                 meta=_meta(u._meta, u.ndim, dtype), bidirectional=bidirectional, keep=keep,
+                                 c_out=None)
+        else:
+            d_ind = None if D is None else {0: "", 1: "h", 2: "ch"}[D.ndim]
+            if D is not None and D.ndim == 2:
+                D = D.rechunk({0: -1})
+            piece = da.blockwise(_task(_conv_window), bi + "cht", w, bi + "ht", K.rechunk({0: -1}), "chk",
+                                 *_args((D, d_ind)), align_arrays=False, concatenate=True,
+                                 adjust_chunks={"t": (S,), "c": (c_out,)}, dtype=dtype,
+                                 meta=_meta(u._meta, u.ndim + 1, dtype), bidirectional=bidirectional, keep=keep,
+                                 c_out=c_out)
+        pieces.append(piece)
+        start += S
+    y = da.concatenate(pieces, axis=-1) if pieces else da.zeros(u.shape, dtype=dtype)
+    if c_out is not None:
+        y = y.reshape(y.shape[:-3] + (y.shape[-3] * y.shape[-2], L))
+    return y
