@@ -947,3 +947,210 @@ def fft_conv(u: Any, K: Any, D: Any = None, *, bidirectional: bool = False) -> d
     if c_out is not None:
         y = y.reshape(y.shape[:-3] + (y.shape[-3] * y.shape[-2], L))
     return y
+
+
+# ---------------------------------------------------------------------------------
+# Selective scan (Mamba) and SSD (Mamba-2): decay exp(A sum dt) per chunk
+# ---------------------------------------------------------------------------------
+
+_SOFTPLUS_LINEAR_ABOVE = 20.0  # mamba's threshold, as in the core
+
+
+def _softplus(xp: Any, v: Any) -> Any:
+    return xp.where(v > _SOFTPLUS_LINEAR_ABOVE, v, xp.log1p(xp.exp(xp.minimum(v, _SOFTPLUS_LINEAR_ABOVE))))
+
+
+def _pair_combine(summary: Any, h0: Any, *, axis: int, reverse: bool, cdt: np.dtype) -> Any:
+    """``_diag_combine`` along ``axis`` of (P_k, E_k) pairs stacked as 2K entries."""
+    xp = _xp(summary)
+    moved = xp.moveaxis(summary, axis, -1)
+    h = None if h0 is None else h0
+    out = _diag_combine(moved, h, reverse=reverse, cdt=cdt)
+    return xp.moveaxis(out, -1, axis)
+
+
+def _no_seq_in_time_chunks(fn: str, seq_idx: Any, K: int) -> None:
+    if seq_idx is not None and K > 1:
+        raise ValueError(
+            f"{fn}: seq_idx with {K} time chunks is not supported; packed sequences restart the state anyway, "
+            "so chunk the time axis at sequence boundaries and call per chunk, or use one time chunk "
+            "(u.rechunk({-1: -1}))"
+        )
+
+
+def _ss_summary(u, delta, A, B, C, bias, *, softplus, reverse, cdt):
+    xp = _xp(u)
+    _, last = _core.selective_scan(u, delta, A, B, C, None, None, bias, softplus, True, reverse=reverse)
+    dt = delta if bias is None else delta + bias[:, None]
+    if softplus:
+        dt = _softplus(xp, dt)
+    decay = xp.exp(dt.sum(axis=-1)[..., None] * A)  # prod_t exp(dt_t A) = exp(A sum_t dt_t)
+    return xp.stack([decay.astype(cdt), last.astype(cdt)], axis=-2)
+
+
+def _ss_apply(u, delta, A, B, C, D, z, bias, h0, seq, *, softplus, reverse, final):
+    return _core.selective_scan(u, delta, A, B, C, D, z, bias, softplus, final,
+                                h0=None if h0 is None else h0[..., 0, :], reverse=reverse, seq_idx=seq)
+
+
+def selective_scan(
+    u: Any, delta: Any, A: Any, B: Any, C: Any, D: Any = None, z: Any = None, delta_bias: Any = None,
+    delta_softplus: bool = False, return_last_state: bool = False, *, h0: Any = None, reverse: bool = False,
+    seq_idx: Any = None,
+) -> da.Array | tuple[da.Array, da.Array]:
+    r"""Lazy :func:`ssmcore.selective_scan` (Mamba) on Dask arrays, exact over time chunks.
+
+    ``u``, ``delta`` and ``z`` (batch, D, L) may be chunked over batch, channels
+    and time; B/C of shape (batch, N, L) or (batch, G, N, L) follow (their G
+    axis is cut at the channel chunks, so channel chunks must be multiples of
+    D / G), (D, N) parameters follow the channel chunks. A time chunk's summary
+    is its decay :math:`\exp(A \sum_t \Delta_t)` (per batch, channel, state) and
+    its last state from zero. ``seq_idx`` needs a single time chunk.
+    """
+    fn = "ssmcore.dask.selective_scan"
+    u, delta, A, B, C, D, z, bias, h0, seq = (_dask(x) for x in (u, delta, A, B, C, D, z, delta_bias, h0, seq_idx))
+    if u.ndim != 3:
+        raise ValueError(f"{fn}: u has shape {u.shape}; expected (batch, D, L)")
+    nb_, nd, L = u.shape
+    N = A.shape[-1]
+    bch, dch, tch = u.chunks
+    delta, z = (_align(x, range(3), u.chunks) for x in (delta, z))
+    A = _single(_align(A, [0], [dch]), [1])
+    D, bias = (_align(x, [0], [dch]) for x in (D, bias))
+    h0 = _single(_align(h0, [0, 1], [bch, dch]), [2])
+    seq = _align(seq, [0, 1], [bch, tch])
+
+    def bc(X, name):
+        if X.ndim == 2:
+            return _single(_align(X, [0], [dch]), [1]), "dn"
+        if X.ndim == 3:
+            return _single(_align(X, [0, 2], [bch, tch]), [1]), "bnt"
+        G = X.shape[1]
+        r = nd // G if G and nd % G == 0 else 0
+        if not r or any(c % r for c in dch):
+            raise ValueError(f"{fn}: {name} has {G} groups of {r or '?'} channels; the channel chunks {dch} of u "
+                             f"must be multiples of D / G = {r} (rechunk u's axis 1)")
+        return _single(_align(X, [0, 1, 3], [bch, tuple(c // r for c in dch), tch]), [2]), "bdnt"
+
+    (B, bi), (C, ci) = bc(B, "B"), bc(C, "C")
+    probe = _core.selective_scan(np.ones((1, nd, 1), u.dtype), np.ones((1, nd, 1), delta.dtype),
+                                 np.ones((nd, N), A.dtype), np.ones(B.shape[:-1] + (1,), B.dtype)[:1]
+                                 if B.ndim > 2 else np.ones((nd, N), B.dtype),
+                                 np.ones(C.shape[:-1] + (1,), C.dtype)[:1] if C.ndim > 2 else np.ones((nd, N), C.dtype),
+                                 return_last_state=True)
+    odt, sdt = probe[0].dtype, probe[1].dtype
+    K = len(tch)
+    _no_seq_in_time_chunks(fn, seq, K)
+    kw = dict(softplus=bool(delta_softplus), reverse=bool(reverse))
+    ometa, smeta = _meta(u._meta, 3, odt), _meta(u._meta, 4, sdt)
+    common = [(u, "bdt"), (delta, "bdt"), (A, "dn"), (B, bi), (C, ci)]
+    if K == 1:
+        h_in = None if h0 is None else h0[:, :, None, :]
+    else:
+        summary = da.blockwise(_task(_ss_summary), "bdtn", *_args(*common, (bias, "d")), align_arrays=False,
+                               concatenate=True, new_axes={"n": N},
+                               adjust_chunks={"b": bch, "d": dch, "t": (2,) * K}, dtype=sdt, meta=smeta,
+                               cdt=sdt, **kw)
+        inits = da.blockwise(_pair_combine, "bdtn", *_args((summary.rechunk({2: -1}), "bdtn"), (h0, "bdn")),
+                             align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=sdt,
+                             meta=smeta, axis=2, reverse=bool(reverse), cdt=sdt)
+        h_in = inits[:, :, :K].rechunk({2: 1})
+    args = _args(*common, (D, "d"), (z, "bdt"), (bias, "d"), (h_in, "bdtn"), (seq, "bt"))
+    if K > 1 or not return_last_state:
+        out = da.blockwise(_task(_ss_apply), "bdt", *args, align_arrays=False, concatenate=True,
+                           adjust_chunks={"b": bch, "d": dch, "t": tch}, dtype=odt, meta=ometa, final=False, **kw)
+        if not return_last_state:
+            return out
+        return out, inits[:, :, K]
+    res = da.blockwise(_task(_ss_apply), "bdt", *args, align_arrays=False, concatenate=True,
+                       adjust_chunks={"b": bch, "d": dch, "t": tch}, dtype=object,
+                       meta=np.empty((0, 0, 0), object), final=True, **kw)
+    out, last = _split(res, [((bch, dch, tch), odt, u._meta, None), ((bch, dch, (N,)), sdt, u._meta, None)])
+    return out, last
+
+
+def _ssd_dt(xp, dt, bias, softplus, lo, hi):
+    pre = dt if bias is None else dt + bias
+    soft = _softplus(xp, pre) if softplus else pre
+    return xp.clip(soft, lo, hi)
+
+
+def _ssd_summary(x, dt, A, B, C, bias, *, chunk_size, softplus, dt_limit, cdt):
+    xp = _xp(x)
+    _, final = _core.ssd(x, dt, A, B, C, chunk_size=chunk_size, dt_bias=bias, dt_softplus=softplus,
+                         dt_limit=dt_limit, return_final_states=True)
+    dte = _ssd_dt(xp, xp.asarray(dt, dtype=cdt), None if bias is None else xp.asarray(bias, dtype=cdt), softplus,
+                  *dt_limit)
+    decay = xp.exp(xp.asarray(A, dtype=cdt) * dte.sum(axis=1))  # (b, h)
+    decay = xp.broadcast_to(decay[:, :, None, None], final.shape)
+    return xp.stack([decay.astype(cdt), final.astype(cdt)], axis=1)
+
+
+def _ssd_apply(x, dt, A, B, C, D, z, bias, h0, seq, *, chunk_size, softplus, dt_limit, final):
+    return _core.ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=bias, dt_softplus=softplus,
+                     dt_limit=dt_limit, initial_states=None if h0 is None else h0[:, 0],
+                     seq_idx=seq, return_final_states=final)
+
+
+def ssd(
+    x: Any, dt: Any, A: Any, B: Any, C: Any, *, chunk_size: int = 64, D: Any = None, z: Any = None,
+    dt_bias: Any = None, dt_softplus: bool = False, dt_limit: tuple[float, float] = (0.0, math.inf),
+    initial_states: Any = None, seq_idx: Any = None, return_final_states: bool = False,
+) -> da.Array | tuple[da.Array, da.Array]:
+    r"""Lazy :func:`ssmcore.ssd` (Mamba-2) on Dask arrays, exact over time chunks.
+
+    ``x`` (batch, L, H, P) may be chunked over batch and time (heads, head dim
+    and state are one chunk; ``dt``, ``B``, ``C``, ``z`` follow ``x``). A time
+    chunk's summary is its decay :math:`\exp(A_h \sum_t \Delta_t)` per (batch,
+    head) and its final state from zero; ``chunk_size`` is the core's inner
+    chunk (independent of the Dask chunks). ``seq_idx`` needs a single time chunk.
+    """
+    fn = "ssmcore.dask.ssd"
+    x, dt, A, B, C, D, z, bias, h0, seq = (_dask(v) for v in (x, dt, A, B, C, D, z, dt_bias, initial_states,
+                                                              seq_idx))
+    if x.ndim != 4:
+        raise ValueError(f"{fn}: x has shape {x.shape}; expected (batch, L, H, P)")
+    x = _single(x, [2, 3])
+    nb_, L, H, P = x.shape
+    N = B.shape[-1]
+    bch, tch = x.chunks[:2]
+    dt = _single(_align(dt, [0, 1], [bch, tch]), [2])
+    B, C = (_single(_align(v, [0, 1], [bch, tch]), [2, 3]) for v in (B, C))
+    z = None if z is None else _single(_align(z, [0, 1], [bch, tch]), [2, 3])
+    A, bias = (_single(v, [0]) for v in (A, bias))
+    D = None if D is None else _single(D, list(range(D.ndim)))
+    h0 = None if h0 is None else _single(_align(h0, [0], [bch]), [1, 2, 3])
+    seq = _align(seq, [0, 1], [bch, tch])
+    lim = tuple(float(v) for v in dt_limit)
+    G = B.shape[2]
+    probe = _core.ssd(np.ones((1, 1, H, P), x.dtype), np.ones((1, 1, H), dt.dtype), np.ones(H, A.dtype),
+                      np.ones((1, 1, G, N), B.dtype), np.ones((1, 1, C.shape[2], N), C.dtype),
+                      chunk_size=chunk_size, return_final_states=True, dt_limit=lim)
+    odt, sdt = probe[0].dtype, probe[1].dtype
+    K = len(tch)
+    _no_seq_in_time_chunks(fn, seq, K)
+    kw = dict(chunk_size=chunk_size, softplus=bool(dt_softplus), dt_limit=lim)
+    common = [(x, "bthp"), (dt, "bth"), (A, "h"), (B, "btgn"), (C, "btcn")]
+    if K == 1:
+        h_in = None if h0 is None else h0[:, None]
+    else:
+        summary = da.blockwise(_task(_ssd_summary), "bthpn", *_args(*common, (bias, "h")), align_arrays=False,
+                               concatenate=True, new_axes={"n": N}, adjust_chunks={"t": (2,) * K}, dtype=sdt,
+                               meta=_meta(x._meta, 5, sdt), cdt=sdt, **kw)
+        inits = da.blockwise(_pair_combine, "bthpn", *_args((summary.rechunk({1: -1}), "bthpn"), (h0, "bhpn")),
+                             align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=sdt,
+                             meta=_meta(x._meta, 5, sdt), axis=1, reverse=False, cdt=sdt)
+        h_in = inits[:, :K].rechunk({1: 1})
+    d_ind = None if D is None else "hp"[: D.ndim]
+    args = _args(*common, (D, d_ind), (z, "bthp"), (bias, "h"), (h_in, "bthpn"), (seq, "bt"))
+    if K > 1 or not return_final_states:
+        out = da.blockwise(_task(_ssd_apply), "bthp", *args, align_arrays=False, concatenate=True,
+                           adjust_chunks={"t": tch}, dtype=odt, meta=_meta(x._meta, 4, odt), final=False, **kw)
+        if not return_final_states:
+            return out
+        return out, inits[:, K]
+    res = da.blockwise(_task(_ssd_apply), "bthp", *args, align_arrays=False, concatenate=True,
+                       adjust_chunks={"t": tch}, dtype=object, meta=np.empty((0,) * 4, object), final=True, **kw)
+    out, final = _split(res, [((bch, tch, (H,), (P,)), odt, x._meta, None),
+                              ((bch, (H,), (P,), (N,)), sdt, x._meta, None)])
+    return out, final
