@@ -1154,3 +1154,241 @@ def ssd(
     out, final = _split(res, [((bch, tch, (H,), (P,)), odt, x._meta, None),
                               ((bch, (H,), (P,), (N,)), sdt, x._meta, None)])
     return out, final
+
+
+# ---------------------------------------------------------------------------------
+# Gradients: the two-pass scheme run backwards
+# ---------------------------------------------------------------------------------
+
+
+def _sum_to(g: da.Array | None, shape: tuple[int, ...] | None) -> da.Array | None:
+    """Sum a broadcast gradient back to an input's shape (lazy)."""
+    if g is None or shape is None:
+        return None
+    extra = g.ndim - len(shape)
+    if extra:
+        g = g.sum(axis=tuple(range(extra)))
+    axes = tuple(i for i, (n, m) in enumerate(zip(shape, g.shape)) if n == 1 and m != 1)
+    if axes:
+        g = g.sum(axis=axes, keepdims=True)
+    return g
+
+
+def _cot(x: Any, chunks: Sequence[tuple[int, ...]], shape: tuple[int, ...]) -> da.Array | None:
+    if x is None:
+        return None
+    x = _dask(x)
+    return _align(da.broadcast_to(x, shape) if x.shape != shape else x, range(len(shape)), chunks)
+
+
+def _ls_bwd(a, b, h0, gh, lam, *, reverse, summary):
+    xp = _xp(b)
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    h0v = xp.zeros(shape[:-1], np.result_type(a.dtype, b.dtype)) if h0 is None else h0[..., 0]
+    _, pull = _core.vjp("linear_scan", a, b, h0v, reverse=reverse, return_final_state=True)
+    if summary:  # adjoint reaching the chunk's initial state from its own cotangent, and prod a
+        _, _, g0 = pull((gh, None), needs=(False, False, True))
+        p = _ipow(a[..., 0], shape[-1]) if a.shape[-1] == 1 else xp.prod(a, axis=-1)
+        return xp.stack([xp.broadcast_to(xp.asarray(p, dtype=g0.dtype), g0.shape), g0], axis=-1)
+    ga, gb, _ = pull((gh, None if lam is None else lam[..., 0]), needs=(True, True, False))
+    return ga, gb
+
+
+def _vjp_linear_scan(a, b, h0=None, *, reverse=False, return_final_state=False):
+    a0, b0 = _dask(a), _dask(b)
+    shapes = (a0.shape, b0.shape, None if h0 is None else np.shape(h0))
+    a, b, h0, shape, chunks, dtype = _ls_setup(a, b, h0)
+    nd = len(shape)
+    # gradient blocks per output block: a and b broadcast (lazily) over the output's leading axes
+    a = _align(da.broadcast_to(a, shape[:-1] + a.shape[-1:]), range(nd - 1), chunks[:-1])
+    b = _align(da.broadcast_to(b, shape), range(nd), chunks)
+    out = linear_scan(a, b, h0, reverse=reverse, return_final_state=return_final_state)
+    ind = _letters(nd)
+    K = len(chunks[-1])
+    meta = _meta(b._meta, nd, dtype)
+    h_in = _h0_time(h0)
+    if K > 1:
+        summ = da.blockwise(_task(_ls_summary), ind, a, ind, b, ind, align_arrays=False, concatenate=True,
+                            adjust_chunks={**dict(zip(ind, chunks)), ind[-1]: (2,) * K}, dtype=dtype, meta=meta,
+                            reverse=reverse, cdt=dtype)
+        inits = _combine_call(_diag_combine, summ.rechunk({nd - 1: -1}), ind, h0, ind[:-1], K, dtype, meta,
+                              reverse=reverse)
+        h_in = inits[..., :K].rechunk({nd - 1: 1})
+
+    def pullback(cotangent):
+        gh, gf = cotangent if return_final_state else (cotangent, None)
+        gh = _cot(gh, chunks, shape)
+        if gh is None:
+            gh = da.zeros(shape, dtype=dtype, chunks=chunks)
+        gf = _cot(gf, chunks[:-1], shape[:-1])
+        if K > 1:
+            bs = da.blockwise(_task(_ls_bwd), ind, *_args((a, ind), (b, ind), (h_in, ind), (gh, ind)), None, None,
+                              align_arrays=False, concatenate=True,
+                              adjust_chunks={**dict(zip(ind, chunks)), ind[-1]: (2,) * K}, dtype=dtype, meta=meta,
+                              reverse=reverse, summary=True)
+            lams = _combine_call(_diag_combine, bs.rechunk({nd - 1: -1}), ind, gf, ind[:-1], K, dtype, meta,
+                                 reverse=not reverse)
+            lam, g_h0 = lams[..., :K].rechunk({nd - 1: 1}), lams[..., K]
+        else:
+            lam = _h0_time(gf)
+            g_h0 = None
+        res = da.blockwise(_task(_ls_bwd), ind, *_args((a, ind), (b, ind), (h_in, ind), (gh, ind), (lam, ind)),
+                           align_arrays=False, concatenate=True, adjust_chunks=dict(zip(ind, chunks)), dtype=object,
+                           meta=np.empty((0,) * nd, object), reverse=reverse, summary=False)
+        a_t = chunks[-1] if a.shape[-1] != 1 else (1,) * K
+        ga, gb = _split(res, [(chunks[:-1] + (a_t,), dtype, b._meta, None), (chunks, dtype, b._meta, None)])
+        if a.shape[-1] == 1:
+            ga = ga.sum(axis=-1, keepdims=True)
+        if shapes[2] is not None and g_h0 is None:  # one time chunk: gh0 = a_0 g_0 from the scan itself
+            g_h0 = _ls_h0_grad(a, b, h_in, gh, lam, reverse, chunks, dtype, meta, ind)
+        grads = (_sum_to(ga, shapes[0]), _sum_to(gb, shapes[1]), _sum_to(g_h0, shapes[2]))
+        return tuple(None if g is None else g.astype(dt) for g, dt in
+                     zip(grads, (a0.dtype, b0.dtype, None if shapes[2] is None else _dask(h0).dtype)))
+
+    return out, pullback
+
+
+def _ls_h0_bwd(a, b, h0, gh, lam, *, reverse):
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    xp = _xp(b)
+    h0v = xp.zeros(shape[:-1], np.result_type(a.dtype, b.dtype)) if h0 is None else h0[..., 0]
+    _, pull = _core.vjp("linear_scan", a, b, h0v, reverse=reverse, return_final_state=True)
+    return pull((gh, None if lam is None else lam[..., 0]), needs=(False, False, True))[2][..., None]
+
+
+def _ls_h0_grad(a, b, h_in, gh, lam, reverse, chunks, dtype, meta, ind):
+    g = da.blockwise(_task(_ls_h0_bwd), ind, *_args((a, ind), (b, ind), (h_in, ind), (gh, ind), (lam, ind)),
+                     align_arrays=False, concatenate=True, adjust_chunks={**dict(zip(ind, chunks)), ind[-1]: (1,)},
+                     dtype=dtype, meta=meta, reverse=reverse)
+    return g[..., 0]
+
+
+def _ltid_bwd(A, B, C, D, u, x0, gy, lam, *, summary, kw):
+    xp = _xp(u)
+    x0v = xp.zeros(np.broadcast_shapes(A.shape, u.shape[:-1] + (A.shape[-1],)), A.dtype) if x0 is None \
+        else x0[..., 0, :]
+    _, pull = _core.vjp("lti_simulate_diag", A, B, C, D, u, x0v, return_final_state=True, **kw)
+    gA, gB, gC, gD, gu, gx0 = pull((gy, None if (summary or lam is None) else lam[..., 0, :]))
+    if summary:
+        return gx0[..., None, :]
+    one = lambda g: None if g is None else g[..., None, :]  # noqa: E731  (a time-chunk axis to sum over)
+    return one(gA), one(gB), one(gC), None if gD is None else gD[..., None, None], gu[..., None]
+
+
+def _vjp_lti_simulate_diag(A, B, C, D, u, x0=None, *, conj_sym=False, real_output=None, mode="recurrent",
+                           return_final_state=False):
+    fn = "ssmcore.dask.vjp(lti_simulate_diag)"
+    kw = dict(conj_sym=conj_sym, real_output=real_output, mode=mode)
+    orig = {k: (None if v is None else _dask(v)) for k, v in dict(A=A, B=B, C=C, D=D, u=u, x0=x0).items()}
+    out = lti_simulate_diag(A, B, C, D, u, x0, return_final_state=return_final_state, **kw)
+    ar, batch, nb = _batch_setup(fn, dict(A=(A, 2), B=(B, 2), C=(C, 2), D=(D, 1), u=(u, 2), x0=(x0, 2)), "u")
+    H, N, L = ar["u"].shape[-2], ar["A"].shape[-1], ar["u"].shape[-1]
+    full = batch + (H,)
+    lead_chunks = _target_chunks(full, (ar["u"], ar["A"], ar["B"], ar["C"], ar["x0"]))
+    lax = list(range(nb + 1))
+    bc = lambda x, core: None if x is None else _single(_align(da.broadcast_to(x, full + core), lax, lead_chunks),  # noqa: E731
+                                                        [-1] if core else [])
+    Ab, Bb, Cb, x0b = (bc(ar[k], (N,)) for k in ("A", "B", "C", "x0"))
+    Db = bc(ar["D"], ())
+    ub = _align(da.broadcast_to(ar["u"], full + (L,)), lax, lead_chunks)
+    tch = ub.chunks[-1]
+    K = len(tch)
+    bi = _letters(nb, "hnt")
+    li, si = bi + "h", bi + "hn"
+    xdt = out[1].dtype if return_final_state else lti_simulate_diag(A, B, C, D, u, x0, return_final_state=True,
+                                                                    **kw)[1].dtype
+    ydt = (out[0] if return_final_state else out).dtype
+    xmeta = _meta(ub._meta, nb + 2, xdt)
+    if K > 1:
+        summary = da.blockwise(_task(_ltid_summary), li + "tn", Ab, si, Bb, si, Cb, si, ub, li + "t",
+                               align_arrays=False, concatenate=True, new_axes={"n": N},
+                               adjust_chunks={"t": (1,) * K}, dtype=xdt, meta=xmeta, **kw)
+        inits = da.blockwise(_ltid_combine, li + "tn", *_args((summary.rechunk({nb + 1: -1}), li + "tn"), (Ab, si),
+                                                              (x0b, si)),
+                             align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=xdt,
+                             meta=xmeta, sizes=tch, cdt=xdt)
+        x_in = inits[..., :K, :].rechunk({nb + 1: 1})
+    else:
+        x_in = None if x0b is None else x0b[..., None, :]
+
+    def pullback(cotangent):
+        gy, gf = cotangent if return_final_state else (cotangent, None)
+        gy = _cot(gy, lead_chunks + (tch,), full + (L,))
+        if gy is None:
+            gy = da.zeros(full + (L,), dtype=ydt, chunks=lead_chunks + (tch,))
+        gf = None if gf is None else _single(_cot(gf, lead_chunks + ((N,),), full + (N,)), [-1])
+        base = _args((Ab, si), (Bb, si), (Cb, si), (Db, li), (ub, li + "t"), (x_in, li + "tn"), (gy, li + "t"))
+        if K > 1:
+            s = da.blockwise(_task(_ltid_bwd), li + "tn", *base, None, None, align_arrays=False, concatenate=True,
+                             new_axes={"n": N}, adjust_chunks={"t": (1,) * K}, dtype=xdt, meta=xmeta, summary=True,
+                             kw=kw)
+            lams = da.blockwise(_ltid_combine, li + "tn", *_args((s.rechunk({nb + 1: -1}), li + "tn"), (Ab, si),
+                                                                 (gf, si)),
+                                align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=xdt,
+                                meta=xmeta, sizes=tch, cdt=xdt, reverse=True)
+            lam, g_x0 = lams[..., :K, :].rechunk({nb + 1: 1}), lams[..., K, :]
+        else:
+            lam = None if gf is None else gf[..., None, :]
+            g_x0 = None
+        res = da.blockwise(_task(_ltid_bwd), li + "tn", *base, *_args((lam, li + "tn")), align_arrays=False,
+                           concatenate=True, new_axes={"n": 1}, adjust_chunks={"t": tch}, dtype=object,
+                           meta=np.empty((0,) * (nb + 3), object), summary=False, kw=kw)
+        kch = (1,) * K
+        gA, gB, gC, gD, gu = _split(res, [(lead_chunks + (kch, (N,)), xdt, ub._meta, None)] * 3
+                                    + [(lead_chunks + (kch, (1,)), xdt, ub._meta, None),
+                                       (lead_chunks + (tch, (1,)), xdt, ub._meta, None)])
+        gD, gu = gD[..., 0], gu[..., 0]
+        gA, gB, gC = (g.sum(axis=-2) for g in (gA, gB, gC))
+        gD = gD.sum(axis=-1) if orig["D"] is not None else None
+        if orig["x0"] is not None and g_x0 is None:
+            g_x0 = _ltid_x0_grad(base, lam, li, si, kw, xdt, xmeta, lead_chunks, N)
+        grads = []
+        for k, g in zip(("A", "B", "C", "D", "u", "x0"), (gA, gB, gC, gD, gu, g_x0)):
+            o = orig[k]
+            if o is None or g is None:
+                grads.append(None)
+                continue
+            g = _sum_to(g, o.shape)
+            grads.append(g.real.astype(o.dtype) if o.dtype.kind != "c" and g.dtype.kind == "c" else g.astype(o.dtype))
+        return tuple(grads)
+
+    return out, pullback
+
+
+def _ltid_x0_bwd(A, B, C, D, u, x0, gy, lam, *, kw):
+    _, pull = _core.vjp("lti_simulate_diag", A, B, C, D, u, x0[..., 0, :], return_final_state=True, **kw)
+    return pull((gy, None if lam is None else lam[..., 0, :]))[5][..., None, :]
+
+
+def _ltid_x0_grad(base, lam, li, si, kw, xdt, xmeta, lead_chunks, N):
+    g = da.blockwise(_task(_ltid_x0_bwd), li + "tn", *base, *_args((lam, li + "tn")), align_arrays=False,
+                     concatenate=True, new_axes={"n": N}, adjust_chunks={"t": (1,)}, dtype=xdt, meta=xmeta, kw=kw)
+    return g[..., 0, :]
+
+
+_VJPS = {"linear_scan": _vjp_linear_scan, "lti_simulate_diag": _vjp_lti_simulate_diag}
+
+
+def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
+    """:func:`ssmcore.vjp` on Dask arrays: lazy outputs and a lazy pullback.
+
+    Supported ops: ``"linear_scan"`` (inputs a, b, h0) and ``"lti_simulate_diag"``
+    (inputs A, B, C, D, u, x0), with any chunking in time. The reverse pass is
+    the forward scheme run backwards: pass 1 computes each chunk's adjoint at its
+    initial state from its own cotangent (the chunk's pullback with zero
+    end-state cotangent), a reverse combine over the K chunks,
+    :math:`\\lambda_{k-1} = P_k^\\top \\lambda_k + g_k`, gives the adjoint entering
+    each chunk's end state, and pass 2 runs every chunk's pullback from its
+    true initial state with that end-state cotangent.
+
+    Returns
+    -------
+    out : dask array or tuple of dask arrays
+    pullback : callable
+        ``pullback(cotangent)`` (a tuple with ``return_final_state``; ``None``
+        means zero) returns one lazy gradient per input, ``None`` for inputs not given.
+    """
+    name = op if isinstance(op, str) else getattr(op, "__name__", repr(op))
+    if name not in _VJPS:
+        raise NotImplementedError(f"ssmcore.dask.vjp: op {name!r} has no Dask pullback; supported: {sorted(_VJPS)}")
+    return _VJPS[name](*args, **kwargs)
