@@ -379,7 +379,14 @@ def _combine_call(fn: Callable[..., Any], summary: da.Array, ind: str, h0: da.Ar
 
 def _ls_setup(a: Any, b: Any, h0: Any):
     fn = "ssmcore.dask.linear_scan"
-    a, b, h0 = _dask(a), _dask(b), _dask(h0)
+    b = _dask(b)
+    weak = lambda x: type(x) in (int, float, complex)  # noqa: E731  (Python scalars do not widen, as in the core)
+    if weak(a):
+        a = np.asarray(a, dtype=np.result_type(b.dtype, a))
+    a = _dask(a)
+    if weak(h0):
+        h0 = np.asarray(h0, dtype=np.result_type(a.dtype, b.dtype, h0))
+    h0 = _dask(h0)
     if a.ndim == 0:
         a = a[None]
     if b.ndim == 0:
