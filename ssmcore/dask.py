@@ -466,6 +466,16 @@ def linear_scan(
     per-thread buffer); the combine runs the K-step recurrence
     :math:`h^{(k+1)} = P_k h^{(k)} + E_k` per channel block; pass 2 reruns each
     chunk from its initial state. About 1.5x the memory traffic of one scan.
+
+    Examples
+    --------
+    >>> import numpy as np, dask.array as da, ssmcore, ssmcore.dask
+    >>> b = da.ones((2, 10), chunks=(1, 3))               # 2 channels, time in chunks of 3
+    >>> h, hT = ssmcore.dask.linear_scan(0.5, b, return_final_state=True)
+    >>> h.chunks
+    ((1, 1), (3, 3, 3, 1))
+    >>> bool(np.allclose(h.compute(), ssmcore.linear_scan(0.5, np.ones((2, 10)))))
+    True
     """
     a, b, h0, shape, chunks, dtype = _ls_setup(a, b, h0)
     nd = len(shape)
