@@ -370,14 +370,21 @@ def _ls_summary(a: Any, b: Any, *, reverse: bool, cdt: np.dtype) -> Any:
     return xp.stack([p, e], axis=-1)
 
 
-def _diag_combine(summary: Any, h0: Any, *, reverse: bool, cdt: np.dtype) -> Any:
-    """Sequential combine of K (P, E) pairs: the initial state of every chunk, then the final state."""
+def _diag_combine(summary: Any, h0: Any, keep: Any = None, *, reverse: bool, cdt: np.dtype) -> Any:
+    """Sequential combine of K (P, E) pairs: the initial state of every chunk, then the final state.
+
+    ``keep[..., k]`` (packed sequences) is False where chunk k starts a new
+    sequence: its initial state is then 0 instead of the previous end state.
+    """
     xp = _xp(summary)
     K = summary.shape[-1] // 2
     lead = summary.shape[:-1]
     out = xp.empty(lead + (K + 1,), cdt)
     h = xp.zeros(lead, cdt) if h0 is None else xp.broadcast_to(xp.asarray(h0, dtype=cdt), lead)
-    for k in (range(K - 1, -1, -1) if reverse else range(K)):
+    order = range(K - 1, -1, -1) if reverse else range(K)
+    for i, k in enumerate(order):
+        if keep is not None and i:
+            h = xp.where(keep[..., k], h, 0)
         out[..., k] = h
         h = summary[..., 2 * k] * h + summary[..., 2 * k + 1]
     out[..., K] = h
@@ -1002,31 +1009,50 @@ def _softplus(xp: Any, v: Any) -> Any:
     return xp.where(v > _SOFTPLUS_LINEAR_ABOVE, v, xp.log1p(xp.exp(xp.minimum(v, _SOFTPLUS_LINEAR_ABOVE))))
 
 
-def _pair_combine(summary: Any, h0: Any, *, axis: int, reverse: bool, cdt: np.dtype) -> Any:
-    """``_diag_combine`` along ``axis`` of (P_k, E_k) pairs stacked as 2K entries."""
+def _pair_combine(summary: Any, h0: Any, keep: Any = None, *, axis: int, reverse: bool, cdt: np.dtype) -> Any:
+    """``_diag_combine`` along ``axis`` of (P_k, E_k) pairs stacked as 2K entries.
+
+    ``keep`` (batch, K) is broadcast over the other axes (batch is axis 0).
+    """
     xp = _xp(summary)
     moved = xp.moveaxis(summary, axis, -1)
-    h = None if h0 is None else h0
-    out = _diag_combine(moved, h, reverse=reverse, cdt=cdt)
+    if keep is not None:
+        keep = keep.reshape((keep.shape[0],) + (1,) * (moved.ndim - 2) + (keep.shape[-1],))
+    out = _diag_combine(moved, h0, keep, reverse=reverse, cdt=cdt)
     return xp.moveaxis(out, -1, axis)
 
 
-def _no_seq_in_time_chunks(fn: str, seq_idx: Any, K: int) -> None:
-    if seq_idx is not None and K > 1:
-        raise ValueError(
-            f"{fn}: seq_idx with {K} time chunks is not supported; packed sequences restart the state anyway, "
-            "so chunk the time axis at sequence boundaries and call per chunk, or use one time chunk "
-            "(u.rechunk({-1: -1}))"
-        )
+def _seq_keep(seq: da.Array, tch: tuple[int, ...], reverse: bool) -> da.Array:
+    """(batch, K) flags: chunk k continues the sequence of the chunk before it in scan order."""
+    ends = np.cumsum(tch)
+    starts = ends - np.asarray(tch)
+    first, last = seq[:, starts.tolist()], seq[:, (ends - 1).tolist()]
+    ones = da.ones((seq.shape[0], 1), dtype=bool, chunks=(seq.chunks[0], 1))
+    if reverse:  # scan order K-1 .. 0: chunk k follows chunk k + 1
+        keep = da.concatenate([last[:, :-1] == first[:, 1:], ones], axis=1)
+    else:
+        keep = da.concatenate([ones, first[:, 1:] == last[:, :-1]], axis=1)
+    return keep.rechunk({1: -1})
 
 
-def _ss_summary(u, delta, A, B, C, bias, *, softplus, reverse, cdt):
+def _inner_reset(xp: Any, seq: Any, index0_rule: bool) -> Any:
+    """(batch,) True where the state restarts inside a chunk (so its transition P_k is 0)."""
+    r = xp.any(seq[:, 1:] != seq[:, :-1], axis=1) if seq.shape[1] > 1 else xp.zeros(seq.shape[0], bool)
+    if index0_rule:  # ssd: the initial state belongs to index 0
+        r = r | (seq[:, 0] != 0)
+    return r
+
+
+def _ss_summary(u, delta, A, B, C, bias, seq, *, softplus, reverse, cdt):
     xp = _xp(u)
-    _, last = _core.selective_scan(u, delta, A, B, C, None, None, bias, softplus, True, reverse=reverse)
+    _, last = _core.selective_scan(u, delta, A, B, C, None, None, bias, softplus, True, reverse=reverse,
+                                   seq_idx=seq)
     dt = delta if bias is None else delta + bias[:, None]
     if softplus:
         dt = _softplus(xp, dt)
     decay = xp.exp(dt.sum(axis=-1)[..., None] * A)  # prod_t exp(dt_t A) = exp(A sum_t dt_t)
+    if seq is not None:
+        decay = xp.where(_inner_reset(xp, seq, False)[:, None, None], 0, decay)
     return xp.stack([decay.astype(cdt), last.astype(cdt)], axis=-2)
 
 
@@ -1047,7 +1073,9 @@ def selective_scan(
     axis is cut at the channel chunks, so channel chunks must be multiples of
     D / G), (D, N) parameters follow the channel chunks. A time chunk's summary
     is its decay :math:`\exp(A \sum_t \Delta_t)` (per batch, channel, state) and
-    its last state from zero. ``seq_idx`` needs a single time chunk.
+    its last state from zero. With ``seq_idx`` the decay is 0 for a chunk with a
+    reset inside it, and a chunk whose first index (in scan order) differs from
+    the previous chunk's last starts from 0.
     """
     fn = "ssmcore.dask.selective_scan"
     u, delta, A, B, C, D, z, bias, h0, seq = (_dask(x) for x in (u, delta, A, B, C, D, z, delta_bias, h0, seq_idx))
@@ -1082,18 +1110,19 @@ def selective_scan(
                                  return_last_state=True)
     odt, sdt = probe[0].dtype, probe[1].dtype
     K = len(tch)
-    _no_seq_in_time_chunks(fn, seq, K)
     kw = dict(softplus=bool(delta_softplus), reverse=bool(reverse))
     ometa, smeta = _meta(u._meta, 3, odt), _meta(u._meta, 4, sdt)
     common = [(u, "bdt"), (delta, "bdt"), (A, "dn"), (B, bi), (C, ci)]
     if K == 1:
         h_in = None if h0 is None else h0[:, :, None, :]
     else:
-        summary = da.blockwise(_task(_ss_summary), "bdtn", *_args(*common, (bias, "d")), align_arrays=False,
-                               concatenate=True, new_axes={"n": N},
+        summary = da.blockwise(_task(_ss_summary), "bdtn", *_args(*common, (bias, "d"), (seq, "bt")),
+                               align_arrays=False, concatenate=True, new_axes={"n": N},
                                adjust_chunks={"b": bch, "d": dch, "t": (2,) * K}, dtype=sdt, meta=smeta,
                                cdt=sdt, **kw)
-        inits = da.blockwise(_pair_combine, "bdtn", *_args((summary.rechunk({2: -1}), "bdtn"), (h0, "bdn")),
+        keep = None if seq is None else _seq_keep(seq, tch, bool(reverse))
+        inits = da.blockwise(_pair_combine, "bdtn", *_args((summary.rechunk({2: -1}), "bdtn"), (h0, "bdn"),
+                                                           (keep, "bt")),
                              align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=sdt,
                              meta=smeta, axis=2, reverse=bool(reverse), cdt=sdt)
         h_in = inits[:, :, :K].rechunk({2: 1})
@@ -1117,18 +1146,30 @@ def _ssd_dt(xp, dt, bias, softplus, lo, hi):
     return xp.clip(soft, lo, hi)
 
 
-def _ssd_summary(x, dt, A, B, C, bias, *, chunk_size, softplus, dt_limit, cdt):
+def _ssd_local_seq(seq: Any, k: Any) -> Any:
+    """The seq_idx block as the core sees it: after chunk 0, shifted so that it starts at 0 (the
+    core's initial state belongs to index 0; the reset at a chunk boundary is the combine's)."""
+    if seq is None or int(k[0]) == 0:
+        return seq
+    return seq - seq[:, :1]
+
+
+def _ssd_summary(x, dt, A, B, C, bias, seq, k, *, chunk_size, softplus, dt_limit, cdt):
     xp = _xp(x)
+    seq = _ssd_local_seq(seq, k)
     _, final = _core.ssd(x, dt, A, B, C, chunk_size=chunk_size, dt_bias=bias, dt_softplus=softplus,
-                         dt_limit=dt_limit, return_final_states=True)
+                         dt_limit=dt_limit, seq_idx=seq, return_final_states=True)
     dte = _ssd_dt(xp, xp.asarray(dt, dtype=cdt), None if bias is None else xp.asarray(bias, dtype=cdt), softplus,
                   *dt_limit)
     decay = xp.exp(xp.asarray(A, dtype=cdt) * dte.sum(axis=1))  # (b, h)
+    if seq is not None:
+        decay = xp.where(_inner_reset(xp, seq, int(k[0]) == 0)[:, None], 0, decay)
     decay = xp.broadcast_to(decay[:, :, None, None], final.shape)
     return xp.stack([decay.astype(cdt), final.astype(cdt)], axis=1)
 
 
-def _ssd_apply(x, dt, A, B, C, D, z, bias, h0, seq, *, chunk_size, softplus, dt_limit, final):
+def _ssd_apply(x, dt, A, B, C, D, z, bias, h0, seq, k, *, chunk_size, softplus, dt_limit, final):
+    seq = _ssd_local_seq(seq, k)
     return _core.ssd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=bias, dt_softplus=softplus,
                      dt_limit=dt_limit, initial_states=None if h0 is None else h0[:, 0],
                      seq_idx=seq, return_final_states=final)
@@ -1145,7 +1186,9 @@ def ssd(
     and state are one chunk; ``dt``, ``B``, ``C``, ``z`` follow ``x``). A time
     chunk's summary is its decay :math:`\exp(A_h \sum_t \Delta_t)` per (batch,
     head) and its final state from zero; ``chunk_size`` is the core's inner
-    chunk (independent of the Dask chunks). ``seq_idx`` needs a single time chunk.
+    chunk (independent of the Dask chunks). With ``seq_idx``, a chunk with a reset
+    inside (or, for the first chunk, a first index other than 0) has decay 0, and
+    a chunk whose first index differs from the previous chunk's last starts from 0.
     """
     fn = "ssmcore.dask.ssd"
     x, dt, A, B, C, D, z, bias, h0, seq = (_dask(v) for v in (x, dt, A, B, C, D, z, dt_bias, initial_states,
@@ -1170,21 +1213,24 @@ def ssd(
                       chunk_size=chunk_size, return_final_states=True, dt_limit=lim)
     odt, sdt = probe[0].dtype, probe[1].dtype
     K = len(tch)
-    _no_seq_in_time_chunks(fn, seq, K)
     kw = dict(chunk_size=chunk_size, softplus=bool(dt_softplus), dt_limit=lim)
+    kidx = da.arange(K, chunks=1)  # the chunk's index: the core's index-0 rule applies to chunk 0 only
     common = [(x, "bthp"), (dt, "bth"), (A, "h"), (B, "btgn"), (C, "btcn")]
     if K == 1:
         h_in = None if h0 is None else h0[:, None]
     else:
-        summary = da.blockwise(_task(_ssd_summary), "bthpn", *_args(*common, (bias, "h")), align_arrays=False,
-                               concatenate=True, new_axes={"n": N}, adjust_chunks={"t": (2,) * K}, dtype=sdt,
-                               meta=_meta(x._meta, 5, sdt), cdt=sdt, **kw)
-        inits = da.blockwise(_pair_combine, "bthpn", *_args((summary.rechunk({1: -1}), "bthpn"), (h0, "bhpn")),
+        summary = da.blockwise(_task(_ssd_summary), "bthpn", *_args(*common, (bias, "h"), (seq, "bt"),
+                                                                    (kidx, "t")),
+                               align_arrays=False, concatenate=True, new_axes={"n": N},
+                               adjust_chunks={"t": (2,) * K}, dtype=sdt, meta=_meta(x._meta, 5, sdt), cdt=sdt, **kw)
+        keep = None if seq is None else _seq_keep(seq, tch, False)
+        inits = da.blockwise(_pair_combine, "bthpn", *_args((summary.rechunk({1: -1}), "bthpn"), (h0, "bhpn"),
+                                                            (keep, "bt")),
                              align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=sdt,
                              meta=_meta(x._meta, 5, sdt), axis=1, reverse=False, cdt=sdt)
         h_in = inits[:, :K].rechunk({1: 1})
     d_ind = None if D is None else "hp"[: D.ndim]
-    args = _args(*common, (D, d_ind), (z, "bthp"), (bias, "h"), (h_in, "bthpn"), (seq, "bt"))
+    args = _args(*common, (D, d_ind), (z, "bthp"), (bias, "h"), (h_in, "bthpn"), (seq, "bt"), (kidx, "t"))
     if K > 1 or not return_final_states:
         out = da.blockwise(_task(_ssd_apply), "bthp", *args, align_arrays=False, concatenate=True,
                            adjust_chunks={"t": tch}, dtype=odt, meta=_meta(x._meta, 4, odt), final=False, **kw)

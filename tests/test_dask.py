@@ -145,8 +145,34 @@ def test_selective_scan_group_chunks_must_align(rng):
     u = rng.standard_normal((1, 4, 8)); Bv = rng.standard_normal((1, 2, 3, 8))
     with pytest.raises(ValueError, match="multiples of D / G"):
         sd.selective_scan(chunked(u, 1, 1, 8), u, -np.ones((4, 3)), Bv, Bv)
-    with pytest.raises(ValueError, match="seq_idx"):
-        sd.selective_scan(chunked(u, 1, 4, 4), u, -np.ones((4, 3)), Bv, Bv, seq_idx=np.zeros((1, 8), int))
+
+
+SEQS = [np.repeat([0, 1, 2], [12, 13, 12]), np.full(37, 3), np.repeat([0, 5, 0, 2], [5, 1, 26, 5])]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("tchunks", TIME_CHUNKS + [(12, 13, 12)])
+def test_selective_scan_seq_idx_over_time_chunks(rng, reverse, tchunks):
+    b, d, n, L = 3, 4, 3, 37
+    u = rng.standard_normal((b, d, L)); delta = rng.standard_normal((b, d, L)) * 0.5; A = -rng.uniform(0.5, 2, (d, n))
+    Bv = rng.standard_normal((b, n, L)); Cv = rng.standard_normal((b, n, L)); h0 = rng.standard_normal((b, d, n))
+    seq = np.stack(SEQS)
+    ref = ssmcore.selective_scan(u, delta, A, Bv, Cv, None, None, None, True, True, h0=h0, reverse=reverse,
+                                 seq_idx=seq)
+    got = sd.selective_scan(chunked(u, 1, 2, tc(L, tchunks)), delta, A, Bv, Cv, None, None, None, True, True,
+                            h0=h0, reverse=reverse, seq_idx=seq)
+    assert rel(got[0].compute(), ref[0]) < 1e-12 and rel(got[1].compute(), ref[1]) < 1e-12
+
+
+@pytest.mark.parametrize("tchunks", TIME_CHUNKS + [(12, 13, 12)])
+def test_ssd_seq_idx_over_time_chunks(rng, tchunks):
+    bb, L, H, P, G, N = 3, 37, 4, 3, 2, 5
+    x = rng.standard_normal((bb, L, H, P)); dt = rng.standard_normal((bb, L, H)); A = -rng.uniform(0.5, 2, H)
+    B = rng.standard_normal((bb, L, G, N)); C = rng.standard_normal((bb, L, G, N)); h0 = rng.standard_normal((bb, H, P, N))
+    kw = dict(chunk_size=4, initial_states=h0, seq_idx=np.stack(SEQS), return_final_states=True, dt_softplus=True)
+    ref = ssmcore.ssd(x, dt, A, B, C, **kw)
+    got = sd.ssd(chunked(x, 1, tc(L, tchunks), H, P), dt, A, B, C, **kw)
+    assert rel(got[0].compute(), ref[0]) < 1e-12 and rel(got[1].compute(), ref[1]) < 1e-12
 
 
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS)
