@@ -619,6 +619,11 @@ def lti_simulate_diag(
     ar, batch, nb = _batch_setup(fn, dict(A=(A, 2), B=(B, 2), C=(C, 2), D=(D, 1), u=(u, 2), x0=(x0, 2)), "u")
     A, B, C, D, u, x0 = (ar[k] for k in ("A", "B", "C", "D", "u", "x0"))
     H, N, L = u.shape[-2], A.shape[-1], u.shape[-1]
+    # validation (core shapes, dtypes, options) and output dtypes from the op itself, on tiny probes
+    one = lambda x, n: None if x is None else np.ones((1,) * nb + x.shape[nb:nb + n] + (1,) * (x.ndim - nb - n),  # noqa: E731
+                                                      x.dtype)
+    y_p, x_p = _core.lti_simulate_diag(one(A, 2), one(B, 2), one(C, 2), one(D, 1), one(u, 1), one(x0, 2),
+                                       return_final_state=True, **kw)
     bi = _letters(nb, "hnt")
     full = batch + (H,)
     lead_chunks = _target_chunks(full, (u, A, B, C, x0, _pad(D, nb + 1)))
@@ -626,9 +631,6 @@ def lti_simulate_diag(
     A, B, C, x0 = (_single(_align(x, lax, lead_chunks), [-1]) for x in (A, B, C, x0))
     D = _align(D, lax, lead_chunks)
     u = _align(u, lax, lead_chunks)
-    one = lambda x, core: None if x is None else np.ones((1,) * nb + core, x.dtype)  # noqa: E731
-    y_p, x_p = _core.lti_simulate_diag(one(A, (H, N)), one(B, (H, N)), one(C, (H, N)), one(D, (H,)),
-                                       one(u, (H, 1)), one(x0, (H, N)), return_final_state=True, **kw)
     ydt, xdt = y_p.dtype, x_p.dtype
     tchunks = u.chunks[-1]
     K = len(tchunks)
@@ -699,15 +701,16 @@ def lti_simulate(
     ar, batch, nb = _batch_setup(fn, dict(A=(A, 2), B=(B, 2), C=(C, 2), D=(D, 2), u=(u, 2), x0=(x0, 1)), "u")
     A, B, C, D, u, x0 = (ar[k] for k in ("A", "B", "C", "D", "u", "x0"))
     N, M, P, L = A.shape[-1], u.shape[-2], C.shape[-2], u.shape[-1]
+    one = lambda x, core: None if x is None else np.ones((1,) * nb + core, x.dtype)  # noqa: E731
+    y_p, x_p = _core.lti_simulate(one(A, A.shape[-2:]), one(B, B.shape[-2:]), one(C, C.shape[-2:]),
+                                  None if D is None else one(D, D.shape[-2:]), one(u, (M, 1)),
+                                  None if x0 is None else one(x0, x0.shape[-1:]), mode=mode, return_final_state=True)
     bi = _letters(nb, "nmpt")
     lead_chunks = _target_chunks(batch, (u, A, B, C, D, x0))
     lax = list(range(nb))
     A, B, C, D = (_single(_align(x, lax, lead_chunks), [-1, -2]) for x in (A, B, C, D))
     x0 = _single(_align(x0, lax, lead_chunks), [-1])
     u = _single(_align(u, lax, lead_chunks), [-2])
-    one = lambda x, core: None if x is None else np.ones((1,) * nb + core, x.dtype)  # noqa: E731
-    y_p, x_p = _core.lti_simulate(one(A, (N, N)), one(B, (N, M)), one(C, (P, N)), one(D, (P, M)), one(u, (M, 1)),
-                                  one(x0, (N,)), mode=mode, return_final_state=True)
     ydt, xdt = y_p.dtype, x_p.dtype
     tchunks = u.chunks[-1]
     K = len(tchunks)

@@ -333,3 +333,57 @@ def test_core_refuses_dask_and_masked():
         ssmcore.linear_scan(0.5, x)
     with pytest.raises(TypeError, match="masked"):
         ssmcore.linear_scan(0.5, np.ma.masked_array(np.ones(4), [0, 1, 0, 0]))
+
+
+# ------------------------------------------------------------------ more chunkings (hypothesis)
+
+
+def _draw_chunks(data, L):
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(L - 1, 1)), max_size=5))) if L > 1 else []
+    return tuple(np.diff([0, *cuts, L]).tolist())
+
+
+@given(L=st.integers(1, 30), data=st.data(), mode=st.sampled_from(["recurrent", "scan", "convolution"]))
+def test_lti_simulate_diag_any_chunking(L, data, mode):
+    rng = np.random.default_rng(L)
+    H, N = 2, 3
+    A = rng.uniform(0.3, 0.95, (H, N)) * np.exp(1j * rng.uniform(0, 3, (H, N)))
+    B, C = rng.standard_normal((H, N)) + 0j, rng.standard_normal((H, N)) + 1j
+    u = rng.standard_normal((3, H, L)); x0 = rng.standard_normal((3, H, N)) + 0j
+    ref, rf = ssmcore.lti_simulate_diag(A, B, C, None, u, x0, conj_sym=True, mode=mode, return_final_state=True)
+    bchunks = data.draw(st.sampled_from([3, 1, 2]))
+    y, xf = sd.lti_simulate_diag(A, B, C, None, chunked(u, bchunks, 1, _draw_chunks(data, L)), x0, conj_sym=True,
+                                 mode=mode, return_final_state=True)
+    assert rel(y.compute(), ref) < 1e-12 and rel(xf.compute(), rf) < 1e-12
+
+
+@given(L=st.integers(1, 40), Lk=st.integers(1, 12), data=st.data(), bidirectional=st.booleans())
+def test_fft_conv_any_chunking(L, Lk, data, bidirectional):
+    Lk = min(Lk, L)
+    rng = np.random.default_rng(L * 100 + Lk)
+    u = rng.standard_normal((2, L)); K = rng.standard_normal((2 if bidirectional else 1, 2, Lk)).reshape(-1, Lk)
+    K = K.reshape(2, 2, Lk) if bidirectional else K[:2]
+    ref = ssmcore.fft_conv(u, K, 0.5, bidirectional=bidirectional)
+    got = sd.fft_conv(chunked(u, 1, _draw_chunks(data, L)), K, 0.5, bidirectional=bidirectional)
+    assert float(np.abs(got.compute() - ref).max()) < 1e-12 * max(1.0, float(np.abs(ref).max()))
+
+
+def test_validation_errors_name_the_argument():
+    with pytest.raises(ValueError, match="do not broadcast"):
+        sd.linear_scan(np.ones((3, 4)), da.ones((2, 4)))
+    with pytest.raises(ValueError, match="u has shape"):
+        sd.lti_simulate_diag(np.ones((3, 4)), np.ones((3, 4)), np.ones((3, 4)), None, da.ones((2, 5, 8)))
+    with pytest.raises(ValueError, match="u has shape"):
+        sd.lti_simulate(np.eye(3), np.ones((3, 2)), np.ones((1, 3)), None, da.ones((4, 3, 8)))
+
+
+@pytest.mark.parametrize("L", [0, 1])
+def test_empty_and_single_step(L):
+    b = np.ones((2, L))
+    h, hf = sd.linear_scan(0.5, da.from_array(b), np.ones(2), return_final_state=True)
+    r, rf = ssmcore.linear_scan(0.5, b, np.ones(2), return_final_state=True)
+    assert h.compute().shape == (2, L) and np.array_equal(hf.compute(), rf)
+    A = np.full((2, 3), 0.5)
+    y, xf = sd.lti_simulate_diag(A, A, A, None, da.from_array(np.ones((2, L))), A, return_final_state=True)
+    ry, rxf = ssmcore.lti_simulate_diag(A, A, A, None, np.ones((2, L)), A, return_final_state=True)
+    assert y.compute().shape == (2, L) and np.array_equal(xf.compute(), rxf)
