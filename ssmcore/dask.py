@@ -115,8 +115,13 @@ def _is_numpy(*blocks: Any) -> bool:
     return all(b is None or isinstance(b, (np.ndarray, np.generic, int, float, complex)) for b in blocks)
 
 
+@functools.lru_cache(maxsize=None)
 def _task(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a block function with the per-task Numba thread count (NumPy blocks only)."""
+    """Run a block function with the per-task Numba thread count (NumPy blocks only).
+
+    Cached: one wrapper per block function, so that identical graph layers get
+    identical keys (the forward inside ``vjp`` shares pass 1 with the pullback).
+    """
 
     @functools.wraps(fn)
     def run(*blocks: Any, **kw: Any) -> Any:
@@ -1306,7 +1311,7 @@ def _vjp_linear_scan(a, b, h0=None, *, reverse=False, return_final_state=False):
                               reverse=reverse)
         h_in = inits[..., :K].rechunk({nd - 1: 1})
 
-    def pullback(cotangent):
+    def pullback(cotangent, needs=None):
         gh, gf = cotangent if return_final_state else (cotangent, None)
         gh = _cot(gh, chunks, shape)
         if gh is None:
@@ -1333,8 +1338,9 @@ def _vjp_linear_scan(a, b, h0=None, *, reverse=False, return_final_state=False):
         if shapes[2] is not None and g_h0 is None:  # one time chunk: gh0 = a_0 g_0 from the scan itself
             g_h0 = _ls_h0_grad(a, b, h_in, gh, lam, reverse, chunks, dtype, meta, ind)
         grads = (_sum_to(ga, shapes[0]), _sum_to(gb, shapes[1]), _sum_to(g_h0, shapes[2]))
-        return tuple(None if g is None else g.astype(dt) for g, dt in
-                     zip(grads, (a0.dtype, b0.dtype, None if shapes[2] is None else _dask(h0).dtype)))
+        grads = tuple(None if g is None else g.astype(dt) for g, dt in
+                      zip(grads, (a0.dtype, b0.dtype, None if shapes[2] is None else _dask(h0).dtype)))
+        return grads if needs is None else tuple(g if n else None for g, n in zip(grads, needs))
 
     return out, pullback
 
@@ -1402,7 +1408,7 @@ def _vjp_lti_simulate_diag(A, B, C, D, u, x0=None, *, conj_sym=False, real_outpu
     else:
         x_in = None if x0b is None else x0b[..., None, :]
 
-    def pullback(cotangent):
+    def pullback(cotangent, needs=None):
         gy, gf = cotangent if return_final_state else (cotangent, None)
         gy = _cot(gy, lead_chunks + (tch,), full + (L,))
         if gy is None:
@@ -1441,7 +1447,7 @@ def _vjp_lti_simulate_diag(A, B, C, D, u, x0=None, *, conj_sym=False, real_outpu
                 continue
             g = _sum_to(g, o.shape)
             grads.append(g.real.astype(o.dtype) if o.dtype.kind != "c" and g.dtype.kind == "c" else g.astype(o.dtype))
-        return tuple(grads)
+        return tuple(grads) if needs is None else tuple(g if n else None for g, n in zip(grads, needs))
 
     return out, pullback
 
@@ -1476,8 +1482,10 @@ def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, C
     -------
     out : dask array or tuple of dask arrays
     pullback : callable
-        ``pullback(cotangent)`` (a tuple with ``return_final_state``; ``None``
-        means zero) returns one lazy gradient per input, ``None`` for inputs not given.
+        ``pullback(cotangent, needs=None)`` (a tuple with ``return_final_state``;
+        ``None`` means zero) returns one lazy gradient per input, ``None`` for
+        inputs not given or not in ``needs`` (nothing is computed for those:
+        the graph of an unused gradient is never run).
     """
     name = op if isinstance(op, str) else getattr(op, "__name__", repr(op))
     if name not in _VJPS:
