@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import functools
 import math
-import operator
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -115,7 +114,7 @@ def _is_numpy(*blocks: Any) -> bool:
     return all(b is None or isinstance(b, (np.ndarray, np.generic, int, float, complex)) for b in blocks)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _task(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Run a block function with the per-task Numba thread count (NumPy blocks only).
 
