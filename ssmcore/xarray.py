@@ -46,17 +46,17 @@ def _check(fn: str, name: str, x: Any, dims: tuple[str, ...]) -> None:
                          f"(pass dim=... to name the time dimension)")
 
 
-def linear_scan(b: xr.DataArray, a: Any, h0: Any = None, *, dim: str = "time", reverse: bool = False,
+def linear_scan(a: Any, b: xr.DataArray, h0: Any = None, *, dim: str = "time", reverse: bool = False,
                 return_final_state: bool = False) -> xr.DataArray | tuple[xr.DataArray, xr.DataArray]:
     r""":func:`ssmcore.linear_scan` along a named dimension: :math:`h_t = a_t h_{t-1} + b_t`.
 
     Parameters
     ----------
+    a : DataArray or scalar
+        Coefficients; without ``dim`` they are constant in time. Broadcast by name.
     b : DataArray
         Inputs with dimension ``dim``; the result has b's dims (time last is not
         required), coordinates and attributes.
-    a : DataArray or scalar
-        Coefficients; without ``dim`` they are constant in time. Broadcast by name.
     h0 : DataArray or scalar, optional
         Initial state (no ``dim``).
     dim : str

@@ -24,7 +24,7 @@ def signal(rng):
 def test_linear_scan(signal, lazy):
     a = xr.DataArray([0.9, 0.5, 0.1], dims="sensor")
     b = signal.chunk({"time": 7}) if lazy else signal
-    h, hf = sx.linear_scan(b, a, 1.0, return_final_state=True)
+    h, hf = sx.linear_scan(a, b, 1.0, return_final_state=True)
     assert isinstance(h.data, da.Array) == lazy
     assert h.dims == ("sensor", "time") and h.attrs == {"units": "V"}
     assert list(h.coords["sensor"].values) == ["a", "b", "c"] and np.allclose(h.coords["time"], signal.time)
@@ -36,16 +36,16 @@ def test_linear_scan(signal, lazy):
 def test_linear_scan_time_dim_not_last_and_time_varying_a(rng, signal):
     bt = signal.transpose("time", "sensor")
     a = xr.DataArray(rng.uniform(0.5, 1, (40, 3)), dims=("time", "sensor"))
-    h = sx.linear_scan(bt.chunk({"time": 9}), a)
+    h = sx.linear_scan(a, bt.chunk({"time": 9}))
     assert h.dims == ("time", "sensor")
     np.testing.assert_allclose(h.values, ssmcore.linear_scan(a.values.T, signal.values).T, rtol=1e-12)
 
 
 def test_missing_dim_and_type(signal):
     with pytest.raises(ValueError, match="dim="):
-        sx.linear_scan(signal, 0.5, dim="t")
+        sx.linear_scan(0.5, signal, dim="t")
     with pytest.raises(TypeError, match="DataArray"):
-        sx.linear_scan(signal.values, 0.5)
+        sx.linear_scan(0.5, signal.values)
 
 
 def test_lti_simulate_and_diag(rng, signal):
