@@ -152,7 +152,7 @@ def _taylor_phi1(x, terms=30):
     """Independent check value for small |x|: the series summed in increasing order."""
     total, term = 0.0 * x, 1.0 + 0.0 * x
     for k in range(terms):
-        total = total + term / factorial(k + 1)
+        total = total + term / float(factorial(k + 1))  # a float: NumPy 1.24 makes a huge Python int an object array
         term = term * x
     return total
 
