@@ -104,6 +104,11 @@ def as_float_array(
             f"{fn}: {name} has dtype {arr.dtype}; expected a floating"
             f"{' or complex' if complex_ok else ''} numeric dtype"
         )
+    return _check_ndim(fn, name, arr, min_ndim, max_ndim, expected)
+
+
+def _check_ndim(fn: str, name: str, arr: Any, min_ndim: int, max_ndim: int | None, expected: str | None) -> Any:
+    """The standard shape error for too few or too many dimensions (else ``arr``)."""
     if arr.ndim < min_ndim:
         raise shape_error(fn, name, arr.shape, expected or f"at least {min_ndim} dimensions")
     if max_ndim is not None and arr.ndim > max_ndim:
@@ -145,11 +150,7 @@ def _as_float_array_xp(
             f"{fn}: {name} has dtype {dtype_name(dt)}; expected a floating"
             f"{' or complex' if complex_ok else ''} numeric dtype"
         )
-    if arr.ndim < min_ndim:
-        raise shape_error(fn, name, arr.shape, expected or f"at least {min_ndim} dimensions")
-    if max_ndim is not None and arr.ndim > max_ndim:
-        raise shape_error(fn, name, arr.shape, expected or f"at most {max_ndim} dimensions")
-    return arr
+    return _check_ndim(fn, name, arr, min_ndim, max_ndim, expected)
 
 
 def common_float_dtype(*arrays: np.ndarray | None) -> np.dtype:

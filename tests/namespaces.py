@@ -90,3 +90,19 @@ def cpu_backends(op: str) -> tuple[str, ...]:
     from ssmcore.dispatch import capabilities
 
     return tuple(b for b in capabilities()[op] if b != "cupy")
+
+
+def assert_close(got, want, rtol=1e-12, atol=1e-13):
+    """Results (arrays, tuples of arrays, None) equal in shape, dtype and value (NumPy side)."""
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_close(g, w, rtol, atol)
+        return
+    if want is None:
+        assert got is None
+        return
+    want = np.asarray(want)
+    assert got.shape == want.shape
+    assert got.dtype == want.dtype, (got.dtype, want.dtype)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from namespaces import assert_close
 import ssmcore
 from ssmcore import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
 from ssmcore.dispatch import UnsupportedBackendError, capabilities
@@ -29,19 +30,6 @@ def _need_cupy_kernels(ns, *ops):
         pytest.skip(f"no CuPy kernel yet for {missing} (test_cupy_without_kernel_gets_the_uniform_error covers them)")
 
 
-def _close(got, want, rtol=1e-12, atol=1e-13):
-    if isinstance(want, tuple):
-        assert isinstance(got, tuple) and len(got) == len(want)
-        for g, w in zip(got, want):
-            _close(g, w, rtol, atol)
-        return
-    if want is None:
-        assert got is None
-        return
-    want = np.asarray(want)
-    assert got.shape == want.shape
-    assert got.dtype == want.dtype, (got.dtype, want.dtype)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 def _ct(rng, out):
@@ -58,13 +46,13 @@ def _check_op(ns, rng, op, args, kwargs=None, rtol=1e-12, atol=1e-13, needs=None
     ct = _ct(rng, out)
     grads = pull(ct)
     xout, xpull = ssmcore.vjp(op, *(ns.asarray(a) for a in args), **kwargs)
-    _close(ns.to_numpy(xout), out, rtol, atol)
-    _close(ns.to_numpy(xpull(ns.asarray(ct))), grads, rtol, atol)
+    assert_close(ns.to_numpy(xout), out, rtol, atol)
+    assert_close(ns.to_numpy(xpull(ns.asarray(ct))), grads, rtol, atol)
     if needs is not None:
         part = xpull(ns.asarray(ct), needs=needs)
         for g, n, w in zip(part, needs, grads):
             if n:
-                _close(ns.to_numpy(g), w, rtol, atol)
+                assert_close(ns.to_numpy(g), w, rtol, atol)
             else:
                 assert g is None
     return out
@@ -144,7 +132,7 @@ def test_dplr_c_tilde_namespaces(ns, rng, inverse):
     dt = rng.uniform(0.05, 0.2, H)
     want = dplr_c_tilde(lam, P, C, dt, 16, inverse=inverse)
     got = dplr_c_tilde(ns.asarray(lam), ns.asarray(P), ns.asarray(C), ns.asarray(dt), 16, inverse=inverse)
-    _close(ns.to_numpy(got), want, rtol=1e-11, atol=1e-13)
+    assert_close(ns.to_numpy(got), want, rtol=1e-11, atol=1e-13)
 
 
 # --------------------------------------------------------------------------- ssm_kernel_dense
@@ -217,9 +205,9 @@ def test_reference_backend_on_namespaces(ns, rng):
     A, B, C = _modes(rng, (2, 3)), np.ones(3), rng.standard_normal((2, 3)) + 0j
     want = ssm_kernel_diag(A, B, C, 0.1, 10)
     got = ssm_kernel_diag(ns.asarray(A), ns.asarray(B), ns.asarray(C), 0.1, 10, backend="numpy")
-    _close(ns.to_numpy(got), want, rtol=1e-10, atol=1e-12)
+    assert_close(ns.to_numpy(got), want, rtol=1e-10, atol=1e-12)
     u, K = rng.standard_normal((2, 12)), rng.standard_normal((2, 4))
-    _close(ns.to_numpy(fft_conv(ns.asarray(u), ns.asarray(K), backend="numpy")), fft_conv(u, K), rtol=1e-10, atol=1e-12)
+    assert_close(ns.to_numpy(fft_conv(ns.asarray(u), ns.asarray(K), backend="numpy")), fft_conv(u, K), rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.gpu

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from namespaces import assert_close
 import ssmcore
 from ssmcore import cont2discrete, discretize, discretize_diag
 from ssmcore.dispatch import UnsupportedBackendError, capabilities
@@ -29,19 +30,6 @@ def _cupy_needs_kernels(request):
                     if missing else "backend='numpy' takes NumPy arrays")
 
 
-def _close(got, want, rtol=1e-12, atol=1e-13):
-    if isinstance(want, tuple):
-        assert isinstance(got, tuple) and len(got) == len(want)
-        for g, w in zip(got, want):
-            _close(g, w, rtol, atol)
-        return
-    if want is None:
-        assert got is None
-        return
-    want = np.asarray(want)
-    assert got.shape == want.shape
-    assert got.dtype == want.dtype, (got.dtype, want.dtype)
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 def _ct(rng, out):
@@ -62,13 +50,13 @@ def _check_op(ns, rng, op, args, kwargs=None, rtol=1e-12, atol=1e-13):
     grads = pull(ct)
     xargs = [ns.asarray(a) for a in args]
     xout, xpull = ssmcore.vjp(op, *xargs, **kwargs)
-    _close(ns.to_numpy(xout), out, rtol, atol)
+    assert_close(ns.to_numpy(xout), out, rtol, atol)
     xct = tuple(ns.asarray(c) for c in ct) if isinstance(ct, tuple) else ns.asarray(ct)
-    _close(ns.to_numpy(xpull(xct)), grads, rtol, atol)
+    assert_close(ns.to_numpy(xpull(xct)), grads, rtol, atol)
     # needs: unwanted gradients are None on every namespace
     part = xpull(xct, needs=(True, False, False))
     assert part[1] is None and part[2] is None
-    _close(ns.to_numpy(part[0]), grads[0], rtol, atol)
+    assert_close(ns.to_numpy(part[0]), grads[0], rtol, atol)
     return out
 
 
@@ -120,7 +108,7 @@ def test_cont2discrete_state_space_namespaces(ns, rng, method):
     want = cont2discrete((A, B, C, D), 0.1, method=method, alpha=0.25)
     got = cont2discrete(tuple(ns.asarray(x) for x in (A, B, C, D)), 0.1, method=method, alpha=0.25)
     assert got[-1] == 0.1
-    _close(ns.to_numpy(got[:4]), want[:4], rtol=1e-10, atol=1e-12)
+    assert_close(ns.to_numpy(got[:4]), want[:4], rtol=1e-10, atol=1e-12)
 
 
 def test_cont2discrete_impulse_error_and_transfer_function_form(ns):
@@ -160,12 +148,12 @@ def test_reference_backend_on_namespaces(ns, rng):
     B = rng.standard_normal((2, 3))
     want = discretize_diag(A, B, 0.2)
     got = discretize_diag(ns.asarray(A), ns.asarray(B), 0.2, backend="numpy")
-    _close(ns.to_numpy(got), want, rtol=1e-13, atol=1e-15)
+    assert_close(ns.to_numpy(got), want, rtol=1e-13, atol=1e-15)
     Ad = rng.standard_normal((2, 2, 2)) - np.eye(2)
     Bd = rng.standard_normal((2, 1))
     want = discretize(Ad, Bd, 0.2)
     got = discretize(ns.asarray(Ad), ns.asarray(Bd), 0.2, backend="numpy")
-    _close(ns.to_numpy(got), want, rtol=1e-10, atol=1e-12)
+    assert_close(ns.to_numpy(got), want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.gpu
