@@ -1,0 +1,68 @@
+// CUDA kernels of the convolution mode (ssmcore/backends/cupy/convolution.py;
+// contract in ssmcore/reference/convolution.py).
+//
+// vandermonde_bwd: pullback of the S4D Vandermonde kernel
+//     K[c, h, l] = Re(sum_n W[c, h, n] Ad[h, n]^l),   Ad = exp(log_ad).
+// For a real cotangent G (C, H, L), thread (c, h, n) of chunk blockIdx.y (steps
+// l in [l_begin, l_end)) accumulates
+//     Wp[chunk, c, h, n] = sum_l G[c, h, l] Ad^l
+//     Yp[chunk, c, h, n] = sum_l G[c, h, l] l Ad^(l-1)
+// by running products p = Ad^l, q = Ad^(l-1), re-anchored every SSM_CONV_ANCHOR
+// steps (and at the chunk start) from exp(l log_ad), so the rounding error of a
+// power is that of at most SSM_CONV_ANCHOR products, not of l of them. The
+// launcher sums the chunks and forms ad_bar = sum_c W Y: memory O(C H N nchunk + C H L),
+// never (H, N, L). Threads of a warp share (c, h) for N >= 32, so their G loads
+// are one broadcast each.
+//
+// The forward runs diag_vandermonde of lti.cu.
+#include "common.cuh"
+
+typedef long long ssm_ll;
+
+#define SSM_CONV_ANCHOR 64
+
+namespace ssm_conv {
+using namespace ssm;
+
+// Ad^l = exp(l log Ad) with Ad^0 = 1 (also for Ad = 0, where 0 * log Ad would be NaN).
+template <class R> __device__ __forceinline__ complex<R> power_of(const complex<R>& log_ad, ssm_ll l) {
+    if (l == 0) return complex<R>(R(1), R(0));
+    return exp(log_ad * R(l));
+}
+
+}  // namespace ssm_conv
+
+template <class R>
+__global__ void __launch_bounds__(128) vandermonde_bwd(
+    const complex<R>* __restrict__ log_ad, const R* __restrict__ G, complex<R>* __restrict__ Wp,
+    complex<R>* __restrict__ Yp, ssm_ll C, ssm_ll H, ssm_ll N, ssm_ll L, ssm_ll chunk) {
+    using namespace ssm_conv;
+    typedef complex<R> T;
+    ssm_ll e = (ssm_ll)blockIdx.x * blockDim.x + threadIdx.x;
+    ssm_ll E = C * H * N;
+    if (e >= E) return;
+    ssm_ll n = e % N;
+    ssm_ll ch = e / N;  // c * H + h
+    ssm_ll h = ch % H;
+    T la = log_ad[h * N + n];
+    T a = exp(la);
+    ssm_ll l_begin = (ssm_ll)blockIdx.y * chunk;
+    ssm_ll l_end = l_begin + chunk < L ? l_begin + chunk : L;
+    const R* g = G + ch * L;
+    T wsum = zero_of<T>(), ysum = zero_of<T>();
+    T p = zero_of<T>(), q = zero_of<T>();
+    for (ssm_ll l = l_begin; l < l_end; ++l) {
+        if ((l - l_begin) % SSM_CONV_ANCHOR == 0) {
+            p = power_of(la, l);
+            q = l == 0 ? zero_of<T>() : power_of(la, l - 1);
+        }
+        R gl = g[l];
+        wsum = wsum + p * gl;
+        ysum = ysum + q * (gl * R(l));
+        q = p;
+        p = p * a;
+    }
+    ssm_ll o = (ssm_ll)blockIdx.y * E + e;
+    Wp[o] = wsum;
+    Yp[o] = ysum;
+}

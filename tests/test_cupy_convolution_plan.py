@@ -1,0 +1,309 @@
+"""CPU tests of the CuPy convolution kernels: planners, the cuFFT maths and convolution.cu on the host.
+
+No GPU is needed. ``causal_conv`` / ``causal_conv_bwd`` are array-namespace code
+(``_causal_conv(xp, ...)``): here they run with NumPy's FFT against the direct
+reference convolution. ``kernels/convolution.cu`` is compiled as host C++ against
+a small CUDA emulation (blocks and threads run one after another -- the kernel
+uses no shared memory, shuffles or barriers -- and std::complex stands in for
+CuPy's complex) and driven by the module's own launcher with NumPy arrays standing
+in for CuPy's. GPU-only matters (speed, cuFFT itself) are in ``tests/test_gpu_convolution.py``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import inspect
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ssmcore.backends.cupy import convolution as cc
+from ssmcore.backends.cupy._rawmodule import SOURCES
+from ssmcore.reference import convolution as ref
+
+# --------------------------------------------------------------------------- planners and declarations
+
+
+def _smooth(n):
+    for p in (2, 3, 5, 7):
+        while n % p == 0:
+            n //= p
+    return n == 1
+
+
+@pytest.mark.parametrize("L, Lk", [(0, 0), (1, 1), (4096, 4096), (1000, 1), (7, 7), (1023, 500), (5, 0)])
+def test_fft_length_is_the_smallest_smooth_length(L, Lk):
+    n = cc.fft_length(L, Lk)
+    assert n >= max(1, L + Lk) and _smooth(n)
+    assert not any(_smooth(m) for m in range(max(1, L + Lk), n))
+
+
+@pytest.mark.parametrize("E, L, sm", [(65536, 4096, 132), (64, 4096, 132), (1, 1, 1), (10 ** 7, 4096, 132),
+                                      (5, 0, 132), (0, 10, 132), (3, 200, 1)])
+def test_plan_vandermonde_bwd_covers_l_in_anchor_multiples(E, L, sm):
+    blocks, chunk, nchunk = cc.plan_vandermonde_bwd(E, L, sm)
+    assert blocks * cc.THREADS >= E > (blocks - 1) * cc.THREADS or E == 0
+    if L == 0 or E == 0:
+        assert nchunk == 0
+        return
+    assert chunk % cc.ANCHOR == 0
+    assert nchunk * chunk >= L > (nchunk - 1) * chunk
+    if E >= sm * cc.THREADS_PER_SM:
+        assert nchunk == 1
+    with pytest.raises(ValueError, match="plan_vandermonde_bwd"):
+        cc.plan_vandermonde_bwd(-1, L, sm)
+
+
+def test_constants_match_the_cuda_source():
+    src = SOURCES["convolution.cu"].code()
+    assert re.search(rf"#define SSM_CONV_ANCHOR {cc.ANCHOR}\b", src)
+    for bound in re.findall(r"__launch_bounds__\((\d+)\)", src):
+        assert int(bound) == cc.THREADS
+
+
+def test_provides_names_contract_functions_with_the_reference_signatures():
+    assert set(cc.PROVIDES) <= set(ref.__all__)
+    for fn in cc.PROVIDES:
+        assert list(inspect.signature(getattr(cc, fn)).parameters) == list(inspect.signature(getattr(ref, fn)).parameters)
+    assert "vandermonde_bwd<double>" in SOURCES["convolution.cu"].name_expressions
+
+
+# --------------------------------------------------------------------------- FFT convolution, NumPy namespace
+
+CASES = [  # Bt, H, C, L, Lk, bidirectional, with D
+    (2, 3, 1, 9, 9, False, True), (1, 1, 1, 1, 1, False, False), (3, 2, 2, 16, 5, True, True),
+    (1, 4, 3, 7, 7, True, False), (2, 1, 1, 31, 12, False, True), (1, 2, 1, 1, 1, True, True),
+]
+
+
+def _conv_case(rng, Bt, H, C, L, Lk, bidi, with_d, dtype=np.float64):
+    u = rng.standard_normal((Bt, H, L)).astype(dtype)
+    K = rng.standard_normal((C, H, Lk)).astype(dtype)
+    Ka = rng.standard_normal((C, H, Lk)).astype(dtype) if bidi else None
+    D = rng.standard_normal((C, H)).astype(dtype) if with_d else None
+    return u, K, Ka, D
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fft_conv_forward_matches_the_direct_reference(case):
+    rng = np.random.default_rng(1)
+    u, K, Ka, D = _conv_case(rng, *case)
+    got = cc._causal_conv(np, u, K, Ka, D)
+    np.testing.assert_allclose(got, ref.causal_conv(u, K, Ka, D), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fft_conv_backward_matches_the_direct_reference(case):
+    rng = np.random.default_rng(2)
+    u, K, Ka, D = _conv_case(rng, *case)
+    G = rng.standard_normal((u.shape[0], K.shape[0], u.shape[1], u.shape[2]))
+    got = cc._causal_conv_bwd(np, u, K, Ka, D, G, True, True, True)
+    want = ref.causal_conv_bwd(u, K, Ka, D, G)
+    for g, w in zip(got, want):
+        assert (g is None) == (w is None)
+        if w is not None:
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-11)
+
+
+def test_fft_conv_float32_stays_float32_and_needs_are_honoured():
+    rng = np.random.default_rng(3)
+    u, K, Ka, D = _conv_case(rng, 2, 3, 2, 33, 20, True, True, np.float32)
+    y = cc._causal_conv(np, u, K, Ka, D)
+    assert y.dtype == np.float32
+    np.testing.assert_allclose(y, ref.causal_conv(u, K, Ka, D), rtol=1e-4, atol=1e-4)
+    G = rng.standard_normal(y.shape).astype(np.float32)
+    u_bar, K_bar, Ka_bar, D_bar = cc._causal_conv_bwd(np, u, K, Ka, D, G, False, True, False)
+    assert u_bar is None and D_bar is None and K_bar.dtype == np.float32
+    want = ref.causal_conv_bwd(u, K, Ka, D, G)
+    np.testing.assert_allclose(K_bar, want[1], rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(Ka_bar, want[2], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("shape", [(0, 2, 5), (2, 2, 0)])
+def test_fft_conv_empty_cases_match_the_reference(shape):
+    rng = np.random.default_rng(4)
+    Bt, H, L = shape
+    u = rng.standard_normal(shape)
+    K = rng.standard_normal((2, H, min(L, 3)))
+    D = rng.standard_normal((2, H))
+    np.testing.assert_allclose(cc._causal_conv(np, u, K, None, D), ref.causal_conv(u, K, None, D))
+    G = rng.standard_normal((Bt, 2, H, L))
+    for g, w in zip(cc._causal_conv_bwd(np, u, K, None, D, G, True, True, True), ref.causal_conv_bwd(u, K, None, D, G)):
+        assert (g is None) == (w is None)
+        if w is not None:
+            np.testing.assert_allclose(g, w, atol=1e-12)
+
+
+def test_fft_conv_nan_spreads_as_in_an_fft():
+    u = np.ones((1, 1, 8))
+    u[0, 0, 3] = np.nan
+    y = cc._causal_conv(np, u, np.ones((1, 1, 8)), None, None)
+    assert np.isnan(y[0, 0, 3:]).all()  # an FFT spreads NaN; at least the causal future is NaN
+
+
+# --------------------------------------------------------------------------- convolution.cu on the host
+
+_EMU_COMPLEX = """
+#pragma once
+#include <complex>
+template <class T> using complex = std::complex<T>;
+"""
+
+_EMU_HEADER = r"""
+#include <cmath>
+#include <functional>
+using std::abs;
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __restrict__ __restrict
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(x)
+struct Dim3 { unsigned x = 0, y = 0, z = 0; };
+inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
+// common.cuh's warp helpers are compiled but never called by these kernels (no shuffles, no barriers),
+// so blocks and threads can run one after another.
+template <class V> inline V __shfl_sync(unsigned, V v, int) { throw 0; return v; }
+template <class V> inline V __shfl_up_sync(unsigned, V v, unsigned) { throw 0; return v; }
+template <class V> inline V __shfl_down_sync(unsigned, V v, unsigned) { throw 0; return v; }
+template <class V> inline V __shfl_xor_sync(unsigned, V v, int) { throw 0; return v; }
+inline void launch(unsigned gx, unsigned gy, unsigned block, const std::function<void()>& body) {
+    blockDim.x = block; gridDim.x = gx; gridDim.y = gy;
+    for (unsigned by = 0; by < gy; ++by) for (unsigned bx = 0; bx < gx; ++bx) for (unsigned t = 0; t < block; ++t) {
+        blockIdx.x = bx; blockIdx.y = by; threadIdx.x = t; body();
+    }
+}
+#include "convolution.cu"
+typedef long long ll;
+extern "C" void vandermonde_bwd_f64(unsigned gx, unsigned gy, unsigned block, const void* la, const void* G,
+        void* Wp, void* Yp, ll C, ll H, ll N, ll L, ll chunk) {
+    launch(gx, gy, block, [=] { vandermonde_bwd<double>((const complex<double>*)la, (const double*)G,
+        (complex<double>*)Wp, (complex<double>*)Yp, C, H, N, L, chunk); });
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    cxx = shutil.which("g++")
+    if cxx is None:
+        pytest.skip("needs g++ to run convolution.cu on the host")
+    d = tmp_path_factory.mktemp("conv_emu")
+    (d / "cupy").mkdir()
+    (d / "cupy" / "complex.cuh").write_text(_EMU_COMPLEX)
+    (d / "emu.cpp").write_text(_EMU_HEADER)
+    lib = d / "libconv_emu.so"
+    cmd = [cxx, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", f"-I{d}",
+           f"-I{SOURCES['convolution.cu'].path.parent}", "-o", str(lib), str(d / "emu.cpp")]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        raise AssertionError(f"convolution.cu does not compile as host C++:\n{res.stderr[-4000:]}")
+    return ctypes.CDLL(str(lib))
+
+
+class _FakeCupy:
+    """The part of CuPy's API the launcher uses, on NumPy arrays."""
+
+    empty, zeros, asarray, ascontiguousarray = np.empty, np.zeros, np.asarray, np.ascontiguousarray
+    complex128, exp, broadcast_to = np.complex128, np.exp, np.broadcast_to
+
+
+def _argument(x):
+    if isinstance(x, np.ndarray):
+        assert x.flags.c_contiguous, "a non-contiguous array reached the kernel"
+        return ctypes.c_void_p(x.ctypes.data)
+    if isinstance(x, np.int64):
+        return ctypes.c_longlong(int(x))
+    raise TypeError(f"unexpected kernel argument {type(x).__name__}")
+
+
+@pytest.fixture
+def host(emulated, monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
+
+    def get(name):
+        assert name == "vandermonde_bwd<double>"
+
+        def call(grid, block, args):
+            grid = tuple(grid) + (1,) * (2 - len(grid))
+            emulated.vandermonde_bwd_f64(ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(block[0]),
+                                         *(_argument(a) for a in args))
+
+        return call
+
+    monkeypatch.setattr(cc.CONV, "get", get)
+    monkeypatch.setattr(cc, "_sm_count", lambda: 1)
+    return cc
+
+
+def _vand_case(rng, C, H, N, L, zero_mode=False):
+    lam = -rng.uniform(0.01, 0.5, (H, N)) + 1j * rng.uniform(-3, 3, (H, N))
+    log_ad = lam
+    if zero_mode:
+        log_ad = log_ad.copy()
+        log_ad[0, 0] = -np.inf  # Ad = 0: only l = 0 (and l = 1 in the derivative) count
+    W = rng.standard_normal((C, H, N)) + 1j * rng.standard_normal((C, H, N))
+    G = rng.standard_normal((C, H, L))
+    return log_ad, W, G
+
+
+@pytest.mark.parametrize("C, H, N, L, sm_threads", [(1, 2, 3, 5, None), (2, 3, 4, 200, 2048), (1, 1, 1, 1, None),
+                                                     (2, 2, 33, 130, 64), (1, 3, 2, 64, 10 ** 6)])
+def test_vandermonde_bwd_on_the_host_matches_the_reference(host, monkeypatch, C, H, N, L, sm_threads):
+    if sm_threads is not None:  # force l-chunks (or none) through the planner's device size
+        plan = cc.plan_vandermonde_bwd
+        monkeypatch.setattr(cc, "plan_vandermonde_bwd", lambda E, L_, sm: plan(E, L_, sm, threads_per_sm=sm_threads))
+    rng = np.random.default_rng(5)
+    log_ad, W, G = _vand_case(rng, C, H, N, L, zero_mode=True)
+    W_bar, ad_bar = cc.vandermonde_kernel_bwd(log_ad, W, G)
+    want_W, want_ad = ref.vandermonde_kernel_bwd(log_ad, W, G)
+    assert W_bar.shape == (C, H, N) and ad_bar.shape == (H, N)
+    np.testing.assert_allclose(W_bar, want_W, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(ad_bar, want_ad, rtol=1e-11, atol=1e-11)
+
+
+def test_vandermonde_bwd_chunks_are_used(host, monkeypatch):
+    seen = []
+    plan = cc.plan_vandermonde_bwd
+
+    def spy(E, L, sm):
+        r = plan(E, L, sm)
+        seen.append(r)
+        return r
+
+    monkeypatch.setattr(cc, "plan_vandermonde_bwd", spy)
+    rng = np.random.default_rng(6)
+    log_ad, W, G = _vand_case(rng, 1, 1, 2, 300)
+    W_bar, ad_bar = cc.vandermonde_kernel_bwd(log_ad, W, G)
+    assert seen[0][2] > 1  # 2 elements on a 2048-thread SM: l is split
+    want_W, want_ad = ref.vandermonde_kernel_bwd(log_ad, W, G)
+    np.testing.assert_allclose(W_bar, want_W, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(ad_bar, want_ad, rtol=1e-11, atol=1e-11)
+
+
+def test_vandermonde_bwd_empty_and_zero_length(host):
+    W_bar, ad_bar = cc.vandermonde_kernel_bwd(np.zeros((2, 3), complex), np.ones((1, 2, 3), complex), np.zeros((1, 2, 0)))
+    assert W_bar.shape == (1, 2, 3) and not W_bar.any() and ad_bar.shape == (2, 3) and not ad_bar.any()
+
+
+def test_vandermonde_forward_glue(monkeypatch):
+    """The forward reshapes (C, H, N) onto the LTI diag_kernel's rows and casts to out_dtype."""
+    from ssmcore.backends.cupy import lti as cl
+
+    def diag_kernel(A, W, scale, L, real_output):  # the LTI kernel's contract, in NumPy
+        ls = np.arange(L)
+        K = scale * np.einsum("rn,rnl->rl", W, A[..., None] ** ls)
+        return K.real if real_output else K
+
+    monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
+    monkeypatch.setattr(cl, "diag_kernel", diag_kernel)
+    rng = np.random.default_rng(7)
+    log_ad, W, _ = _vand_case(rng, 2, 3, 4, 1)
+    K = cc.vandermonde_kernel(log_ad, W, 9, "float32")
+    assert K.dtype == np.float32 and K.shape == (2, 3, 9)
+    np.testing.assert_allclose(K, ref.vandermonde_kernel(log_ad, W, 9, "float64"), rtol=1e-5, atol=1e-5)
