@@ -230,7 +230,7 @@ def _ssm_kernel_diag_bwd(res, ct):
 
 @register_op(
     "ssm_kernel_diag", fwd=_ssm_kernel_diag_fwd, bwd=_ssm_kernel_diag_bwd, inputs=("A", "B", "C", "dt"),
-    backends=_BACKENDS,
+    backends=(*_BACKENDS, "cupy"),
 )
 def ssm_kernel_diag(
     A: Any,
@@ -815,7 +815,7 @@ def _fft_conv_bwd(p, ct, needs=(True, True, True)):
     return gu, gK, gD
 
 
-@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"), backends=_BACKENDS)
+@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"), backends=(*_BACKENDS, "cupy"))
 def fft_conv(
     u: Any,
     K: Any,

@@ -218,7 +218,7 @@ def _discretize_diag_bwd(res, cotangent):
 
 @register_op(
     "discretize_diag", fwd=_discretize_diag_fwd, bwd=_discretize_diag_bwd, inputs=("A", "B", "dt"),
-    backends=_BACKENDS,
+    backends=(*_BACKENDS, "cupy"),
 )
 def discretize_diag(
     A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None, *, backend: str | None = None
