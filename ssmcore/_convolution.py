@@ -483,7 +483,7 @@ def _ssm_kernel_dplr_bwd(res, ct):
 
 @register_op(
     "ssm_kernel_dplr", fwd=_ssm_kernel_dplr_fwd, bwd=_ssm_kernel_dplr_bwd, inputs=("Lambda", "P", "B", "C", "dt"),
-    backends=_BACKENDS,
+    backends=(*_BACKENDS, "cupy"),
 )
 def ssm_kernel_dplr(
     Lambda: Any,

@@ -69,7 +69,8 @@ def test_provides_names_contract_functions_with_the_reference_signatures():
     assert set(cc.PROVIDES) <= set(ref.__all__)
     for fn in cc.PROVIDES:
         assert list(inspect.signature(getattr(cc, fn)).parameters) == list(inspect.signature(getattr(ref, fn)).parameters)
-    assert "vandermonde_bwd<double>" in SOURCES["convolution.cu"].name_expressions
+    for k in ("vandermonde_bwd", "cauchy_fwd", "cauchy_bwd"):
+        assert f"{k}<double>" in SOURCES["convolution.cu"].name_expressions
 
 
 # --------------------------------------------------------------------------- FFT convolution, NumPy namespace
@@ -185,6 +186,16 @@ extern "C" void vandermonde_bwd_f64(unsigned gx, unsigned gy, unsigned block, co
     launch(gx, gy, block, [=] { vandermonde_bwd<double>((const complex<double>*)la, (const double*)G,
         (complex<double>*)Wp, (complex<double>*)Yp, C, H, N, L, chunk); });
 }
+typedef const complex<double>* cz;
+typedef complex<double>* z;
+extern "C" void cauchy_fwd_f64(unsigned gx, unsigned gy, unsigned block, const void* num, const void* mu,
+        const void* omw, const void* opw, void* S, ll H, ll M, ll N, ll F) {
+    launch(gx, gy, block, [=] { cauchy_fwd<double>((cz)num, (cz)mu, (cz)omw, (cz)opw, (z)S, H, M, N, F); });
+}
+extern "C" void cauchy_bwd_f64(unsigned gx, unsigned gy, unsigned block, const void* mu, const void* omw,
+        const void* opw, const void* Sb, void* nb, void* Y, ll H, ll M, ll N, ll F) {
+    launch(gx, gy, block, [=] { cauchy_bwd<double>((cz)mu, (cz)omw, (cz)opw, (cz)Sb, (z)nb, (z)Y, H, M, N, F); });
+}
 """
 
 
@@ -227,12 +238,12 @@ def host(emulated, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
 
     def get(name):
-        assert name == "vandermonde_bwd<double>"
+        assert name in SOURCES["convolution.cu"].name_expressions
+        fn = getattr(emulated, name.replace("<double>", "_f64"))
 
         def call(grid, block, args):
             grid = tuple(grid) + (1,) * (2 - len(grid))
-            emulated.vandermonde_bwd_f64(ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(block[0]),
-                                         *(_argument(a) for a in args))
+            fn(ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(block[0]), *(_argument(a) for a in args))
 
         return call
 
@@ -307,3 +318,67 @@ def test_vandermonde_forward_glue(monkeypatch):
     K = cc.vandermonde_kernel(log_ad, W, 9, "float32")
     assert K.dtype == np.float32 and K.shape == (2, 3, 9)
     np.testing.assert_allclose(K, ref.vandermonde_kernel(log_ad, W, 9, "float64"), rtol=1e-5, atol=1e-5)
+
+
+def _nodes(L):
+    th = 2.0 * np.pi * np.arange(L // 2 + 1) / max(L, 1)
+    return 2.0 * np.sin(0.5 * th) ** 2 + 1j * np.sin(th), 2.0 * np.cos(0.5 * th) ** 2 - 1j * np.sin(th)
+
+
+@pytest.mark.parametrize("H, M, N, L", [(2, 4, 5, 16), (1, 1, 1, 1), (3, 2, 33, 9), (1, 3, 2, 2)])
+def test_cauchy_sums_on_the_host_match_the_reference(host, H, M, N, L):
+    rng = np.random.default_rng(8)
+    num = rng.standard_normal((H, M, N)) + 1j * rng.standard_normal((H, M, N))
+    mu = 0.05 * (-rng.uniform(0.1, 1, (H, N)) + 1j * rng.uniform(-5, 5, (H, N)))
+    omw, opw = _nodes(L)
+    S = cc.cauchy_sums(num, mu, omw, opw)
+    np.testing.assert_allclose(S, ref.cauchy_sums(num, mu, omw, opw), rtol=1e-12, atol=1e-12)
+    Sb = rng.standard_normal(S.shape) + 1j * rng.standard_normal(S.shape)
+    got = cc.cauchy_sums_bwd(num, mu, omw, opw, Sb)
+    want = ref.cauchy_sums_bwd(num, mu, omw, opw, Sb)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11)
+
+
+def test_cauchy_sums_empty(host):
+    omw, opw = _nodes(4)
+    S = cc.cauchy_sums(np.zeros((2, 3, 0), complex), np.zeros((2, 0), complex), omw, opw)
+    assert S.shape == (2, 3, 3) and not S.any()
+    nb_, mb = cc.cauchy_sums_bwd(np.zeros((2, 3, 0), complex), np.zeros((2, 0), complex), omw, opw, S)
+    assert nb_.shape == (2, 3, 0) and mb.shape == (2, 0)
+
+
+def test_ssm_kernel_dplr_end_to_end_through_the_host_kernels(host, monkeypatch):
+    """The DPLR front door's glue with the CuPy Cauchy launchers in place of Numba's (NumPy arrays)."""
+    import ssmcore
+    from ssmcore.backends.numba import convolution as nbc
+
+    rng = np.random.default_rng(9)
+    H, N, L = 2, 4, 12
+    lam = -rng.uniform(0.1, 1, (H, N)) + 1j * rng.uniform(-3, 3, (H, N))
+    P = 0.3 * (rng.standard_normal((1, H, N)) + 1j * rng.standard_normal((1, H, N)))
+    B = rng.standard_normal((H, N)) + 1j * rng.standard_normal((H, N))
+    C = rng.standard_normal((H, N)) + 1j * rng.standard_normal((H, N))
+    dt = rng.uniform(0.01, 0.1, H)
+    want = ssmcore.ssm_kernel_dplr(lam, P, B, C, dt, L)
+    ct = rng.standard_normal(want.shape)
+    _, pb = ssmcore.vjp("ssm_kernel_dplr", lam, P, B, C, dt, L)
+    want_g = pb(ct)
+    calls = []
+
+    def spy(fn):
+        def wrapped(*a):
+            calls.append(fn.__name__)
+            return fn(*a)
+
+        return wrapped
+
+    monkeypatch.setattr(nbc, "cauchy_sums", spy(cc.cauchy_sums))
+    monkeypatch.setattr(nbc, "cauchy_sums_bwd", spy(cc.cauchy_sums_bwd))
+    got = ssmcore.ssm_kernel_dplr(lam, P, B, C, dt, L)
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+    _, pb = ssmcore.vjp("ssm_kernel_dplr", lam, P, B, C, dt, L)
+    for g, w in zip(pb(ct), want_g):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-11)
+    assert calls == ["cauchy_sums", "cauchy_sums", "cauchy_sums_bwd"]  # the host kernels did the work

@@ -133,3 +133,39 @@ def test_lti_simulate_diag_convolution_mode_on_cupy():
     want = ssmcore.lti_simulate_diag(Ad, B, C, None, u, conj_sym=True, mode="convolution")
     got = ssmcore.lti_simulate_diag(*_d(Ad, B, C), None, cp.asarray(u), conj_sym=True, mode="convolution")
     np.testing.assert_allclose(_h(got), want, rtol=1e-9, atol=1e-9)
+
+
+def _nodes(L):
+    th = 2.0 * np.pi * np.arange(L // 2 + 1) / max(L, 1)
+    return 2.0 * np.sin(0.5 * th) ** 2 + 1j * np.sin(th), 2.0 * np.cos(0.5 * th) ** 2 - 1j * np.sin(th)
+
+
+@pytest.mark.parametrize("H, M, N, L", [(2, 4, 5, 16), (1, 1, 1, 1), (3, 2, 64, 4096), (1, 3, 2, 9)])
+def test_cauchy_sums_match_numba(H, M, N, L):
+    rng = np.random.default_rng(7)
+    num = rng.standard_normal((H, M, N)) + 1j * rng.standard_normal((H, M, N))
+    mu = 0.05 * (-rng.uniform(0.1, 1, (H, N)) + 1j * rng.uniform(-5, 5, (H, N)))
+    omw, opw = _nodes(L)
+    S = _cc().cauchy_sums(*_d(num, mu, omw, opw))
+    np.testing.assert_allclose(_h(S), nb.cauchy_sums(num, mu, omw, opw), rtol=1e-10, atol=1e-10)
+    Sb = rng.standard_normal(S.shape) + 1j * rng.standard_normal(S.shape)
+    for g, w in zip(_cc().cauchy_sums_bwd(*_d(num, mu, omw, opw, Sb)), nb.cauchy_sums_bwd(num, mu, omw, opw, Sb)):
+        np.testing.assert_allclose(_h(g), w, rtol=1e-9, atol=1e-9)
+
+
+def test_ssm_kernel_dplr_front_door_and_vjp_on_cupy():
+    rng = np.random.default_rng(8)
+    H, N, L = 3, 8, 33
+    lam = -rng.uniform(0.1, 1, (H, N)) + 1j * rng.uniform(-3, 3, (H, N))
+    P = 0.3 * (rng.standard_normal((1, H, N)) + 1j * rng.standard_normal((1, H, N)))
+    B = rng.standard_normal((H, N)) + 1j * rng.standard_normal((H, N))
+    C = rng.standard_normal((2, H, N)) + 1j * rng.standard_normal((2, H, N))
+    dt = rng.uniform(0.01, 0.1, H)
+    want = ssmcore.ssm_kernel_dplr(lam, P, B, C, dt, L)
+    got = ssmcore.ssm_kernel_dplr(*_d(lam, P, B, C, dt), L)
+    np.testing.assert_allclose(_h(got), want, rtol=1e-9, atol=1e-9)
+    ct = rng.standard_normal(want.shape)
+    _, pb = ssmcore.vjp("ssm_kernel_dplr", lam, P, B, C, dt, L)
+    _, pbc = ssmcore.vjp("ssm_kernel_dplr", *_d(lam, P, B, C, dt), L)
+    for g, w in zip(pbc(cp.asarray(ct)), pb(ct)):
+        np.testing.assert_allclose(_h(g), w, rtol=1e-8, atol=1e-8)

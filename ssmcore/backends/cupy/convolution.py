@@ -2,9 +2,8 @@
 
 The kernel contract (names, parameters, layouts, dtypes) is the docstring of
 ``ssmcore.reference.convolution``. :data:`PROVIDES` lists the functions this
-module implements; the ops whose kernels are absent here (``ssm_kernel_dplr``'s
-``cauchy_sums``, ``ssm_kernel_dense``'s ``dense_kernel``) do not declare the
-CuPy backend. Arrays in and out are CuPy arrays; launchers allocate their
+module implements; the op whose kernels are absent here (``ssm_kernel_dense``'s
+``dense_kernel``) does not declare the CuPy backend. Arrays in and out are CuPy arrays; launchers allocate their
 outputs, work on CuPy's current stream and never synchronise or copy to the host.
 
 FFT convolution (:func:`causal_conv`, :func:`causal_conv_bwd`)
@@ -27,6 +26,12 @@ Vandermonde kernel (:func:`vandermonde_kernel`, :func:`vandermonde_kernel_bwd`)
     ``sum_l G_l l Ad^(l-1)`` with running products re-anchored every
     :data:`ANCHOR` steps from ``exp(l log Ad)``; per-chunk partial sums
     ``(nchunk, C, H, N)`` are reduced by CuPy. Never an ``(H, N, L)`` tensor.
+
+Cauchy sums of the DPLR kernel (:func:`cauchy_sums`, :func:`cauchy_sums_bwd`)
+    ``cauchy_fwd`` / ``cauchy_bwd`` in ``kernels/convolution.cu``: one thread per
+    output element (``(h, m, k)`` forward, ``(h, m, i)`` backward) looping over the
+    other index, so the ``(H, N, F)`` Cauchy matrix is never formed; the launcher
+    forms ``mu_bar = sum_m num Y``. Memory ``O(H M (N + F))``.
 """
 
 from __future__ import annotations
@@ -38,11 +43,12 @@ import numpy as np
 
 from ._rawmodule import KERNEL_DIR, declare
 
-__all__ = ["ANCHOR", "PROVIDES", "causal_conv", "causal_conv_bwd", "fft_length", "plan_vandermonde_bwd",
+__all__ = ["ANCHOR", "PROVIDES", "cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "fft_length", "plan_vandermonde_bwd",
            "vandermonde_kernel", "vandermonde_kernel_bwd"]
 
 #: The kernel-contract functions of ``reference/convolution.py`` this module implements.
-PROVIDES = ("causal_conv", "causal_conv_bwd", "vandermonde_kernel", "vandermonde_kernel_bwd")
+PROVIDES = ("cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "vandermonde_kernel",
+            "vandermonde_kernel_bwd")
 
 THREADS = 128  # threads per block of vandermonde_bwd (= its __launch_bounds__)
 ANCHOR = 64  # re-anchoring interval: must match SSM_CONV_ANCHOR in convolution.cu
@@ -55,7 +61,8 @@ def _options() -> tuple[str, ...]:
     return (f"-I{KERNEL_DIR}", f"-DSSMCORE_COMMON_CUH_SHA1=0x{digest}")
 
 
-CONV = declare("convolution.cu", ["vandermonde_bwd<double>"], options=_options())
+CONV = declare("convolution.cu", ["vandermonde_bwd<double>", "cauchy_fwd<double>", "cauchy_bwd<double>"],
+               options=_options())
 
 
 # --------------------------------------------------------------------------- planning (plain Python)
@@ -246,3 +253,41 @@ def vandermonde_kernel_bwd(log_ad: Any, W: Any, G: Any) -> tuple[Any, Any]:
     import cupy as cp
 
     return _vandermonde_bwd_launch(cp, log_ad, W, G)
+
+
+# --------------------------------------------------------------------------- Cauchy sums (DPLR)
+
+
+def _cplx(cp: Any, x: Any) -> Any:
+    return cp.ascontiguousarray(cp.asarray(x).astype(np.complex128, copy=False))
+
+
+def cauchy_sums(num: Any, mu: Any, one_minus_w: Any, one_plus_w: Any) -> Any:
+    """``S (H, M, F)`` complex128 of ``reference.convolution.cauchy_sums``, one thread per output."""
+    import cupy as cp
+
+    num, mu, omw, opw = (_cplx(cp, x) for x in (num, mu, one_minus_w, one_plus_w))
+    H, M, N = num.shape
+    F = omw.shape[0]
+    if H * M * F == 0 or N == 0:
+        return cp.zeros((H, M, F), dtype=np.complex128)
+    S = cp.empty((H, M, F), dtype=np.complex128)
+    CONV.get("cauchy_fwd<double>")((-(-(H * M * F) // THREADS),), (THREADS,), (
+        num, mu, omw, opw, S, np.int64(H), np.int64(M), np.int64(N), np.int64(F)))
+    return S
+
+
+def cauchy_sums_bwd(num: Any, mu: Any, one_minus_w: Any, one_plus_w: Any, S_bar: Any) -> tuple[Any, Any]:
+    """``(num_bar (H, M, N), mu_bar (H, N))`` complex128 of ``reference.convolution.cauchy_sums_bwd``."""
+    import cupy as cp
+
+    num, mu, omw, opw, S_bar = (_cplx(cp, x) for x in (num, mu, one_minus_w, one_plus_w, S_bar))
+    H, M, N = num.shape
+    F = omw.shape[0]
+    if H * M * N == 0 or F == 0:
+        return cp.zeros((H, M, N), dtype=np.complex128), cp.zeros((H, N), dtype=np.complex128)
+    num_bar = cp.empty((H, M, N), dtype=np.complex128)
+    Y = cp.empty((H, M, N), dtype=np.complex128)
+    CONV.get("cauchy_bwd<double>")((-(-(H * M * N) // THREADS),), (THREADS,), (
+        mu, omw, opw, S_bar, num_bar, Y, np.int64(H), np.int64(M), np.int64(N), np.int64(F)))
+    return num_bar, (num * Y).sum(axis=1)

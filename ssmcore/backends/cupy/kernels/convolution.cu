@@ -15,6 +15,17 @@
 // are one broadcast each.
 //
 // The forward runs diag_vandermonde of lti.cu.
+//
+// cauchy_fwd / cauchy_bwd: the conjugate-symmetric Cauchy sums of the DPLR kernel
+// (reference.convolution.cauchy_sums) at F frequency nodes,
+//     S[h, m, k] = sum_i num[h, m, i] / d[h, i, k] + conj(num[h, m, i]) / dc[h, i, k],
+//     d = (1 - w_k) - (1 + w_k) mu[h, i],  dc the same with conj(mu),
+// never materialising the (H, N, F) Cauchy matrix: the forward has one thread per
+// (h, m, k) (k fastest: a warp shares (h, m), so num and mu loads are broadcasts)
+// looping over the modes i; the backward one thread per (h, m, i) (i fastest)
+// looping over the nodes k, writing num_bar and Y[h, m, i] = sum_k S_bar (1 + w_k) / d^2
+// + conj(...dc...), from which the launcher forms mu_bar = sum_m num Y.
+// Reciprocals in real arithmetic (1/d = conj(d) / |d|^2), as the Numba kernels.
 #include "common.cuh"
 
 typedef long long ssm_ll;
@@ -28,6 +39,11 @@ using namespace ssm;
 template <class R> __device__ __forceinline__ complex<R> power_of(const complex<R>& log_ad, ssm_ll l) {
     if (l == 0) return complex<R>(R(1), R(0));
     return exp(log_ad * R(l));
+}
+
+template <class R> __device__ __forceinline__ complex<R> recip(const complex<R>& d) {
+    R s = R(1) / (d.real() * d.real() + d.imag() * d.imag());
+    return complex<R>(d.real() * s, -d.imag() * s);
 }
 
 }  // namespace ssm_conv
@@ -65,4 +81,54 @@ __global__ void __launch_bounds__(128) vandermonde_bwd(
     ssm_ll o = (ssm_ll)blockIdx.y * E + e;
     Wp[o] = wsum;
     Yp[o] = ysum;
+}
+
+template <class R>
+__global__ void __launch_bounds__(128) cauchy_fwd(
+    const complex<R>* __restrict__ num, const complex<R>* __restrict__ mu, const complex<R>* __restrict__ omw,
+    const complex<R>* __restrict__ opw, complex<R>* __restrict__ S, ssm_ll H, ssm_ll M, ssm_ll N, ssm_ll F) {
+    using namespace ssm_conv;
+    typedef complex<R> T;
+    ssm_ll e = (ssm_ll)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= H * M * F) return;
+    ssm_ll k = e % F;
+    ssm_ll hm = e / F;  // h * M + m
+    ssm_ll h = hm / M;
+    T a = omw[k], b = opw[k];
+    T acc = zero_of<T>();
+    const T* nr = num + hm * N;
+    const T* mr = mu + h * N;
+    for (ssm_ll i = 0; i < N; ++i) {
+        T n = nr[i], m = mr[i];
+        acc = acc + n * recip(a - b * m) + conj(n) * recip(a - b * conj(m));
+    }
+    S[e] = acc;
+}
+
+template <class R>
+__global__ void __launch_bounds__(128) cauchy_bwd(
+    const complex<R>* __restrict__ mu, const complex<R>* __restrict__ omw, const complex<R>* __restrict__ opw,
+    const complex<R>* __restrict__ S_bar, complex<R>* __restrict__ num_bar, complex<R>* __restrict__ Y, ssm_ll H,
+    ssm_ll M, ssm_ll N, ssm_ll F) {
+    using namespace ssm_conv;
+    typedef complex<R> T;
+    ssm_ll e = (ssm_ll)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= H * M * N) return;
+    ssm_ll i = e % N;
+    ssm_ll hm = e / N;
+    ssm_ll h = hm / M;
+    T m = mu[h * N + i], mc = conj(m);
+    const T* sb = S_bar + hm * F;
+    T n1 = zero_of<T>(), n2 = zero_of<T>(), y1 = zero_of<T>(), y2 = zero_of<T>();
+    for (ssm_ll k = 0; k < F; ++k) {
+        T a = omw[k], b = opw[k], g = sb[k];
+        T u = recip(a - b * m), uc = recip(a - b * mc);
+        T gu = g * u, guc = g * uc;
+        n1 = n1 + gu;
+        n2 = n2 + guc;
+        y1 = y1 + gu * b * u;
+        y2 = y2 + guc * b * uc;
+    }
+    num_bar[e] = n1 + conj(n2);
+    Y[e] = y1 + conj(y2);
 }
