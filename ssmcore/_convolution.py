@@ -678,7 +678,7 @@ def _ssm_kernel_dense_bwd(p, ct):
 
 @register_op(
     "ssm_kernel_dense", fwd=_ssm_kernel_dense_fwd, bwd=_ssm_kernel_dense_bwd, inputs=("A", "B", "C"),
-    backends=_BACKENDS,
+    backends=(*_BACKENDS, "cupy"),
 )
 def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = None) -> np.ndarray:
     r"""Kernel K_l = C Ad^l Bd of dense discrete systems by repeated mat-vec.

@@ -155,8 +155,11 @@ template <class T> using complex = std::complex<T>;
 """
 
 _EMU_HEADER = r"""
+#include <barrier>
 #include <cmath>
 #include <functional>
+#include <thread>
+#include <vector>
 using std::abs;
 #define __global__
 #define __device__
@@ -166,36 +169,64 @@ using std::abs;
 #define __shared__ static
 #define __align__(x)
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
-inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
-// common.cuh's warp helpers are compiled but never called by these kernels (no shuffles, no barriers),
-// so blocks and threads can run one after another.
+inline thread_local Dim3 threadIdx, blockIdx;
+inline Dim3 blockDim, gridDim;
+inline std::barrier<>* g_block_bar = nullptr;
+inline unsigned char* g_dyn_shared = nullptr;
+#define SSM_DYNAMIC_SHARED(name) unsigned char* name = g_dyn_shared
+// common.cuh's warp helpers compile but are never called by these kernels (no shuffles).
 template <class V> inline V __shfl_sync(unsigned, V v, int) { throw 0; return v; }
 template <class V> inline V __shfl_up_sync(unsigned, V v, unsigned) { throw 0; return v; }
 template <class V> inline V __shfl_down_sync(unsigned, V v, unsigned) { throw 0; return v; }
 template <class V> inline V __shfl_xor_sync(unsigned, V v, int) { throw 0; return v; }
-inline void launch(unsigned gx, unsigned gy, unsigned block, const std::function<void()>& body) {
+inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+// Blocks one after another; the threads of a block as std::threads meeting at a
+// std::barrier for __syncthreads, dynamic shared memory a per-block buffer filled
+// with 0xff (reads of unwritten shared memory show as NaN).
+inline void launch(unsigned gx, unsigned gy, unsigned block, size_t smem, const std::function<void()>& body) {
     blockDim.x = block; gridDim.x = gx; gridDim.y = gy;
-    for (unsigned by = 0; by < gy; ++by) for (unsigned bx = 0; bx < gx; ++bx) for (unsigned t = 0; t < block; ++t) {
-        blockIdx.x = bx; blockIdx.y = by; threadIdx.x = t; body();
+    std::vector<unsigned char> shared(smem + 16);
+    for (unsigned by = 0; by < gy; ++by) for (unsigned bx = 0; bx < gx; ++bx) {
+        std::barrier<> bb(block);
+        g_block_bar = &bb;
+        std::fill(shared.begin(), shared.end(), 0xff);
+        g_dyn_shared = shared.data();
+        std::vector<std::thread> ts;
+        for (unsigned t = 0; t < block; ++t)
+            ts.emplace_back([&, t] { threadIdx.x = t; blockIdx.x = bx; blockIdx.y = by; body(); });
+        for (auto& th : ts) th.join();
     }
 }
 #include "convolution.cu"
 typedef long long ll;
 extern "C" void vandermonde_bwd_f64(unsigned gx, unsigned gy, unsigned block, const void* la, const void* G,
         void* Wp, void* Yp, ll C, ll H, ll N, ll L, ll chunk) {
-    launch(gx, gy, block, [=] { vandermonde_bwd<double>((const complex<double>*)la, (const double*)G,
+    launch(gx, gy, block, 0, [=] { vandermonde_bwd<double>((const complex<double>*)la, (const double*)G,
         (complex<double>*)Wp, (complex<double>*)Yp, C, H, N, L, chunk); });
 }
 typedef const complex<double>* cz;
 typedef complex<double>* z;
 extern "C" void cauchy_fwd_f64(unsigned gx, unsigned gy, unsigned block, const void* num, const void* mu,
         const void* omw, const void* opw, void* S, ll H, ll M, ll N, ll F) {
-    launch(gx, gy, block, [=] { cauchy_fwd<double>((cz)num, (cz)mu, (cz)omw, (cz)opw, (z)S, H, M, N, F); });
+    launch(gx, gy, block, 0, [=] { cauchy_fwd<double>((cz)num, (cz)mu, (cz)omw, (cz)opw, (z)S, H, M, N, F); });
 }
 extern "C" void cauchy_bwd_f64(unsigned gx, unsigned gy, unsigned block, const void* mu, const void* omw,
         const void* opw, const void* Sb, void* nb, void* Y, ll H, ll M, ll N, ll F) {
-    launch(gx, gy, block, [=] { cauchy_bwd<double>((cz)mu, (cz)omw, (cz)opw, (cz)Sb, (z)nb, (z)Y, H, M, N, F); });
+    launch(gx, gy, block, 0, [=] { cauchy_bwd<double>((cz)mu, (cz)omw, (cz)opw, (cz)Sb, (z)nb, (z)Y, H, M, N, F); });
 }
+#define DENSE(T, tag) \
+extern "C" void dense_fwd_##tag(unsigned gx, unsigned gy, unsigned block, unsigned long long smem, const void* At, \
+        const void* B, const void* C, void* K, ll N, ll L) { \
+    launch(gx, gy, block, smem, [=] { dense_fwd<T>((const T*)At, (const T*)B, (const T*)C, (T*)K, N, L); }); } \
+extern "C" void dense_bwd_##tag(unsigned gx, unsigned gy, unsigned block, unsigned long long smem, const void* A, \
+        const void* At, const void* B, const void* C, const void* G, void* Ab, void* Bb, void* Cb, void* ck, void* buf, \
+        ll N, ll L, ll seg, ll nseg) { \
+    launch(gx, gy, block, smem, [=] { dense_bwd<T>((const T*)A, (const T*)At, (const T*)B, (const T*)C, (const T*)G, \
+        (T*)Ab, (T*)Bb, (T*)Cb, (T*)ck, (T*)buf, N, L, seg, nseg); }); }
+DENSE(float, f32)
+DENSE(double, f64)
+DENSE(complex<float>, c64)
+DENSE(complex<double>, c128)
 """
 
 
@@ -209,10 +240,12 @@ def emulated(tmp_path_factory):
     (d / "cupy" / "complex.cuh").write_text(_EMU_COMPLEX)
     (d / "emu.cpp").write_text(_EMU_HEADER)
     lib = d / "libconv_emu.so"
-    cmd = [cxx, "-std=c++17", "-O1", "-ffp-contract=off", "-shared", "-fPIC", f"-I{d}",
-           f"-I{SOURCES['convolution.cu'].path.parent}", "-o", str(lib), str(d / "emu.cpp")]
+    cmd = [cxx, "-std=c++20", "-O1", "-ffp-contract=off", "-shared", "-fPIC", f"-I{d}",
+           f"-I{SOURCES['convolution.cu'].path.parent}", "-o", str(lib), str(d / "emu.cpp"), "-lpthread"]
     res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
+        if "barrier" in res.stderr and "No such file" in res.stderr:
+            pytest.skip("g++ without C++20 <barrier>")
         raise AssertionError(f"convolution.cu does not compile as host C++:\n{res.stderr[-4000:]}")
     return ctypes.CDLL(str(lib))
 
@@ -222,6 +255,7 @@ class _FakeCupy:
 
     empty, zeros, asarray, ascontiguousarray = np.empty, np.zeros, np.asarray, np.ascontiguousarray
     complex128, exp, broadcast_to = np.complex128, np.exp, np.broadcast_to
+    result_type, swapaxes = np.result_type, np.swapaxes
 
 
 def _argument(x):
@@ -237,13 +271,22 @@ def _argument(x):
 def host(emulated, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", _FakeCupy)
 
+    tags = {"float": "f32", "double": "f64", "complex<float>": "c64", "complex<double>": "c128"}
+
     def get(name):
         assert name in SOURCES["convolution.cu"].name_expressions
-        fn = getattr(emulated, name.replace("<double>", "_f64"))
+        kernel, targ = name[:-1].split("<", 1)
+        fn = getattr(emulated, f"{kernel}_{tags[targ]}")
+        dense = kernel.startswith("dense")
 
-        def call(grid, block, args):
+        def call(grid, block, args, shared_mem=0):
             grid = tuple(grid) + (1,) * (2 - len(grid))
-            fn(ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(block[0]), *(_argument(a) for a in args))
+            head = [ctypes.c_uint(grid[0]), ctypes.c_uint(grid[1]), ctypes.c_uint(block[0])]
+            if dense:
+                head.append(ctypes.c_ulonglong(shared_mem))
+            else:
+                assert shared_mem == 0
+            fn(*head, *(_argument(a) for a in args))
 
         return call
 
@@ -382,3 +425,74 @@ def test_ssm_kernel_dplr_end_to_end_through_the_host_kernels(host, monkeypatch):
     for g, w in zip(pb(ct), want_g):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-11)
     assert calls == ["cauchy_sums", "cauchy_sums", "cauchy_sums_bwd"]  # the host kernels did the work
+
+
+def _dense_case(rng, S, N, dtype):
+    cplx = np.dtype(dtype).kind == "c"
+
+    def r(*shape):
+        x = rng.standard_normal(shape)
+        return (x + 1j * rng.standard_normal(shape) if cplx else x).astype(dtype)
+
+    A = (r(S, N, N) * (0.8 / np.sqrt(max(N, 1)))).astype(dtype)
+    return A, r(S, N), r(S, N)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128, np.float32, np.complex64])
+@pytest.mark.parametrize("S, N, L", [(2, 3, 7), (1, 1, 1), (3, 5, 17), (1, 33, 10), (2, 2, 2)])
+def test_dense_kernel_on_the_host_matches_the_reference(host, dtype, S, N, L):
+    rng = np.random.default_rng(10)
+    A, B, C = _dense_case(rng, S, N, dtype)
+    tol = 1e-12 if np.dtype(dtype).itemsize * (1 if np.dtype(dtype).kind == "f" else 0.5) == 8 else 2e-5
+    K = cc.dense_kernel(A, B, C, L)
+    assert K.dtype == dtype and K.shape == (S, L)
+    np.testing.assert_allclose(K, ref.dense_kernel(A, B, C, L), rtol=tol, atol=tol)
+    G = rng.standard_normal((S, L)).astype(dtype)
+    got = cc.dense_kernel_bwd(A, B, C, G)
+    want = ref.dense_kernel_bwd(A, B, C, G)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and g.dtype == dtype
+        np.testing.assert_allclose(g, w, rtol=tol * 10, atol=tol * 10)
+
+
+def test_dense_kernel_empty_and_limits(host):
+    A, B, C = _dense_case(np.random.default_rng(11), 2, 3, np.float64)
+    assert cc.dense_kernel(A, B, C, 0).shape == (2, 0)
+    for g, x in zip(cc.dense_kernel_bwd(A, B, C, np.zeros((2, 0))), (A, B, C)):
+        assert g.shape == x.shape and not g.any()
+    assert cc.dense_threads(1) == 32 and cc.dense_threads(33) == 64 and cc.dense_threads(1024) == 1024
+    with pytest.raises(ValueError, match="ssm_kernel_dense: .* N = 1025"):
+        cc.dense_threads(1025)
+
+
+def test_ssm_kernel_dense_and_lti_convolution_mode_through_the_host_kernels(host, monkeypatch):
+    """The dense front door and lti_simulate's convolution mode with the CuPy dense launchers in Numba's place."""
+    import ssmcore
+    from ssmcore.backends.numba import convolution as nbc
+
+    rng = np.random.default_rng(12)
+    A, B, C = _dense_case(rng, 3, 4, np.float64)
+    u = rng.standard_normal((2, 20))
+    Ad = A[0]
+    Bm, Cm = rng.standard_normal((4, 2)), rng.standard_normal((1, 4))
+    want = ssmcore.ssm_kernel_dense(A, B, C, 9)
+    ct = rng.standard_normal(want.shape)
+    want_g = ssmcore.vjp("ssm_kernel_dense", A, B, C, 9)[1](ct)
+    want_y = ssmcore.lti_simulate(Ad, Bm, Cm, None, u, mode="convolution")
+    calls = []
+
+    def spy(fn):
+        def wrapped(*a):
+            calls.append(fn.__name__)
+            return fn(*a)
+
+        return wrapped
+
+    monkeypatch.setattr(nbc, "dense_kernel", spy(cc.dense_kernel))
+    monkeypatch.setattr(nbc, "dense_kernel_bwd", spy(cc.dense_kernel_bwd))
+    np.testing.assert_allclose(ssmcore.ssm_kernel_dense(A, B, C, 9), want, rtol=1e-12, atol=1e-12)
+    for g, w in zip(ssmcore.vjp("ssm_kernel_dense", A, B, C, 9)[1](ct), want_g):
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12)
+    y = ssmcore.lti_simulate(Ad, Bm, Cm, None, u, mode="convolution")
+    np.testing.assert_allclose(y, want_y, rtol=1e-10, atol=1e-11)
+    assert calls[:3] == ["dense_kernel", "dense_kernel", "dense_kernel_bwd"] and "dense_kernel" in calls[3:]

@@ -169,3 +169,32 @@ def test_ssm_kernel_dplr_front_door_and_vjp_on_cupy():
     _, pbc = ssmcore.vjp("ssm_kernel_dplr", *_d(lam, P, B, C, dt), L)
     for g, w in zip(pbc(cp.asarray(ct)), pb(ct)):
         np.testing.assert_allclose(_h(g), w, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.complex64, np.complex128])
+@pytest.mark.parametrize("S, N, L", [(2, 3, 7), (1, 1, 1), (4, 64, 300), (1, 33, 1000)])
+def test_dense_kernels_match_the_reference(dtype, S, N, L):
+    rng = np.random.default_rng(9)
+    cplx = np.dtype(dtype).kind == "c"
+
+    def r(*shape):
+        x = rng.standard_normal(shape)
+        return (x + 1j * rng.standard_normal(shape) if cplx else x).astype(dtype)
+
+    A = (r(S, N, N) * (0.8 / np.sqrt(N))).astype(dtype)
+    B, C, G = r(S, N), r(S, N), r(S, L)
+    tol = 2e-4 if np.dtype(dtype) in (np.float32, np.complex64) else 1e-10
+    K = _cc().dense_kernel(*_d(A, B, C), L)
+    assert K.dtype == dtype
+    np.testing.assert_allclose(_h(K), ref.dense_kernel(A, B, C, L), rtol=tol, atol=tol)
+    for g, w in zip(_cc().dense_kernel_bwd(*_d(A, B, C, G)), ref.dense_kernel_bwd(A, B, C, G)):
+        np.testing.assert_allclose(_h(g), w, rtol=tol * 10, atol=tol * 10)
+
+
+def test_lti_simulate_convolution_mode_on_cupy():
+    rng = np.random.default_rng(10)
+    A = rng.standard_normal((3, 3)) * 0.3
+    B, C, u = rng.standard_normal((3, 2)), rng.standard_normal((1, 3)), rng.standard_normal((2, 30))
+    want = ssmcore.lti_simulate(A, B, C, None, u, mode="convolution")
+    got = ssmcore.lti_simulate(*_d(A, B, C), None, cp.asarray(u), mode="convolution")
+    np.testing.assert_allclose(_h(got), want, rtol=1e-9, atol=1e-9)

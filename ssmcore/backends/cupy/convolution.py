@@ -2,8 +2,7 @@
 
 The kernel contract (names, parameters, layouts, dtypes) is the docstring of
 ``ssmcore.reference.convolution``. :data:`PROVIDES` lists the functions this
-module implements; the op whose kernels are absent here (``ssm_kernel_dense``'s
-``dense_kernel``) does not declare the CuPy backend. Arrays in and out are CuPy arrays; launchers allocate their
+module implements (the whole contract). Arrays in and out are CuPy arrays; launchers allocate their
 outputs, work on CuPy's current stream and never synchronise or copy to the host.
 
 FFT convolution (:func:`causal_conv`, :func:`causal_conv_bwd`)
@@ -32,6 +31,13 @@ Cauchy sums of the DPLR kernel (:func:`cauchy_sums`, :func:`cauchy_sums_bwd`)
     output element (``(h, m, k)`` forward, ``(h, m, i)`` backward) looping over the
     other index, so the ``(H, N, F)`` Cauchy matrix is never formed; the launcher
     forms ``mu_bar = sum_m num Y``. Memory ``O(H M (N + F))``.
+
+Dense kernel (:func:`dense_kernel`, :func:`dense_kernel_bwd`)
+    ``dense_fwd`` / ``dense_bwd``: one block per system, thread i owns state i,
+    the state in shared memory (two buffers, one barrier per step); the backward
+    keeps checkpoints every ``seg = ceil(sqrt(L))`` steps (as Numba) and recomputes
+    each segment into a workspace, ``O(S N (L / seg + seg))`` memory. ``N`` is
+    limited to :data:`DENSE_MAX_THREADS` states.
 """
 
 from __future__ import annotations
@@ -41,14 +47,15 @@ from typing import Any
 
 import numpy as np
 
-from ._rawmodule import KERNEL_DIR, declare
+from ._rawmodule import KERNEL_DIR, declare, dtype_name
 
-__all__ = ["ANCHOR", "PROVIDES", "cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "fft_length", "plan_vandermonde_bwd",
+__all__ = ["ANCHOR", "PROVIDES", "cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "dense_kernel",
+           "dense_kernel_bwd", "dense_threads", "fft_length", "plan_vandermonde_bwd",
            "vandermonde_kernel", "vandermonde_kernel_bwd"]
 
 #: The kernel-contract functions of ``reference/convolution.py`` this module implements.
-PROVIDES = ("cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "vandermonde_kernel",
-            "vandermonde_kernel_bwd")
+PROVIDES = ("cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "dense_kernel", "dense_kernel_bwd",
+            "vandermonde_kernel", "vandermonde_kernel_bwd")
 
 THREADS = 128  # threads per block of vandermonde_bwd (= its __launch_bounds__)
 ANCHOR = 64  # re-anchoring interval: must match SSM_CONV_ANCHOR in convolution.cu
@@ -61,8 +68,13 @@ def _options() -> tuple[str, ...]:
     return (f"-I{KERNEL_DIR}", f"-DSSMCORE_COMMON_CUH_SHA1=0x{digest}")
 
 
-CONV = declare("convolution.cu", ["vandermonde_bwd<double>", "cauchy_fwd<double>", "cauchy_bwd<double>"],
-               options=_options())
+_TYPES = ("float", "double", "complex<float>", "complex<double>")
+CONV = declare(
+    "convolution.cu",
+    ["vandermonde_bwd<double>", "cauchy_fwd<double>", "cauchy_bwd<double>"]
+    + [f"dense_{d}<{t}>" for d in ("fwd", "bwd") for t in _TYPES],
+    options=_options(),
+)
 
 
 # --------------------------------------------------------------------------- planning (plain Python)
@@ -291,3 +303,60 @@ def cauchy_sums_bwd(num: Any, mu: Any, one_minus_w: Any, one_plus_w: Any, S_bar:
     CONV.get("cauchy_bwd<double>")((-(-(H * M * N) // THREADS),), (THREADS,), (
         mu, omw, opw, S_bar, num_bar, Y, np.int64(H), np.int64(M), np.int64(N), np.int64(F)))
     return num_bar, (num * Y).sum(axis=1)
+
+
+# --------------------------------------------------------------------------- dense kernel
+
+DENSE_MAX_THREADS = 1024
+
+
+def dense_threads(N: int) -> int:
+    """Threads per block of the dense kernels: one per state, a whole number of warps (clear error past 1024)."""
+    if N > DENSE_MAX_THREADS:
+        raise ValueError(f"ssm_kernel_dense: the CuPy kernel holds one state per thread, at most "
+                         f"{DENSE_MAX_THREADS}; got N = {N}. Use NumPy inputs for larger systems")
+    return max(32, -(-int(N) // 32) * 32)
+
+
+def _common(cp: Any, *arrays: Any) -> tuple[Any, ...]:
+    dt = cp.result_type(*arrays)
+    return tuple(cp.ascontiguousarray(cp.asarray(a).astype(dt, copy=False)) for a in arrays)
+
+
+def dense_kernel(A: Any, B: Any, C: Any, L: int) -> Any:
+    """``K[s, l] = C[s] A[s]^l B[s]`` in the common dtype, one block per system."""
+    import cupy as cp
+
+    A, B, C = _common(cp, A, B, C)
+    S, N = B.shape
+    L = int(L)
+    if S * L == 0 or N == 0:
+        return cp.zeros((S, L), dtype=A.dtype)
+    K = cp.empty((S, L), dtype=A.dtype)
+    At = cp.ascontiguousarray(cp.swapaxes(A, -1, -2))
+    CONV.get(f"dense_fwd<{dtype_name(A.dtype)}>")((S,), (dense_threads(N),), (
+        At, B, C, K, np.int64(N), np.int64(L)), shared_mem=2 * N * A.dtype.itemsize)
+    return K
+
+
+def dense_kernel_bwd(A: Any, B: Any, C: Any, G: Any) -> tuple[Any, Any, Any]:
+    """``(A_bar, B_bar, C_bar)`` in the common dtype, by checkpointed recomputation (see the module docstring)."""
+    import math
+
+    import cupy as cp
+
+    A, B, C, G = _common(cp, A, B, C, G)
+    S, N = B.shape
+    L = G.shape[1]
+    if S == 0 or N == 0 or L == 0:
+        return cp.zeros(A.shape, A.dtype), cp.zeros(B.shape, A.dtype), cp.zeros(C.shape, A.dtype)
+    seg = max(1, math.isqrt(L - 1) + 1) if L > 1 else 1  # ceil(sqrt(L)), as Numba
+    nseg = -(-L // seg)
+    A_bar, B_bar, C_bar = cp.empty(A.shape, A.dtype), cp.empty(B.shape, A.dtype), cp.empty(C.shape, A.dtype)
+    ck = cp.empty((S, nseg, N), A.dtype)
+    buf = cp.empty((S, seg, N), A.dtype)
+    At = cp.ascontiguousarray(cp.swapaxes(A, -1, -2))
+    CONV.get(f"dense_bwd<{dtype_name(A.dtype)}>")((S,), (dense_threads(N),), (
+        A, At, B, C, G, A_bar, B_bar, C_bar, ck, buf, np.int64(N), np.int64(L), np.int64(seg), np.int64(nseg)),
+        shared_mem=4 * N * A.dtype.itemsize)
+    return A_bar, B_bar, C_bar

@@ -32,6 +32,10 @@ typedef long long ssm_ll;
 
 #define SSM_CONV_ANCHOR 64
 
+#ifndef SSM_DYNAMIC_SHARED
+#define SSM_DYNAMIC_SHARED(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
 namespace ssm_conv {
 using namespace ssm;
 
@@ -131,4 +135,127 @@ __global__ void __launch_bounds__(128) cauchy_bwd(
     }
     num_bar[e] = n1 + conj(n2);
     Y[e] = y1 + conj(y2);
+}
+
+// ---------------------------------------------------------------------------- dense kernel
+//
+// K[s, l] = C[s] A[s]^l B[s] for stacked systems (reference.convolution.dense_kernel):
+// one block per system s, thread i owns state i, the state lives in shared memory
+// as two buffers (x_l read, x_{l+1} written: one barrier per step). Thread i reads
+// At[s, j, i] = A[s, i, j] for its mat-vec (consecutive threads, consecutive
+// addresses); thread 0 forms the readout C x_l from the read buffer in the same
+// phase (O(N), the same order as each thread's mat-vec).
+template <class T>
+__global__ void dense_fwd(const T* __restrict__ At, const T* __restrict__ B, const T* __restrict__ C,
+                          T* __restrict__ K, ssm_ll N, ssm_ll L) {
+    using namespace ssm_conv;
+    SSM_DYNAMIC_SHARED(raw);
+    T* buf = reinterpret_cast<T*>(raw);  // 2 N
+    ssm_ll s = blockIdx.x;
+    int i = threadIdx.x;
+    const T* a = At + s * N * N;
+    const T* c = C + s * N;
+    if (i < N) buf[i] = B[s * N + i];
+    __syncthreads();
+    for (ssm_ll l = 0; l < L; ++l) {
+        T* cur = buf + (l & 1) * N;
+        T* nxt = buf + ((l + 1) & 1) * N;
+        if (i == 0) {
+            T acc = zero_of<T>();
+            for (ssm_ll j = 0; j < N; ++j) acc = acc + c[j] * cur[j];
+            K[s * L + l] = acc;
+        }
+        if (i < N && l + 1 < L) {
+            T y = zero_of<T>();
+            for (ssm_ll j = 0; j < N; ++j) y = y + a[j * N + i] * cur[j];
+            nxt[i] = y;
+        }
+        __syncthreads();
+    }
+}
+
+// Pullback (reference.convolution.dense_kernel_bwd): lam_l = C G_l + A^T lam_{l+1}
+// (lam_L = 0), B_bar = lam_0, C_bar = sum_l G_l x_l, A_bar = sum_l lam_{l+1} x_l^T.
+// One block per system, thread i owns state i (its row of A_bar, its C_bar and lam).
+// A forward sweep keeps the state entering every segment of `seg` steps in
+// ck (S, nseg, N); segments are then visited last to first, recomputed from their
+// checkpoint into buf (S, seg, N) and walked backwards. Shared memory: x (2 N) for the
+// forward sweeps, lam (2 N) ping-pong for the reverse walk.
+template <class T>
+__global__ void dense_bwd(const T* __restrict__ A, const T* __restrict__ At, const T* __restrict__ B,
+                          const T* __restrict__ C, const T* __restrict__ G, T* __restrict__ A_bar,
+                          T* __restrict__ B_bar, T* __restrict__ C_bar, T* __restrict__ ck, T* __restrict__ buf,
+                          ssm_ll N, ssm_ll L, ssm_ll seg, ssm_ll nseg) {
+    using namespace ssm_conv;
+    SSM_DYNAMIC_SHARED(raw);
+    T* xs = reinterpret_cast<T*>(raw);  // 2 N
+    T* lam = xs + 2 * N;                // 2 N
+    ssm_ll s = blockIdx.x;
+    int i = threadIdx.x;
+    bool own = i < N;
+    const T* a = A + s * N * N;
+    const T* at = At + s * N * N;
+    const T* g = G + s * L;
+    T* ckp = ck + s * nseg * N;
+    T* bf = buf + s * seg * N;
+    // forward sweep: checkpoints x_{k seg}
+    if (own) xs[i] = B[s * N + i];
+    __syncthreads();
+    for (ssm_ll l = 0; l < L; ++l) {
+        T* cur = xs + (l & 1) * N;
+        T* nxt = xs + ((l + 1) & 1) * N;
+        if (own && l % seg == 0) ckp[(l / seg) * N + i] = cur[i];
+        if (own && l + 1 < L) {
+            T y = zero_of<T>();
+            for (ssm_ll j = 0; j < N; ++j) y = y + at[j * N + i] * cur[j];
+            nxt[i] = y;
+        }
+        __syncthreads();
+    }
+    T cbar = zero_of<T>();
+    T ci = own ? C[s * N + i] : zero_of<T>();
+    T* abar = A_bar + s * N * N + (ssm_ll)i * N;
+    if (own)
+        for (ssm_ll j = 0; j < N; ++j) abar[j] = zero_of<T>();
+    if (own) lam[i] = zero_of<T>();  // lam_L, in buffer L & 1
+    int cur_lam = 0;  // lam holds lam_{l+1} in lam + cur_lam * N
+    __syncthreads();
+    for (ssm_ll k = nseg - 1; k >= 0; --k) {
+        ssm_ll t0 = k * seg;
+        ssm_ll t1 = t0 + seg < L ? t0 + seg : L;
+        // recompute x_t0 .. x_{t1-1} into bf rows 0 .. t1-t0-1
+        if (own) bf[i] = ckp[k * N + i];
+        __syncthreads();
+        for (ssm_ll t = t0; t + 1 < t1; ++t) {
+            const T* cur = bf + (t - t0) * N;
+            if (own) {
+                T y = zero_of<T>();
+                for (ssm_ll j = 0; j < N; ++j) y = y + at[j * N + i] * cur[j];
+                bf[(t + 1 - t0) * N + i] = y;
+            }
+            __syncthreads();
+        }
+        for (ssm_ll l = t1 - 1; l >= t0; --l) {
+            const T* x = bf + (l - t0) * N;
+            T* ln = lam + cur_lam * N;         // lam_{l+1}
+            T* lo = lam + (1 - cur_lam) * N;   // lam_l, written
+            T gl = g[l];
+            if (own) {
+                cbar = cbar + gl * x[i];
+                if (l < L - 1) {
+                    T li = ln[i];
+                    for (ssm_ll j = 0; j < N; ++j) abar[j] = abar[j] + li * x[j];
+                }
+                T y = ci * gl;
+                for (ssm_ll j = 0; j < N; ++j) y = y + a[j * N + i] * ln[j];
+                lo[i] = y;
+            }
+            cur_lam = 1 - cur_lam;
+            __syncthreads();
+        }
+    }
+    if (own) {
+        B_bar[s * N + i] = lam[cur_lam * N + i];
+        C_bar[s * N + i] = cbar;
+    }
 }
