@@ -43,7 +43,7 @@ DIAG_METHODS = DENSE_METHODS
 #: Where the ops of this module have kernels (forward and backward); CuPy kernels come later.
 _BACKENDS = ("numpy", "numba")
 # cont2discrete is not a registered op (no gradient) but runs the expm kernels of discretize.
-declare_backends("cont2discrete", _BACKENDS)
+declare_backends("cont2discrete", (*_BACKENDS, "cupy"))
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -481,7 +481,8 @@ def _discretize_bwd(res, cotangent):
     )
 
 
-@register_op("discretize", fwd=_discretize_fwd, bwd=_discretize_bwd, inputs=("A", "B", "dt"), backends=_BACKENDS)
+@register_op("discretize", fwd=_discretize_fwd, bwd=_discretize_bwd, inputs=("A", "B", "dt"),
+             backends=(*_BACKENDS, "cupy"))
 def discretize(
     A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None, *, backend: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,11 @@ def test_declarations_and_signatures():
 
 def test_constants_match_the_cuda_source():
     src = SOURCES["discretization.cu"].code()
+    from ssmcore.backends.numba.discretization import _PADE, _THETA
+
+    for row in _PADE:
+        assert ", ".join(repr(float(x)) for x in row) in src.replace("\n         ", " ")
+    assert ", ".join(repr(t) for t in _THETA) in src.replace("\n                         ", " ")
     for name, code in ref.METHOD_CODES.items():
         assert re.search(rf"#define SSM_{name.upper()} {code}\b", src), name
     assert re.search(rf"#define SSM_PHI_SERIES_RADIUS {ref.PHI_SERIES_RADIUS!r}\b", src)
@@ -112,6 +117,11 @@ FWD(complex<double>, double, c128_f64)
 FWD(complex<double>, complex<double>, c128_c128)
 BWD(double, f64)
 BWD(complex<double>, c128)
+#define EXPM(T, tag) \
+extern "C" void batched_##tag(unsigned gx, unsigned block, cv Z, vp out, vp work, ll K, ll n) { \
+    launch(gx, block, [=] { expm_batched<T>((const T*)Z, (T*)out, (T*)work, K, n); }); }
+EXPM(double, f64)
+EXPM(complex<double>, c128)
 """
 
 _TAGS = {"double": "f64", "complex<double>": "c128"}
@@ -136,12 +146,12 @@ def emulated(tmp_path_factory):
 
 
 class _FakeCupy:
-    empty, asarray, ascontiguousarray = np.empty, np.asarray, np.ascontiguousarray
+    empty, empty_like, asarray, ascontiguousarray = np.empty, np.empty_like, np.asarray, np.ascontiguousarray
 
 
 def _argument(x):
     if isinstance(x, np.ndarray):
-        assert x.flags.c_contiguous, "a non-contiguous array reached the kernel"
+        assert x.flags.c_contiguous, "a non-contiguous array reached the kernel"  # (chunk slices are contiguous)
         return ctypes.c_void_p(x.ctypes.data)
     if isinstance(x, np.int64):
         return ctypes.c_longlong(int(x))
@@ -269,3 +279,67 @@ def test_empty_and_m_zero(host):
     want = ref.discretize_diag_bwd(A, dt, B, 0, 0.0, np.ones(A.shape), np.zeros((2, 3, 0)))
     _close(gA, want[0])
     _close(gdt, want[1])
+
+
+# --------------------------------------------------------------------------- batched expm
+
+
+def test_expm_chunk():
+    assert cd.expm_chunk(10, 4) == 10
+    assert cd.expm_chunk(10 ** 9, 4) == cd.EXPM_WORK_ELEMENTS // 128
+    assert cd.expm_chunk(0, 3) == 1
+    with pytest.raises(ValueError, match="expm_chunk"):
+        cd.expm_chunk(-1, 2)
+
+
+@pytest.mark.parametrize("cplx", [False, True])
+@pytest.mark.parametrize("n", [1, 2, 4, 7])
+def test_expm_on_the_host_matches_scipy_at_every_pade_degree(host, cplx, n):
+    """Norms from 1e-3 to 50 reach every Pade degree (3 .. 13) and the squaring."""
+    rng = np.random.default_rng(5)
+    Z = rng.standard_normal((12, n, n)) + (1j * rng.standard_normal((12, n, n)) if cplx else 0)
+    norms = np.abs(Z).sum(axis=-2).max(axis=-1)
+    Z = Z * (np.geomspace(1e-3, 50, 12) / norms)[:, None, None]
+    got = cd.expm(Z.reshape(3, 4, n, n))
+    assert got.shape == (3, 4, n, n) and got.dtype == Z.dtype
+    np.testing.assert_allclose(got.reshape(12, n, n), ref.expm(Z), rtol=1e-11, atol=1e-12)
+
+
+def test_expm_chunks_nan_and_empty(host, monkeypatch):
+    monkeypatch.setattr(cd, "EXPM_WORK_ELEMENTS", 8 * 9 * 2)  # two 3x3 matrices per launch
+    rng = np.random.default_rng(6)
+    Z = rng.standard_normal((5, 3, 3))
+    Z[3, 1, 1] = np.nan
+    got = cd.expm(Z)
+    assert np.isnan(got[3]).all()
+    keep = [0, 1, 2, 4]
+    np.testing.assert_allclose(got[keep], ref.expm(Z[keep]), rtol=1e-11, atol=1e-12)
+    assert cd.expm(np.zeros((0, 2, 2))).shape == (0, 2, 2)
+
+
+def test_discretize_front_door_through_the_host_expm(host, monkeypatch):
+    """discretize (forward, Frechet-adjoint backward) and cont2discrete with the CuPy expm in Numba's place."""
+    import ssmcore
+    from ssmcore.backends.numba import discretization as nbd
+
+    rng = np.random.default_rng(7)
+    A, B = rng.standard_normal((6, 3, 3)) * 0.5, rng.standard_normal((6, 3, 2))
+    wants = {m: ssmcore.discretize(A, B, 0.1, m) for m in ("zoh", "foh", "impulse")}
+    cts = tuple(rng.standard_normal(w.shape) for w in wants["zoh"])
+    want_g = ssmcore.vjp("discretize", A, B, 0.1, "zoh")[1](cts)
+    want_c = ssmcore.cont2discrete((A[0], B[0], np.ones((1, 3)), np.zeros((1, 2))), 0.1, "foh")
+    calls = []
+
+    def spy(Z):
+        calls.append(Z.shape)
+        return cd.expm(Z)
+
+    monkeypatch.setattr(nbd, "expm", spy)
+    for m, want in wants.items():
+        for g, w in zip(ssmcore.discretize(A, B, 0.1, m), want):
+            np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12)
+    for g, w in zip(ssmcore.vjp("discretize", A, B, 0.1, "zoh")[1](cts), want_g):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-11)
+    for g, w in zip(ssmcore.cont2discrete((A[0], B[0], np.ones((1, 3)), np.zeros((1, 2))), 0.1, "foh"), want_c):
+        np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-12)
+    assert calls

@@ -71,3 +71,35 @@ def test_discretize_diag_front_door_and_vjp(dtype, method):
     _, pbc = ssmcore.vjp("discretize_diag", *(cp.asarray(x) for x in (A, B, dt)), method)
     for g, w in zip(pbc(tuple(cp.asarray(c) for c in cts)), pb(cts)):
         np.testing.assert_allclose(cp.asnumpy(g), w, rtol=tol * 10, atol=tol * 10)
+
+
+@pytest.mark.parametrize("cplx", [False, True])
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_expm_matches_numba_at_every_pade_degree(cplx, n):
+    from ssmcore.backends.numba.discretization import expm as nb_expm
+
+    rng = np.random.default_rng(3)
+    Z = rng.standard_normal((40, n, n)) + (1j * rng.standard_normal((40, n, n)) if cplx else 0)
+    Z = Z * (np.geomspace(1e-3, 50, 40) / np.abs(Z).sum(axis=-2).max(axis=-1))[:, None, None]
+    got = _cd().expm(cp.asarray(Z))
+    np.testing.assert_allclose(cp.asnumpy(got), nb_expm(Z), rtol=1e-11, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["zoh", "foh", "impulse", "bilinear", "zoh_euler"])
+def test_discretize_and_cont2discrete_on_cupy(method):
+    rng = np.random.default_rng(4)
+    A, B = rng.standard_normal((50, 4, 4)) * 0.5, rng.standard_normal((50, 4, 2))
+    want = ssmcore.discretize(A, B, 0.1, method)
+    got = ssmcore.discretize(cp.asarray(A), cp.asarray(B), 0.1, method)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(cp.asnumpy(g), w, rtol=1e-10, atol=1e-11)
+    cts = tuple(rng.standard_normal(w.shape) for w in want)
+    _, pb = ssmcore.vjp("discretize", A, B, 0.1, method)
+    _, pbc = ssmcore.vjp("discretize", cp.asarray(A), cp.asarray(B), 0.1, method)
+    for g, w in zip(pbc(tuple(cp.asarray(c) for c in cts)), pb(cts)):
+        np.testing.assert_allclose(cp.asnumpy(g), w, rtol=1e-9, atol=1e-10)
+    sys_np = (A[0], B[0], np.ones((1, 4)), np.zeros((1, 2)))
+    want = ssmcore.cont2discrete(sys_np, 0.1, method if method != "zoh_euler" else "zoh")
+    got = ssmcore.cont2discrete(tuple(cp.asarray(x) for x in sys_np), 0.1, method if method != "zoh_euler" else "zoh")
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(cp.asnumpy(g) if isinstance(g, cp.ndarray) else g, w, rtol=1e-10, atol=1e-11)

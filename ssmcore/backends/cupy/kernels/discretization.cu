@@ -160,3 +160,180 @@ __global__ void __launch_bounds__(256) discretize_diag_bwd(
     gA[i] = gx * step;
     gdt[i] = gx * a + s * beta;
 }
+
+// ---------------------------------------------------------------------------- batched expm
+//
+// expm of a stack of K small (n, n) matrices (reference.discretization.expm; the
+// Numba kernel's algorithm): scaling and squaring with the diagonal Pade
+// approximant of degree 3, 5, 7, 9 or 13 chosen from the 1-norm (Higham 2005,
+// SIAM J. Matrix Anal. Appl. 26(4), Table 2.3), exp(X) ~ (V - U)^-1 (V + U) by
+// Gaussian elimination with partial pivoting, then s squarings. One thread per
+// matrix; its eight n x n work matrices live in a global workspace interleaved
+// across the stack (element (w, i, j) of matrix k at ((w n + i) n + j) K + k), so
+// the threads of a warp touch consecutive addresses. NaN/inf entries give NaN.
+namespace ssm_disc {
+
+__device__ __forceinline__ double pade_coef(int row, int j) {
+    const double b[5][14] = {
+        {120.0, 60.0, 12.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0},
+        {30240.0, 15120.0, 3360.0, 420.0, 30.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0},
+        {17297280.0, 8648640.0, 1995840.0, 277200.0, 25200.0, 1512.0, 56.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0},
+        {17643225600.0, 8821612800.0, 2075673600.0, 302702400.0, 30270240.0, 2162160.0, 110880.0, 3960.0, 90.0,
+         1.0, 0.0, 0.0, 0.0, 0.0},
+        {6.476475253248e+16, 3.238237626624e+16, 7771770303897600.0, 1187353796428800.0, 129060195263999.98,
+         10559470521600.0, 670442572800.0, 33522128640.0, 1323241920.0, 40840800.0, 960960.0, 16380.0, 182.0, 1.0}};
+    return b[row][j];
+}
+
+__device__ __forceinline__ double pade_theta(int row) {
+    const double t[5] = {0.01495585217958292, 0.253939833006323, 0.9504178996162932, 2.097847961257068,
+                         5.371920351148152};
+    return t[row];
+}
+
+// A strided view of work matrix w of one thread's matrix.
+template <class T> struct Work {
+    T* base;
+    ssm_ll n, K;
+    __device__ __forceinline__ T& operator()(int w, ssm_ll i, ssm_ll j) const { return base[((w * n + i) * n + j) * K]; }
+};
+
+template <class T> __device__ void wmatmul(const Work<T>& W, int x, int y, int out) {
+    ssm_ll n = W.n;
+    for (ssm_ll i = 0; i < n; ++i) {
+        for (ssm_ll j = 0; j < n; ++j) W(out, i, j) = zero_of<T>();
+        for (ssm_ll k = 0; k < n; ++k) {
+            T xik = W(x, i, k);
+            if (!is_zero(xik))
+                for (ssm_ll j = 0; j < n; ++j) W(out, i, j) = W(out, i, j) + xik * W(y, k, j);
+        }
+    }
+}
+
+// out (+)= c6 X6 + c4 X4 + c2 X2 + c0 I
+template <class T> __device__ void wcombine(const Work<T>& W, int out, int x6, int x4, int x2, double c6, double c4,
+                                            double c2, double c0, bool acc) {
+    ssm_ll n = W.n;
+    for (ssm_ll i = 0; i < n; ++i) {
+        for (ssm_ll j = 0; j < n; ++j) {
+            T v = W(x6, i, j) * c6 + W(x4, i, j) * c4 + W(x2, i, j) * c2;
+            W(out, i, j) = acc ? W(out, i, j) + v : v;
+        }
+        W(out, i, i) = W(out, i, i) + T(c0);
+    }
+}
+
+// P <- Q^-1 P (Q overwritten), partial pivoting.
+template <class T> __device__ void wsolve(const Work<T>& W, int q, int p) {
+    ssm_ll n = W.n;
+    for (ssm_ll k = 0; k < n; ++k) {
+        ssm_ll piv = k;
+        double big = magnitude(W(q, k, k));
+        for (ssm_ll i = k + 1; i < n; ++i) {
+            double v = magnitude(W(q, i, k));
+            if (v > big) { big = v; piv = i; }
+        }
+        if (piv != k) {
+            for (ssm_ll j = 0; j < n; ++j) {
+                T t = W(q, k, j); W(q, k, j) = W(q, piv, j); W(q, piv, j) = t;
+                t = W(p, k, j); W(p, k, j) = W(p, piv, j); W(p, piv, j) = t;
+            }
+        }
+        T inv = T(1.0) / W(q, k, k);
+        for (ssm_ll i = k + 1; i < n; ++i) {
+            T f = W(q, i, k) * inv;
+            if (!is_zero(f)) {
+                for (ssm_ll j = k + 1; j < n; ++j) W(q, i, j) = W(q, i, j) - f * W(q, k, j);
+                for (ssm_ll j = 0; j < n; ++j) W(p, i, j) = W(p, i, j) - f * W(p, k, j);
+            }
+        }
+    }
+    for (ssm_ll k = n - 1; k >= 0; --k) {
+        T inv = T(1.0) / W(q, k, k);
+        for (ssm_ll j = 0; j < n; ++j) W(p, k, j) = W(p, k, j) * inv;
+        for (ssm_ll i = 0; i < k; ++i) {
+            T f = W(q, i, k);
+            if (!is_zero(f))
+                for (ssm_ll j = 0; j < n; ++j) W(p, i, j) = W(p, i, j) - f * W(p, k, j);
+        }
+    }
+}
+
+}  // namespace ssm_disc
+
+template <class T>
+__global__ void __launch_bounds__(256) expm_batched(const T* __restrict__ Z, T* __restrict__ out, T* __restrict__ work,
+                                                    ssm_ll K, ssm_ll n) {
+    using namespace ssm_disc;
+    ssm_ll k = (ssm_ll)blockIdx.x * blockDim.x + threadIdx.x;
+    if (k >= K) return;
+    const T* A = Z + k * n * n;
+    T* O = out + k * n * n;
+    double norm = 0.0;
+    for (ssm_ll j = 0; j < n; ++j) {
+        double col = 0.0;
+        for (ssm_ll i = 0; i < n; ++i) col += magnitude(A[i * n + j]);
+        norm = norm > col ? norm : col;
+    }
+    if (!(norm <= 1.7976931348623157e308)) {  // NaN or inf entries
+        for (ssm_ll i = 0; i < n * n; ++i) O[i] = T(nan(""));
+        return;
+    }
+    int row = 4;
+    for (int r = 0; r < 4; ++r) {
+        if (norm <= pade_theta(r)) { row = r; break; }
+    }
+    int s = 0;
+    if (row == 4 && norm > pade_theta(4)) s = (int)ceil(log2(norm / pade_theta(4)));
+    double scale = ldexp(1.0, -s);  // a power of two: exact
+    Work<T> W{work + k, n, K};
+    enum { X = 0, X2 = 1, X4 = 2, X6 = 3, U = 4, V = 5, Tm = 6, Q = 7 };
+    for (ssm_ll i = 0; i < n; ++i)
+        for (ssm_ll j = 0; j < n; ++j) W(X, i, j) = A[i * n + j] * scale;
+    wmatmul(W, X, X, X2);
+    if (row == 4) {  // degree 13, Higham's evaluation with 6 products
+        wmatmul(W, X2, X2, X4);
+        wmatmul(W, X4, X2, X6);
+        wcombine(W, Tm, X6, X4, X2, pade_coef(4, 13), pade_coef(4, 11), pade_coef(4, 9), 0.0, false);
+        wmatmul(W, X6, Tm, Q);
+        wcombine(W, Q, X6, X4, X2, pade_coef(4, 7), pade_coef(4, 5), pade_coef(4, 3), pade_coef(4, 1), true);
+        wmatmul(W, X, Q, U);
+        wcombine(W, Tm, X6, X4, X2, pade_coef(4, 12), pade_coef(4, 10), pade_coef(4, 8), 0.0, false);
+        wmatmul(W, X6, Tm, V);
+        wcombine(W, V, X6, X4, X2, pade_coef(4, 6), pade_coef(4, 4), pade_coef(4, 2), pade_coef(4, 0), true);
+    } else {  // degree m = 3, 5, 7, 9
+        int m = 3 + 2 * row;
+        for (ssm_ll i = 0; i < n; ++i) {
+            for (ssm_ll j = 0; j < n; ++j) {
+                W(Q, i, j) = W(X2, i, j) * pade_coef(row, 3);
+                W(V, i, j) = W(X2, i, j) * pade_coef(row, 2);
+                W(Tm, i, j) = W(X2, i, j);
+            }
+            W(Q, i, i) = W(Q, i, i) + T(pade_coef(row, 1));
+            W(V, i, i) = W(V, i, i) + T(pade_coef(row, 0));
+        }
+        for (int kk = 2; kk < (m + 1) / 2; ++kk) {
+            wmatmul(W, Tm, X2, X4);
+            for (ssm_ll i = 0; i < n; ++i)
+                for (ssm_ll j = 0; j < n; ++j) {
+                    W(Tm, i, j) = W(X4, i, j);
+                    W(Q, i, j) = W(Q, i, j) + W(Tm, i, j) * pade_coef(row, 2 * kk + 1);
+                    W(V, i, j) = W(V, i, j) + W(Tm, i, j) * pade_coef(row, 2 * kk);
+                }
+        }
+        wmatmul(W, X, Q, U);
+    }
+    for (ssm_ll i = 0; i < n; ++i)
+        for (ssm_ll j = 0; j < n; ++j) {
+            W(Q, i, j) = W(V, i, j) - W(U, i, j);
+            W(Tm, i, j) = W(V, i, j) + W(U, i, j);
+        }
+    wsolve(W, Q, Tm);
+    for (int r = 0; r < s; ++r) {
+        wmatmul(W, Tm, Tm, Q);
+        for (ssm_ll i = 0; i < n; ++i)
+            for (ssm_ll j = 0; j < n; ++j) W(Tm, i, j) = W(Q, i, j);
+    }
+    for (ssm_ll i = 0; i < n; ++i)
+        for (ssm_ll j = 0; j < n; ++j) O[i * n + j] = W(Tm, i, j);
+}
