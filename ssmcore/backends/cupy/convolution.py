@@ -8,8 +8,11 @@ outputs, work on CuPy's current stream and never synchronise or copy to the host
 FFT convolution (:func:`causal_conv`, :func:`causal_conv_bwd`)
     ``cupy.fft`` (cuFFT) with one transform length ``n = fft_length(L, L_k)``,
     the smallest 2-3-5-7-smooth number ``>= L + L_k`` (no circular wrap-around
-    either way). ``rfft(x, n)`` zero-pads inside cuFFT's plan input, so no padded
-    copies are made here. The anti-causal half of a bidirectional kernel
+    either way). ``cupy.fft.rfft(x, n)`` zero-pads with one copy of each input
+    (cuFFT's R2C transform reads a dense padded array); nothing else is padded or
+    copied here, and the output is the inverse transform's first ``L`` samples plus
+    the skip term. A padding-free cuFFT plan (strided input) and a cached kernel
+    spectrum are the next steps for speed. The anti-causal half of a bidirectional kernel
     (``y_t += sum_j Ka_j u_{t+1+j}``) is the circular kernel ``k[n-1-j] = Ka_j``,
     whose transform is ``e^{2 pi i f / n} conj(rfft(Ka))``: both halves share one
     spectrum, and the backward uses its conjugate (correlation) for ``u_bar`` and
