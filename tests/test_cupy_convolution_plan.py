@@ -61,8 +61,9 @@ def test_plan_vandermonde_bwd_covers_l_in_anchor_multiples(E, L, sm):
 def test_constants_match_the_cuda_source():
     src = SOURCES["convolution.cu"].code()
     assert re.search(rf"#define SSM_CONV_ANCHOR {cc.ANCHOR}\b", src)
-    for bound in re.findall(r"__launch_bounds__\((\d+)\)", src):
-        assert int(bound) == cc.THREADS
+    bounds = {kernel: int(b) for b, kernel in re.findall(r"__launch_bounds__\((\d+)\)\s+(\w+)\(", src)}
+    assert bounds == {"vandermonde_bwd": cc.THREADS, "cauchy_fwd": cc.THREADS, "cauchy_bwd": cc.THREADS,
+                      "dense_fwd": cc.DENSE_MAX_THREADS, "dense_bwd": cc.DENSE_MAX_THREADS}
 
 
 def test_provides_names_contract_functions_with_the_reference_signatures():

@@ -145,8 +145,9 @@ __global__ void __launch_bounds__(128) cauchy_bwd(
 // At[s, j, i] = A[s, i, j] for its mat-vec (consecutive threads, consecutive
 // addresses); thread 0 forms the readout C x_l from the read buffer in the same
 // phase (O(N), the same order as each thread's mat-vec).
+// __launch_bounds__(1024): blocks of up to 1024 threads (one per state) must fit the register file.
 template <class T>
-__global__ void dense_fwd(const T* __restrict__ At, const T* __restrict__ B, const T* __restrict__ C,
+__global__ void __launch_bounds__(1024) dense_fwd(const T* __restrict__ At, const T* __restrict__ B, const T* __restrict__ C,
                           T* __restrict__ K, ssm_ll N, ssm_ll L) {
     using namespace ssm_conv;
     SSM_DYNAMIC_SHARED(raw);
@@ -182,7 +183,7 @@ __global__ void dense_fwd(const T* __restrict__ At, const T* __restrict__ B, con
 // checkpoint into buf (S, seg, N) and walked backwards. Shared memory: x (2 N) for the
 // forward sweeps, lam (2 N) ping-pong for the reverse walk.
 template <class T>
-__global__ void dense_bwd(const T* __restrict__ A, const T* __restrict__ At, const T* __restrict__ B,
+__global__ void __launch_bounds__(1024) dense_bwd(const T* __restrict__ A, const T* __restrict__ At, const T* __restrict__ B,
                           const T* __restrict__ C, const T* __restrict__ G, T* __restrict__ A_bar,
                           T* __restrict__ B_bar, T* __restrict__ C_bar, T* __restrict__ ck, T* __restrict__ buf,
                           ssm_ll N, ssm_ll L, ssm_ll seg, ssm_ll nseg) {
