@@ -161,6 +161,11 @@ _EMU_HEADER = r"""
 #include <functional>
 #include <thread>
 #include <vector>
+#include <complex>
+// Everything but the extern "C" entry points is hidden: other host-emulation libraries
+// loaded into the same process (lti.cu's, scan.cu's) define the same inline names
+// (threadIdx, launch, ...), which would otherwise be unified across libraries.
+#pragma GCC visibility push(hidden)
 using std::abs;
 #define __global__
 #define __device__
@@ -199,6 +204,7 @@ inline void launch(unsigned gx, unsigned gy, unsigned block, size_t smem, const 
     }
 }
 #include "convolution.cu"
+#pragma GCC visibility pop
 typedef long long ll;
 extern "C" void vandermonde_bwd_f64(unsigned gx, unsigned gy, unsigned block, const void* la, const void* G,
         void* Wp, void* Yp, ll C, ll H, ll N, ll L, ll chunk) {

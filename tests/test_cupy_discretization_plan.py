@@ -75,6 +75,11 @@ template <class T> using complex = std::complex<T>;
 _EMU_HEADER = r"""
 #include <cmath>
 #include <functional>
+#include <complex>
+// Everything but the extern "C" entry points is hidden: other host-emulation libraries
+// loaded into the same process (lti.cu's, scan.cu's) define the same inline names
+// (threadIdx, launch, ...), which would otherwise be unified across libraries.
+#pragma GCC visibility push(hidden)
 using std::abs;
 #define __global__
 #define __device__
@@ -98,6 +103,7 @@ inline void launch(unsigned gx, unsigned block, const std::function<void()>& bod
     }
 }
 #include "discretization.cu"
+#pragma GCC visibility pop
 typedef long long ll;
 typedef const void* cv;
 typedef void* vp;
