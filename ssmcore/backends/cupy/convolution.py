@@ -1,9 +1,10 @@
-"""CuPy GPU kernels of the convolution mode; a subset of :mod:`ssmcore.reference.convolution`.
+"""CuPy GPU kernels of the convolution mode; the functions of :mod:`ssmcore.reference.convolution`.
 
 The kernel contract (names, parameters, layouts, dtypes) is the docstring of
 ``ssmcore.reference.convolution``. :data:`PROVIDES` lists the functions this
-module implements (the whole contract). Arrays in and out are CuPy arrays; launchers allocate their
-outputs, work on CuPy's current stream and never synchronise or copy to the host.
+module implements (the whole contract; ``tests/test_contract.py`` checks them).
+Arrays in and out are CuPy arrays; launchers allocate their outputs, work on
+CuPy's current stream and never synchronise or copy to the host.
 
 FFT convolution (:func:`causal_conv`, :func:`causal_conv_bwd`)
     ``cupy.fft`` (cuFFT) with one transform length ``n = fft_length(L, L_k)``,

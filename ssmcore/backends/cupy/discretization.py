@@ -1,4 +1,4 @@
-"""CuPy GPU kernels of the diagonal discretisation; a subset of :mod:`ssmcore.reference.discretization`.
+"""CuPy GPU kernels of discretisation; the functions of :mod:`ssmcore.reference.discretization`.
 
 The kernel contract (names, parameters, shapes (R, N) / (R, N, M), dtypes) is the
 docstring of ``ssmcore.reference.discretization``. :data:`PROVIDES` lists what
