@@ -315,6 +315,8 @@ def bytes_moved(case: Case, candidate: str) -> int | None:
         return 2 * b * h * length * 4
     if case.op == "selective_scan":
         return _ss_bytes(case, candidate)
+    if case.op in CONV_OPS:
+        return _conv_bytes(case, candidate)
     return None
 
 
@@ -730,6 +732,8 @@ def _check_scan(fns: dict[str, Callable[[], Any]], notes: dict[str, str]) -> Non
 
 
 def run_case(case: Case, args: argparse.Namespace) -> list[Result]:
+    if case.op in CONV_OPS:
+        return run_conv_case(case, args)
     import torch
 
     if case.op == "selective_scan":
@@ -780,6 +784,191 @@ def run_case(case: Case, args: argparse.Namespace) -> list[Result]:
     except Exception:  # noqa: BLE001
         pass
     return list(results.values())
+
+
+# ----------------------------------------------------------------------------- convolution and discretisation rows
+# (issue 12: fft_conv, ssm_kernel_diag, ssm_kernel_dplr, discretize_diag, discretize). Self-contained:
+# run_case hands these ops to run_conv_case; they join CASES below.
+CONV_OPS = ("fft_conv", "ssm_kernel_diag", "ssm_kernel_dplr", "discretize_diag", "discretize")
+
+CONV_CASES: tuple[Case, ...] = (
+    Case("fft-conv-f32", "fft_conv u (B, H, L), K (H, L)", "fft_conv", (16, 1024, 4096), "float32",
+         ("ssmcore (CuPy arrays)", "torch S4 FFTConv recipe", "cupy.fft recipe"),
+         "<= 1.0x the torch recipe (goal 0.7x)"),
+    Case("ssm-kernel-diag", "ssm_kernel_diag S4D (H, N, L)", "ssm_kernel_diag", (1024, 64, 4096), "complex64",
+         ("ssmcore (CuPy arrays)", "torch S4D Vandermonde recipe"), ">= 3x faster, O(H(N+L)) memory"),
+    Case("ssm-kernel-dplr", "ssm_kernel_dplr S4 (H, N, L)", "ssm_kernel_dplr", (256, 64, 4096), "complex64",
+         ("ssmcore (CuPy arrays)",), "faster than S4's Cauchy in torch, O(H(N+L)) memory"),
+    Case("discretize-diag-c64", "discretize_diag zoh (R, N)", "discretize_diag", (8192, 4096), "complex64",
+         ("d2d copy", "ssmcore (CuPy arrays)"), ">= 0.8 of copy bandwidth"),
+    Case("discretize-dense", "discretize zoh (S, n, n)", "discretize", (100000, 4, 4), "float64",
+         ("ssmcore (CuPy arrays)", "ssmcore Numba CPU"), ">= 10x the Numba CPU kernel"),
+)
+
+
+def _conv_bytes(case: Case, candidate: str) -> int | None:
+    """discretize_diag reads A and B and writes Ad and Bd (4 arrays of the case's shape); the copy 2."""
+    if case.op != "discretize_diag":
+        return None
+    r, n = case.shape
+    size = r * n * _itemsize(case.dtype)
+    return 2 * size if candidate == "d2d copy" else 4 * size
+
+
+def _conv_inputs(case: Case) -> dict[str, Any]:
+    import math
+
+    import cupy
+
+    rs = cupy.random.RandomState(1)
+    if case.op == "fft_conv":
+        b, h, length = case.shape
+        return {"u": rs.standard_normal((b, h, length), dtype=cupy.float32),
+                "K": rs.standard_normal((h, length), dtype=cupy.float32) / length,
+                "D": rs.standard_normal(h, dtype=cupy.float32)}
+    if case.op in ("ssm_kernel_diag", "ssm_kernel_dplr"):
+        h, n, length = case.shape
+        A = (-0.5 + 1j * math.pi * cupy.arange(n)).astype(cupy.complex64) * cupy.ones((h, 1), cupy.complex64)
+        C = (rs.standard_normal((h, n)) + 1j * rs.standard_normal((h, n))).astype(cupy.complex64)
+        dt = cupy.exp(rs.uniform(math.log(1e-3), math.log(1e-1), h)).astype(cupy.float32)
+        return {"A": A, "B": cupy.ones((h, n), cupy.complex64), "C": C, "dt": dt, "L": length,
+                "P": (0.1 * rs.standard_normal((1, h, n))).astype(cupy.complex64)}
+    if case.op == "discretize_diag":
+        r, n = case.shape
+        A = (-rs.uniform(0.1, 1, (r, n)) + 1j * rs.uniform(-3, 3, (r, n))).astype(cupy.complex64)
+        return {"A": A, "B": (rs.standard_normal((r, n)) + 0j).astype(cupy.complex64), "dt": 0.01}
+    s, n, _ = case.shape
+    A = rs.standard_normal((s, n, n)) * 0.5
+    return {"A": A, "B": rs.standard_normal((s, n, 1)), "dt": 0.1}
+
+
+def _conv_candidate(case: Case, name: str, x: dict[str, Any]) -> tuple[Callable[[], Any], str]:
+    import cupy
+    import torch
+
+    import ssmcore
+
+    if name == "d2d copy":
+        src = x["A"]
+        dst = cupy.empty_like(src)
+        return (lambda: dst.__setitem__(Ellipsis, src) or dst), "events"
+    if case.op == "fft_conv":
+        u, K, D = x["u"], x["K"], x["D"]
+        length = u.shape[-1]
+        if name == "ssmcore (CuPy arrays)":
+            fn = lambda: ssmcore.fft_conv(u, K, D)  # noqa: E731
+            _probe(fn)
+            return fn, "events"
+        if name == "torch S4 FFTConv recipe":  # S4's FFTConv: rfft both at n = 2L, multiply, irfft, skip term
+            tu, tk, td = (torch.from_dlpack(a) for a in (u, K, D))
+
+            def recipe() -> Any:
+                k_f = torch.fft.rfft(tk, n=2 * length)
+                u_f = torch.fft.rfft(tu, n=2 * length)
+                return torch.fft.irfft(u_f * k_f, n=2 * length)[..., :length] + tu * td.unsqueeze(-1)
+
+            return recipe, "events"
+        if name == "cupy.fft recipe":
+            def crecipe() -> Any:
+                y = cupy.fft.irfft(cupy.fft.rfft(u, n=2 * length) * cupy.fft.rfft(K, n=2 * length), n=2 * length)
+                return y[..., :length] + u * D[:, None]
+
+            return crecipe, "events"
+    if case.op == "ssm_kernel_diag":
+        A, B, C, dt, length = x["A"], x["B"], x["C"], x["dt"], x["L"]
+        if name == "ssmcore (CuPy arrays)":
+            fn = lambda: ssmcore.ssm_kernel_diag(A, B, C, dt, length)  # noqa: E731
+            _probe(fn)
+            return fn, "events"
+        if name == "torch S4D Vandermonde recipe":  # S4D's ZOH kernel, materialising (H, N, L)
+            tA, tB, tC, tdt = (torch.from_dlpack(a) for a in (A, B, C, dt))
+            ar = torch.arange(length, device="cuda", dtype=torch.float32)
+
+            def recipe() -> Any:
+                dtA = tA * tdt.unsqueeze(-1)
+                W = tC * tB * (torch.exp(dtA) - 1.0) / tA
+                return 2 * torch.einsum("hn,hnl->hl", W, torch.exp(dtA.unsqueeze(-1) * ar)).real
+
+            return recipe, "events"
+    if case.op == "ssm_kernel_dplr" and name == "ssmcore (CuPy arrays)":
+        fn = lambda: ssmcore.ssm_kernel_dplr(x["A"], x["P"], x["B"], x["C"], x["dt"], x["L"])  # noqa: E731
+        _probe(fn)
+        return fn, "events"
+    if case.op == "discretize_diag" and name == "ssmcore (CuPy arrays)":
+        fn = lambda: ssmcore.discretize_diag(x["A"], x["B"], x["dt"])  # noqa: E731
+        _probe(fn)
+        return fn, "events"
+    if case.op == "discretize":
+        if name == "ssmcore (CuPy arrays)":
+            fn = lambda: ssmcore.discretize(x["A"], x["B"], x["dt"])  # noqa: E731
+            _probe(fn)
+            return fn, "events"
+        if name == "ssmcore Numba CPU":
+            hA, hB = cupy.asnumpy(x["A"]), cupy.asnumpy(x["B"])
+            return (lambda: ssmcore.discretize(hA, hB, x["dt"])), "wall"
+    raise Skip(f"unknown candidate {name!r}")
+
+
+def _check_conv(case: Case, fns: dict[str, Callable[[], Any]], notes: dict[str, str]) -> None:
+    """ssmcore against the first peer recipe (max relative error), so speed is not bought with error."""
+    import torch
+
+    mine = fns.get("ssmcore (CuPy arrays)")
+    peers = [n for n in fns if n not in ("ssmcore (CuPy arrays)", "d2d copy", "ssmcore Numba CPU")]
+    if mine is None or not peers:
+        return
+    got = torch.from_dlpack(mine())
+    for name in peers:
+        ref = fns[name]()
+        ref = ref if isinstance(ref, torch.Tensor) else torch.from_dlpack(ref)
+        scale = max(float(ref.abs().max()), 1e-30)
+        notes.setdefault("ssmcore (CuPy arrays)", f"max rel err vs {name} {float((got - ref).abs().max()) / scale:.1e}")
+    torch.cuda.synchronize()
+
+
+def run_conv_case(case: Case, args: argparse.Namespace) -> list[Result]:
+    """:func:`run_case` for the convolution and discretisation rows (same timing and memory method)."""
+    import torch
+
+    results = {name: Result(case, name) for name in case.candidates}
+    fns: dict[str, tuple[Callable[[], Any], str]] = {}
+    notes: dict[str, str] = {}
+    try:
+        inputs = _conv_inputs(case)
+    except Exception as exc:  # noqa: BLE001
+        return [Result(case, c, note=f"inputs failed: {type(exc).__name__}: {exc}") for c in case.candidates]
+    for name in case.candidates:
+        try:
+            fns[name] = _conv_candidate(case, name, inputs)
+        except Skip as exc:
+            results[name].note = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a broken candidate is reported, the others still run
+            results[name].note = f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            traceback.print_exc(file=sys.stderr)
+    try:
+        _check_conv(case, {k: f for k, (f, _) in fns.items()}, notes)
+    except Exception as exc:  # noqa: BLE001
+        print(f"{case.key}: accuracy check failed: {exc}", file=sys.stderr)
+    for name, (fn, timer) in fns.items():
+        try:
+            results[name].peak_bytes, results[name].out_bytes = _peak_memory(fn, timer)
+        except Exception as exc:  # noqa: BLE001
+            notes[name] = f"peak memory failed: {exc}"
+    if fns:
+        samples = _timed_gpu(fns, args.rounds, args.min_time)
+        for name, s in samples.items():
+            results[name].samples = s
+            results[name].seconds = statistics.median(s)
+            results[name].note = notes.get(name, results[name].note)
+    del inputs, fns
+    torch.cuda.empty_cache()
+    import cupy
+
+    cupy.get_default_memory_pool().free_all_blocks()
+    return list(results.values())
+
+
+CASES = CASES + CONV_CASES
 
 
 def copy_bandwidth() -> float:

@@ -23,8 +23,8 @@ resolves the backend and the array namespace ``xp`` once per call, and all glue
 (validation, broadcasting, discretisation, the Woodbury step and its adjoint)
 uses array-API functions of ``xp`` only; the kernels allocate their outputs and
 choose their own work split (FFT length, threads, frequency blocks). The ops
-declare the backends ``("numpy", "numba")``: CuPy arrays get the dispatcher's
-uniform ``UnsupportedBackendError`` until the CuPy kernels exist.
+run on the NumPy reference, the Numba kernels and the CuPy kernels
+(``backends/cupy/convolution.py``; not yet run on a GPU).
 :func:`dplr_c_tilde` runs no kernel and works in any namespace.
 """
 
@@ -45,7 +45,7 @@ __all__ = ["dplr_c_tilde", "fft_conv", "ssm_kernel_dense", "ssm_kernel_diag", "s
 
 DIAG_METHODS = ("zoh", "bilinear", "zoh_euler")
 
-#: Where the ops of this module have kernels (forward and backward); CuPy kernels come later.
+#: The CPU backends of this module's ops (each op adds "cupy": its CuPy kernels exist).
 _BACKENDS = ("numpy", "numba")
 
 
@@ -230,7 +230,7 @@ def _ssm_kernel_diag_bwd(res, ct):
 
 @register_op(
     "ssm_kernel_diag", fwd=_ssm_kernel_diag_fwd, bwd=_ssm_kernel_diag_bwd, inputs=("A", "B", "C", "dt"),
-    backends=_BACKENDS,
+    backends=(*_BACKENDS, "cupy"),
 )
 def ssm_kernel_diag(
     A: Any,
@@ -483,7 +483,7 @@ def _ssm_kernel_dplr_bwd(res, ct):
 
 @register_op(
     "ssm_kernel_dplr", fwd=_ssm_kernel_dplr_fwd, bwd=_ssm_kernel_dplr_bwd, inputs=("Lambda", "P", "B", "C", "dt"),
-    backends=_BACKENDS,
+    backends=(*_BACKENDS, "cupy"),
 )
 def ssm_kernel_dplr(
     Lambda: Any,
@@ -678,7 +678,7 @@ def _ssm_kernel_dense_bwd(p, ct):
 
 @register_op(
     "ssm_kernel_dense", fwd=_ssm_kernel_dense_fwd, bwd=_ssm_kernel_dense_bwd, inputs=("A", "B", "C"),
-    backends=_BACKENDS,
+    backends=(*_BACKENDS, "cupy"),
 )
 def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = None) -> np.ndarray:
     r"""Kernel K_l = C Ad^l Bd of dense discrete systems by repeated mat-vec.
@@ -815,7 +815,7 @@ def _fft_conv_bwd(p, ct, needs=(True, True, True)):
     return gu, gK, gD
 
 
-@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"), backends=_BACKENDS)
+@register_op("fft_conv", fwd=_fft_conv_fwd, bwd=_fft_conv_bwd, inputs=("u", "K", "D"), backends=(*_BACKENDS, "cupy"))
 def fft_conv(
     u: Any,
     K: Any,

@@ -15,8 +15,9 @@ VJPs (``ssmcore.vjp("discretize", ...)``). The maths of every method is in
 Front doors and pullbacks are device-neutral (array-API functions of the call's
 namespace ``xp``, resolved once by :func:`ssmcore.dispatch.select`); the kernels
 (elementwise diagonal discretisation, batched ``expm``) allocate their outputs and
-pick their own work split. All three functions declare the backends
-``("numpy", "numba")``: CuPy arrays get the uniform ``UnsupportedBackendError``.
+pick their own work split. All three functions run on the
+NumPy reference, the Numba kernels and the CuPy kernels
+(``backends/cupy/discretization.py``; not yet run on a GPU).
 """
 
 from __future__ import annotations
@@ -40,10 +41,10 @@ _SCIPY_METHODS = ("zoh", "foh", "impulse", "gbt", *_GBT_ALIASES)
 DENSE_METHODS = (*_SCIPY_METHODS, "zoh_euler")
 DIAG_METHODS = DENSE_METHODS
 
-#: Where the ops of this module have kernels (forward and backward); CuPy kernels come later.
+#: The CPU backends of this module's ops (each op adds "cupy": its CuPy kernels exist).
 _BACKENDS = ("numpy", "numba")
 # cont2discrete is not a registered op (no gradient) but runs the expm kernels of discretize.
-declare_backends("cont2discrete", _BACKENDS)
+declare_backends("cont2discrete", (*_BACKENDS, "cupy"))
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -218,7 +219,7 @@ def _discretize_diag_bwd(res, cotangent):
 
 @register_op(
     "discretize_diag", fwd=_discretize_diag_fwd, bwd=_discretize_diag_bwd, inputs=("A", "B", "dt"),
-    backends=_BACKENDS,
+    backends=(*_BACKENDS, "cupy"),
 )
 def discretize_diag(
     A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None, *, backend: str | None = None
@@ -481,7 +482,8 @@ def _discretize_bwd(res, cotangent):
     )
 
 
-@register_op("discretize", fwd=_discretize_fwd, bwd=_discretize_bwd, inputs=("A", "B", "dt"), backends=_BACKENDS)
+@register_op("discretize", fwd=_discretize_fwd, bwd=_discretize_bwd, inputs=("A", "B", "dt"),
+             backends=(*_BACKENDS, "cupy"))
 def discretize(
     A: Any, B: Any, dt: Any, method: str = "zoh", alpha: float | None = None, *, backend: str | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -382,9 +382,8 @@ def _lti_simulate_bwd(res: _Residuals, cotangent) -> tuple[Any | None, ...]:
     return tuple(_grad_for(xp, g, ops.batch_shape, core, given) for g, core, given in zip(grads, cores, ops.inputs))
 
 
-# CuPy: the "recurrent" and "scan" modes run on CuPy kernels end to end (backends/cupy/lti.py,
-# linear_scan's); "convolution" calls fft_conv / ssm_kernel_dense, which have none yet and
-# raise the dispatcher's uniform UnsupportedBackendError naming them.
+# CuPy: every mode runs on CuPy kernels end to end: "recurrent" on backends/cupy/lti.py,
+# "scan" on linear_scan's, "convolution" on fft_conv's and ssm_kernel_dense's.
 @register_op("lti_simulate", fwd=_lti_simulate_fwd, bwd=_lti_simulate_bwd, inputs=_OPERAND_NAMES,
              backends=("numpy", "numba", "cupy"))
 def lti_simulate(
@@ -446,8 +445,7 @@ def lti_simulate(
         simulation in a second call.
     backend : {None, "numba", "numpy", "cupy"}
         Force a backend; None picks the Numba kernels for NumPy inputs and the
-        CuPy kernels for CuPy inputs (recurrent and scan modes; the convolution
-        mode needs ``fft_conv``'s CuPy kernel, not written yet).
+        CuPy kernels for CuPy inputs (every mode).
 
     Returns
     -------
@@ -701,9 +699,8 @@ def _lti_simulate_diag_bwd(res: _DiagResiduals, cotangent) -> tuple[Any | None, 
     return tuple(_grad_for(xp, g, lead, core, given) for g, core, given in zip(grads, cores, ops.inputs))
 
 
-# CuPy: the "recurrent" and "scan" modes run on CuPy kernels end to end (backends/cupy/lti.py,
-# linear_scan's); "convolution" calls fft_conv / ssm_kernel_dense, which have none yet and
-# raise the dispatcher's uniform UnsupportedBackendError naming them.
+# CuPy: every mode runs on CuPy kernels end to end: "recurrent" on backends/cupy/lti.py,
+# "scan" on linear_scan's, "convolution" on fft_conv's and ssm_kernel_dense's.
 @register_op("lti_simulate_diag", fwd=_lti_simulate_diag_fwd, bwd=_lti_simulate_diag_bwd, inputs=_OPERAND_NAMES,
              backends=("numpy", "numba", "cupy"))
 def lti_simulate_diag(
@@ -780,8 +777,7 @@ def lti_simulate_diag(
         Also return :math:`x_{L-1}` (shape (..., H, N), compute dtype; ``x0`` when L = 0).
     backend : {None, "numba", "numpy", "cupy"}
         Force a backend; None picks the Numba kernels for NumPy inputs and the
-        CuPy kernels for CuPy inputs (recurrent and scan modes; the convolution
-        mode needs ``fft_conv``'s CuPy kernel, not written yet).
+        CuPy kernels for CuPy inputs (every mode).
 
     Returns
     -------

@@ -556,11 +556,10 @@ def test_lti_cu_compiles_with_nvrtc_for_every_instantiation(arch):
 
 
 def test_lti_ops_declare_cupy_and_their_modes_dependencies():
-    """The recurrent and scan modes run on CuPy kernels end to end (scan mode: linear_scan's);
-    the convolution mode's fft_conv/ssm_kernel_dense raise the uniform error until they have some."""
+    """Every LTI mode runs on CuPy kernels end to end: recurrent on lti.cu's, scan on
+    linear_scan's, convolution on fft_conv's and ssm_kernel_dense's."""
     from ssmcore.dispatch import capabilities
 
     caps = capabilities()
-    for op in ("lti_simulate", "lti_simulate_diag", "dlsim"):
+    for op in ("lti_simulate", "lti_simulate_diag", "dlsim", "linear_scan", "fft_conv", "ssm_kernel_dense"):
         assert "cupy" in caps[op], op
-    assert "cupy" in caps["linear_scan"]

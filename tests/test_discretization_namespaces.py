@@ -155,17 +155,3 @@ def test_reference_backend_on_namespaces(ns, rng):
     got = discretize(ns.asarray(Ad), ns.asarray(Bd), 0.2, backend="numpy")
     assert_close(ns.to_numpy(got), want, rtol=1e-10, atol=1e-12)
 
-
-@pytest.mark.gpu
-def test_cupy_without_kernel_gets_the_uniform_error():
-    """Discretisation has no CuPy kernels yet: CuPy arrays get the dispatcher's error, not a random failure."""
-    import cupy
-
-    A = cupy.asarray(np.array([-1.0, -2.0]))
-    for call in (
-        lambda: discretize_diag(A, A, 0.1),
-        lambda: discretize(cupy.asarray(np.eye(2)), cupy.asarray(np.ones((2, 1))), 0.1),
-        lambda: cont2discrete((cupy.asarray(np.eye(2)), cupy.asarray(np.ones((2, 1))), np.ones((1, 2)), 0.0), 0.1),
-    ):
-        with pytest.raises(UnsupportedBackendError, match="no CuPy kernel yet"):
-            call()

@@ -5,8 +5,9 @@ conftest). Each CuPy launcher is checked against ``ssmcore.backends.numba.lti``
 and the NumPy reference on random shapes (odd L, L = 1, L = 0, N = 1, real and
 complex, float32/float64, x0, scale 1 and 2, real_output, broadcast index maps),
 then the public ``lti_simulate``/``lti_simulate_diag``/``dlsim`` and
-``ssmcore.vjp`` on CuPy arrays, NaN propagation, streams, and the convolution
-mode's uniform error (fft_conv/ssm_kernel_dense have no CuPy kernels yet).
+``ssmcore.vjp`` on CuPy arrays, NaN propagation and streams (the convolution
+modes, which run on the CuPy convolution kernels, are compared in
+tests/test_gpu_convolution.py).
 """
 
 from __future__ import annotations
@@ -328,17 +329,6 @@ def test_lti_simulate_diag_on_cupy(rng, mode, conj_sym, dt):
     gy, gf = rng.standard_normal(y0.shape).astype(y0.dtype), _rand(rng, xf0.shape, dt)
     for g, w in zip(pb(_d(gy, gf)), pb0((gy, gf))):
         _close(g, w, dt)
-
-
-def test_convolution_mode_raises_the_uniform_error(rng):
-    A = _stable(rng, (), 3)
-    B, C, u = rng.standard_normal((3, 1)), rng.standard_normal((1, 3)), rng.standard_normal((1, 16))
-    with pytest.raises(UnsupportedBackendError, match="ssm_kernel_dense|fft_conv"):
-        ssmcore.lti_simulate(*_d(A, B, C), None, cp.asarray(u), mode="convolution")
-    Ad = np.full((2, 3), 0.5 + 0.1j)
-    with pytest.raises(UnsupportedBackendError, match="fft_conv"):
-        ssmcore.lti_simulate_diag(*_d(Ad, Ad, Ad), None, cp.asarray(rng.standard_normal((2, 16))), conj_sym=True,
-                                  mode="convolution")
 
 
 def test_dlsim_on_cupy(rng):
