@@ -47,6 +47,9 @@ PRELUDE = r"""
 #include <vector>
 using std::max;
 using std::min;
+// Hidden: several emulation libraries live in one test process and define the same inline
+// names (threadIdx, launch, ...); only the extern "C" bindings are exported.
+#pragma GCC visibility push(hidden)
 #define __global__
 #define __device__
 #define __forceinline__ inline
@@ -118,7 +121,7 @@ def build(directory: Path, kernel_dir: Path, source: str, bindings: str, name: s
     (directory / "cupy").mkdir(exist_ok=True)
     (directory / "cupy" / "complex.cuh").write_text(COMPLEX_HEADER)
     cpp = directory / f"{name}.cpp"
-    cpp.write_text(PRELUDE + f'#include "{source}"\n' + bindings)
+    cpp.write_text(PRELUDE + f'#include "{source}"\n#pragma GCC visibility pop\n' + bindings)
     lib = directory / f"lib{name}.so"
     # Plain complex products (as thrust's), no FMA contraction (as the NumPy reference).
     # -fno-gnu-unique: several builds of one source (other -D block sizes) live in one process;

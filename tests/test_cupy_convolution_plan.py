@@ -159,6 +159,7 @@ _EMU_HEADER = r"""
 #include <barrier>
 #include <cmath>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <vector>
 #include <complex>
@@ -174,6 +175,8 @@ using std::abs;
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(x)
+inline std::mutex g_atomic_mutex;  // common.cuh's atomic_add helpers need atomicAdd
+template <class V> inline V atomicAdd(V* p, V v) { std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
 inline thread_local Dim3 threadIdx, blockIdx;
 inline Dim3 blockDim, gridDim;

@@ -75,6 +75,7 @@ template <class T> using complex = std::complex<T>;
 _EMU_HEADER = r"""
 #include <cmath>
 #include <functional>
+#include <mutex>
 #include <complex>
 // Everything but the extern "C" entry points is hidden: other host-emulation libraries
 // loaded into the same process (lti.cu's, scan.cu's) define the same inline names
@@ -88,6 +89,8 @@ using std::abs;
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(x)
+inline std::mutex g_atomic_mutex;  // common.cuh's atomic_add helpers need atomicAdd
+template <class V> inline V atomicAdd(V* p, V v) { std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
 inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
 // common.cuh's warp helpers compile but are never called here (elementwise kernels):

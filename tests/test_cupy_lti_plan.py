@@ -159,6 +159,9 @@ using std::min;
 #define __launch_bounds__(...)
 #define __shared__ static
 #define __align__(x)
+// Hidden, like the other host-emulation libraries: several are loaded into one test process
+// and define the same inline names (threadIdx, launch, ...).
+#pragma GCC visibility push(hidden)
 inline std::mutex g_atomic_mutex;  // common.cuh's atomic_add helpers (used by other kernels) need atomicAdd
 template <class V> inline V atomicAdd(V* p, V v) { std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
@@ -209,6 +212,7 @@ inline void launch(unsigned gx, unsigned gy, unsigned block, size_t smem, const 
     }
 }
 #include "lti.cu"
+#pragma GCC visibility pop
 typedef long long ll;
 typedef const void* cv;
 typedef void* vp;
