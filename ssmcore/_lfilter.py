@@ -393,6 +393,12 @@ def lfilter(
         When the inputs promote to an integer, boolean or float16 dtype, as
         scipy (cast to a floating dtype).
 
+    See Also
+    --------
+    scipy.signal.lfilter : The SciPy function this one reproduces.
+    dlsim : Simulate a discrete state-space (or transfer-function) system.
+    linear_scan : The recurrence :math:`h_t = a_t h_{t-1} + b_t`, a one-pole filter with time-varying coefficients.
+
     Notes
     -----
     Batching: let ``S_x`` be the shape of ``x`` without ``axis``. Then ``b.shape[:-1]``,

@@ -285,6 +285,12 @@ def linear_scan(
         For integer/boolean NumPy arrays (cast them explicitly) and non-numeric
         dtypes.
 
+    See Also
+    --------
+    selective_scan : Mamba's input-dependent scan, built on the same recurrence.
+    lti_simulate_diag : A diagonal LTI system driven by an input sequence.
+    vjp : The output of ``linear_scan`` with its pullback.
+
     Notes
     -----
     Gradients: registered as op ``"linear_scan"`` with inputs ``(a, b, h0)``;
