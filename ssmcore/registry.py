@@ -218,12 +218,16 @@ def _fill_cotangent(out: Any, ct: Any, op: str = "pullback") -> Any:
     if xp is None:
         c = np.asarray(ct)
         if c.shape != np.shape(out):
-            raise ValueError(f"{op} pullback: cotangent has shape {c.shape}; expected the output's shape {np.shape(out)}")
+            raise ValueError(
+                f"{op} pullback: cotangent has shape {c.shape}; expected the output's shape {np.shape(out)}"
+            )
         return c.astype(np.result_type(c.dtype, np.asarray(out).dtype), copy=False)
     device = getattr(out, "device", None)
     c = ct if array_kind(ct) == array_kind(out) else xp.asarray(ct, device=device)
     if tuple(c.shape) != tuple(out.shape):
-        raise ValueError(f"{op} pullback: cotangent has shape {tuple(c.shape)}; expected the output's shape {tuple(out.shape)}")
+        raise ValueError(
+            f"{op} pullback: cotangent has shape {tuple(c.shape)}; expected the output's shape {tuple(out.shape)}"
+        )
     dt = xp.result_type(c.dtype, out.dtype)
     return c if c.dtype == dt else xp.astype(c, dt)
 
