@@ -185,9 +185,10 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("hand_fb", "torch_fb", "jax_grad"):
             row += [us(med[name]), us(med[name] - med["vjp"])] if name in med else ["-", "-"]
         rows.append(row)
-    header = ["op", "numpy", "hand", "+us", "torch", "+us", "hand_rg", "+us", "torch_rg", "+us", "jax", "+us", "jax_jit", "+us",
-              "vjp", "hand_fb", "+us", "torch_fb", "+us", "jax_grad", "+us"]
-    print("median microseconds per call (tiny example inputs, float64; +us = added over numpy (torch_rg: over the core's fwd) / over vjp)")
+    header = ["op", "numpy", "hand", "+us", "torch", "+us", "hand_rg", "+us", "torch_rg", "+us",
+              "jax", "+us", "jax_jit", "+us", "vjp", "hand_fb", "+us", "torch_fb", "+us", "jax_grad", "+us"]
+    print("median microseconds per call (tiny example inputs, float64; "
+          "+us = added over numpy (torch_rg: over the core's fwd) / over vjp)")
     print(format_table(rows, header))
 
 

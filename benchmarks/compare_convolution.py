@@ -37,8 +37,9 @@ import numpy as np
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(_HERE, ".."), _HERE]
 
-import ssmcore  # noqa: E402
 from _timing import interleaved_medians  # noqa: E402
+
+import ssmcore  # noqa: E402
 from ssmcore import fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr  # noqa: E402
 
 try:
@@ -53,7 +54,7 @@ def interleaved(cands: dict, repeats: int) -> dict[str, float]:
 
 
 def peak_mib(fn) -> float:
-    """tracemalloc peak (MiB) of one call: NumPy buffers and Python objects."""
+    """``tracemalloc`` peak (MiB) of one call: NumPy buffers and Python objects."""
     tracemalloc.start()
     tracemalloc.reset_peak()
     fn()

@@ -336,7 +336,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=None, help="regular expression selecting cases by key or title")
     p.add_argument("--warp", action="store_true",
                    help="include accelerated_scan.warp (builds a CUDA extension with nvcc: about a minute)")
-    p.add_argument("--log", default=None, help="also write the tables here (default $OUT/compare_gpu.txt if OUT is set)")
+    p.add_argument("--log", default=None,
+                   help="also write the tables here (default $OUT/compare_gpu.txt if OUT is set)")
     args = p.parse_args(argv)
     if args.rounds < 1:
         p.error("--rounds must be >= 1")
@@ -391,7 +392,9 @@ def dry_run_listing(cases: Sequence[Case]) -> str:
 
 
 # ----------------------------------------------------------------------------- GPU side
-def _timed_gpu(candidates: dict[str, tuple[Callable[[], Any], str]], rounds: int, min_time: float) -> dict[str, list[float]]:
+def _timed_gpu(
+    candidates: dict[str, tuple[Callable[[], Any], str]], rounds: int, min_time: float
+) -> dict[str, list[float]]:
     """Seconds per call, ``rounds`` interleaved samples per candidate.
 
     Each candidate is ``(fn, timer)``: ``timer`` "events" records CUDA events on
@@ -977,7 +980,8 @@ def copy_bandwidth() -> float:
 
     src = torch.empty(1 << 28, dtype=torch.float32, device="cuda")
     dst = torch.empty_like(src)
-    s = _timed_gpu({"copy": ((lambda: dst.copy_(src)), "events")}, rounds=5, min_time=0.02)["copy"]
+    copy = lambda dst=dst, src=src: dst.copy_(src)  # bound now: src and dst are deleted below
+    s = _timed_gpu({"copy": (copy, "events")}, rounds=5, min_time=0.02)["copy"]
     del src, dst
     return 2 * (1 << 30) / statistics.median(s)
 

@@ -1,8 +1,8 @@
 """Side-by-side timing of ``ssmcore.linear_scan`` against its peers.
 
 One process, candidates interleaved round-robin in every repetition, medians
-reported (``--stat min`` reports the best repetition instead). Because the machine may be shared, read the ratios measured in the same
-run, not absolute times across runs.
+reported (``--stat min`` reports the best repetition instead). Because the machine
+may be shared, read the ratios measured in the same run, not absolute times across runs.
 
 Candidates per (shape, dtype), time on the last axis:
 
@@ -117,9 +117,9 @@ def measure(cands: dict[str, Callable[[], object]], reps: int, stat: str = "medi
 
 
 def run_case(shape, dtype, reps, rng, with_jax=True, stat="median"):
-    import ssmcore
     from scipy.signal import lfilter
 
+    import ssmcore
     from ssmcore import linear_scan
 
     C, L = shape

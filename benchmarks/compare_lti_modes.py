@@ -20,9 +20,12 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _timing import format_table, interleaved_medians  # noqa: E402
 
-from ssmcore import discretize_diag  # noqa: E402
-from ssmcore import s4d_lin  # noqa: E402
-from ssmcore import lti_simulate, lti_simulate_diag  # noqa: E402
+from ssmcore import (  # noqa: E402
+    discretize_diag,  # noqa: E402
+    lti_simulate,
+    lti_simulate_diag,
+    s4d_lin,  # noqa: E402
+)
 
 MODES = ("recurrent", "scan", "convolution")
 

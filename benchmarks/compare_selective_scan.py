@@ -86,7 +86,7 @@ def torch_selective_scan_ref(u, delta, A, B, C, D, z, delta_bias):
 
 
 def candidates(inp):
-    """name -> zero-argument callable, for the forward and forward+backward of each side."""
+    """``name`` -> zero-argument callable, for the forward and forward+backward of each side."""
     import ssmcore
     from ssmcore import selective_scan
 

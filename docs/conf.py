@@ -180,28 +180,6 @@ def _guide_pages(app, docname, source):
     source[0] = source[0].replace(GUIDE_MARKER + "\n", "".join(f"{p}\n" for p in pages))
 
 
-# Docstring markup that docutils rejects, corrected here until the docstrings themselves
-# are fixed (listed in the project's docstring to-do; each entry is a no-op once its
-# docstring no longer contains the text). Keyed by function name: (old, new) pairs.
-PENDING_DOCSTRING_FIXES = {
-    "discretize_diag": [("including |x| down", "including :math:`|x|` down")],
-    "hippo_basis": [("shape (N, *s.shape), float64", "shape ``(N, *s.shape)``, float64")],
-    "hippo_reconstruct": [("shape (..., *s.shape), float64", "shape ``(..., *s.shape)``, float64")],
-    # autosummary cuts the summary at the first ". ", inside "``n = 0 .. N - 1``"
-    "s4d_lin": [("``n = 0 .. N/2 - 1``", ":math:`n = 0, \\dots, N/2 - 1`")],
-    "s4d_real": [("``n = 0 .. N - 1``", ":math:`n = 0, \\dots, N - 1`")],
-}
-
-
-def _pending_docstring_fixes(app, what, name, obj, options, lines):
-    fixes = PENDING_DOCSTRING_FIXES.get(getattr(obj, "__name__", ""), ())
-    for i, line in enumerate(lines):
-        for old, new in fixes:
-            line = line.replace(old, new)
-        lines[i] = line
-
-
 def setup(app):
     app.connect("source-read", _guide_pages)
-    app.connect("autodoc-process-docstring", _pending_docstring_fixes)
     return {"parallel_read_safe": True}

@@ -288,6 +288,22 @@ def ssm_kernel_diag(
         float64. The leading axes follow C (and H is present as soon as any
         input has a channel axis).
 
+    Raises
+    ------
+    ValueError
+        If the last axes of A, B and C differ, dt is not positive and finite or
+        has more than two axes, the channel axes H of the inputs disagree, L is
+        negative, or ``method`` is unknown.
+    TypeError
+        If L is not an integer, or an array is an integer, boolean or
+        non-numeric NumPy array.
+
+    See Also
+    --------
+    ssm_kernel_dplr : The kernel of S4's diagonal-plus-low-rank state matrix.
+    fft_conv : Apply the kernel to an input sequence.
+    lti_simulate_diag : The same diagonal system run step by step.
+
     Notes
     -----
     The Numba kernel never materialises the (H, N, L) Vandermonde matrix: memory is
@@ -523,6 +539,7 @@ def ssm_kernel_dplr(
     P : array_like, (rank, N) or (rank, H, N)
         Low-rank factor; the leading axis is always the rank (S4 layout).
     B : array_like, (N,) or (H, N)
+        Input vector(s) of the continuous-time system.
     C : array_like, (N,), (H, N) or (C_out, H, N)
         **C-tilde**, S4's learned parameter C~ = C (I - Ad^L) (transpose, not
         conjugate transpose) for this L. Use :func:`dplr_c_tilde` to convert an
@@ -532,11 +549,30 @@ def ssm_kernel_dplr(
     L : int
         Kernel length (also the FFT length that the truncation refers to).
     backend : {None, "numba", "numpy"}
+        ``None`` picks the Numba Cauchy kernel for NumPy arrays; ``"numpy"`` runs
+        the reference.
 
     Returns
     -------
     K : ndarray, (C_out, H, L), (H, L) or (L,)
         Real kernel; float32 when every array input is single precision.
+
+    Raises
+    ------
+    ValueError
+        If the last axes of Lambda, P, B and C differ, dt is not positive and
+        finite or not a scalar or (H,), the channel axes H disagree, or L is
+        negative.
+    TypeError
+        If L is not an integer, or an array is an integer, boolean or
+        non-numeric NumPy array.
+
+    See Also
+    --------
+    dplr : The DPLR form (Lambda, P, B, V) of a HiPPO matrix.
+    dplr_c_tilde : Convert an ordinary C to the C-tilde this function takes.
+    ssm_kernel_diag : The kernel of a purely diagonal state matrix (S4D).
+    fft_conv : Apply the kernel to an input sequence.
 
     Notes
     -----
@@ -576,8 +612,14 @@ def dplr_c_tilde(Lambda: Any, P: Any, C: Any, dt: Any, L: int, *, inverse: bool 
 
     Parameters
     ----------
-    Lambda : (N,) or (H, N); P : (rank, N) or (rank, H, N); C : (N,), (H, N) or (C_out, H, N)
-    dt : float or (H,)
+    Lambda : array_like, complex, (N,) or (H, N)
+        Diagonal part (one mode per conjugate pair).
+    P : array_like, (rank, N) or (rank, H, N)
+        Low-rank factor, rank first (S4 layout).
+    C : array_like, (N,), (H, N) or (C_out, H, N)
+        The ordinary output vector C (or C~ with ``inverse=True``).
+    dt : float or array_like (H,)
+        Positive finite step, one per channel.
     L : int
         The kernel length the C~ is meant for.
     inverse : bool
@@ -585,7 +627,22 @@ def dplr_c_tilde(Lambda: Any, P: Any, C: Any, dt: Any, L: int, *, inverse: bool 
 
     Returns
     -------
-    ndarray, complex128, C's shape broadcast with the channel axis.
+    ndarray, complex128
+        C~ (or C with ``inverse=True``), C's shape broadcast with the channel axis.
+
+    Raises
+    ------
+    ValueError
+        If the last axes of Lambda, P and C differ, the channel axes disagree,
+        dt is not positive and finite, or L is negative.
+    TypeError
+        If L is not an integer, or an array is an integer, boolean or
+        non-numeric NumPy array.
+
+    See Also
+    --------
+    ssm_kernel_dplr : The DPLR kernel, which takes C~.
+    dplr : The DPLR form of a HiPPO matrix.
 
     Examples
     --------
@@ -700,12 +757,28 @@ def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = No
     L : int
         Kernel length.
     backend : {None, "numba", "numpy"}
+        ``None`` picks the Numba kernel for NumPy arrays; ``"numpy"`` runs the
+        reference.
 
     Returns
     -------
     K : ndarray, (..., L)
         Leading axes are the broadcast of A's, B's and C's; dtype is their common
         dtype (complex systems give complex kernels; no real part is taken).
+
+    Raises
+    ------
+    ValueError
+        If A is not square in its last two axes, the last axes of B or C differ
+        from A's, the leading axes do not broadcast, or L is negative.
+    TypeError
+        If L is not an integer, or an array is an integer, boolean or
+        non-numeric NumPy array.
+
+    See Also
+    --------
+    ssm_kernel_diag : The kernel of a diagonal continuous-time system.
+    fft_conv : Apply the kernel to an input sequence.
 
     Examples
     --------
@@ -858,6 +931,22 @@ def fft_conv(
     -------
     y : ndarray, (..., C_out * H, L) (or u's shape for a 1-D kernel)
         In the common dtype of u and K (float32 stays float32); D is cast to it.
+
+    Raises
+    ------
+    ValueError
+        If u's channel axis differs from K's H, K is longer than u, a
+        bidirectional K is not (2 C_out, H, L_k), or D does not broadcast to
+        (C_out, H).
+    TypeError
+        If u, K or D is complex, an integer, boolean or non-numeric NumPy array,
+        or ``workers`` is not an int or None.
+
+    See Also
+    --------
+    ssm_kernel_diag : Kernels of diagonal SSMs (S4D).
+    ssm_kernel_dplr : Kernels of S4's DPLR SSMs.
+    ssm_kernel_dense : Kernels of dense discrete systems.
 
     Notes
     -----

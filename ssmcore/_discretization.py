@@ -242,7 +242,7 @@ def discretize_diag(
     ``bilinear``/``tustin`` = gbt(1/2), ``euler``/``forward_diff`` = gbt(0),
     ``backward_diff`` = gbt(1). Each equals :func:`discretize` on ``diag(A)``.
     :math:`\varphi_1` and its relatives are evaluated without cancellation for
-    every real or complex x, including |x| down to 1e-300 and x = 0.
+    every real or complex x, including :math:`|x|` down to 1e-300 and x = 0.
 
     Parameters
     ----------
@@ -285,8 +285,8 @@ def discretize_diag(
 
     See Also
     --------
-    discretize : dense A.
-    cont2discrete : drop-in for :func:`scipy.signal.cont2discrete`.
+    discretize : The same methods for a dense (batched) state matrix A.
+    cont2discrete : Drop-in for :func:`scipy.signal.cont2discrete` (also changes C and D).
 
     Notes
     -----
@@ -512,9 +512,11 @@ def discretize(
     Parameters
     ----------
     A : array_like, shape (..., N, N), real or complex
+        State matrix, or a stack of them along the leading batch axes.
     B : array_like, shape (..., N, M)
+        Input matrix with M input channels; its batch axes broadcast against A's.
     dt : float or array_like, positive and finite
-        Broadcasts (NumPy rules) against the batch axes ``...`` of A and B.
+        Step size. Broadcasts (NumPy rules) against the batch axes ``...`` of A and B.
     method : str
         ``"zoh"`` (default), ``"foh"``, ``"impulse"``, ``"zoh_euler"``, ``"bilinear"``,
         ``"tustin"``, ``"gbt"``, ``"euler"``, ``"forward_diff"`` or ``"backward_diff"``.
@@ -541,6 +543,12 @@ def discretize(
         unknown method, bad alpha, dt not positive and finite.
     numpy.linalg.LinAlgError
         gbt family with I - alpha dt A singular.
+
+    See Also
+    --------
+    discretize_diag : The same methods elementwise for a diagonal A (S4D, S5, Mamba).
+    cont2discrete : Drop-in for :func:`scipy.signal.cont2discrete`, with Cd and Dd.
+    scipy.signal.cont2discrete : SciPy's discretisation of one system.
 
     Notes
     -----
@@ -617,6 +625,12 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
     ------
     ValueError
         Bad shapes, unknown method, bad alpha, bad dt, impulse with D != 0.
+
+    See Also
+    --------
+    discretize : Ad and Bd only, for batches of dense systems (SSM convention).
+    discretize_diag : Elementwise discretisation of a diagonal state matrix.
+    scipy.signal.cont2discrete : The SciPy function this one reproduces.
 
     Examples
     --------

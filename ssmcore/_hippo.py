@@ -240,6 +240,22 @@ def hippo(measure: str, N: int, **params: float) -> tuple[np.ndarray, np.ndarray
     B : ndarray, shape (N,), float64
         A vector, where the S4 code returns a column ``(N, 1)``: use ``B[:, None]``.
 
+    Raises
+    ------
+    ValueError
+        If ``measure`` is unknown, a parameter value is outside its range (e.g.
+        ``theta <= 0``), ``N < 1``, or ``N`` is odd for a Fourier measure.
+    TypeError
+        If ``N`` is not an integer, or a keyword parameter is not one the measure
+        takes or is not a real number.
+
+    See Also
+    --------
+    nplr : The normal-plus-low-rank (diagonalised) form of these matrices.
+    dplr : S4's diagonal-plus-low-rank initialisations.
+    hippo_basis : The basis functions whose coefficients the state holds.
+    hippo_online_coefficients : Run the measure over a sampled signal.
+
     Notes
     -----
     ``theta`` is the window length in the time unit of ``t``. With ``theta = 1`` the
@@ -293,6 +309,21 @@ def rank_correction(measure: str, N: int, rank: int = 1, **params: float) -> np.
     Returns
     -------
     P : ndarray, shape (rank, N), float64
+
+    Raises
+    ------
+    ValueError
+        If ``measure`` is unknown or has no NPLR form, a parameter is out of range,
+        ``N`` is invalid for the measure, or ``rank`` is below the measure's rank
+        (or below 1).
+    TypeError
+        If ``N`` or ``rank`` is not an integer, or a keyword parameter is not one the measure
+        takes or is not a real number.
+
+    See Also
+    --------
+    nplr : Diagonalise ``A + P^T P`` with this correction.
+    hippo : The state matrices ``(A, B)`` this corrects.
 
     Examples
     --------
@@ -382,6 +413,24 @@ def nplr(measure: str, N: int, rank: int = 1, **params: float) -> tuple[np.ndarr
         ``V^* b`` (first half), real and >= 0 by the phase convention.
     V : ndarray, shape (N, N/2), complex128
         Orthonormal columns; ``[V, conj(V)]`` is unitary.
+
+    Raises
+    ------
+    ValueError
+        If ``measure`` is unknown or has no NPLR form, a parameter is out of range,
+        ``N`` is odd or below 1, or ``rank`` is below the measure's rank.
+    TypeError
+        If ``N`` or ``rank`` is not an integer, or a keyword parameter is not one the measure
+        takes or is not a real number.
+    RuntimeError
+        If ``A + P^T P`` is numerically not normal (an internal consistency check).
+
+    See Also
+    --------
+    dplr : S4's DPLR initialisations, several built from this form.
+    nplr_to_dense : Rebuild the real ``(A, b)`` from the returned form.
+    rank_correction : The low-rank ``P`` used here.
+    hippo : The dense HiPPO matrices.
 
     Notes
     -----
@@ -497,14 +546,31 @@ def nplr_to_dense(Lambda: Any, P: Any, B: Any, V: Any) -> tuple[np.ndarray, np.n
     Parameters
     ----------
     Lambda : array_like, shape (M,)
+        Eigenvalues, one per conjugate pair (as returned by :func:`nplr`).
     P : array_like, shape (rank, M)
+        Low-rank factor in the eigenbasis, ``V^* p``.
     B : array_like, shape (M,)
+        Input vector in the eigenbasis, ``V^* b``.
     V : array_like, shape (N, M)
+        Eigenvectors, one column per conjugate pair.
 
     Returns
     -------
     A : ndarray, shape (N, N), float64
     b : ndarray, shape (N,), float64
+
+    Raises
+    ------
+    ValueError
+        If V is not 2-D, or Lambda, B or P do not have the shapes (M,), (M,) and
+        (rank, M) that V's (N, M) imply.
+    TypeError
+        If an input is an integer, boolean or non-numeric NumPy array.
+
+    See Also
+    --------
+    nplr : The forward transformation (dense HiPPO matrices to NPLR form).
+    dplr : DPLR initialisations in the same conjugate-halved layout.
 
     Examples
     --------
@@ -603,6 +669,20 @@ def dplr(
         Real parts <= 0, imaginary parts <= 0.
     P : ndarray, shape (rank, H, N/2), complex128
     B : ndarray, shape (H, N/2), complex128
+
+    Raises
+    ------
+    ValueError
+        If ``init`` or ``B_init`` is unknown, ``N`` is odd or below 2, ``rank`` or
+        ``H`` is below 1, or ``real_scale`` or ``imag_scale`` is not a real number >= 0.
+    TypeError
+        If ``N``, ``rank`` or ``H`` is not an integer.
+
+    See Also
+    --------
+    nplr : The NPLR form used by the ``legs`` options.
+    hippo : The dense HiPPO matrices.
+    ssm_kernel_dplr : The convolution kernel of the returned parameters.
 
     Notes
     -----
@@ -760,7 +840,23 @@ def hippo_basis(measure: str, N: int, s: Any, *, t: float, **params: float) -> n
 
     Returns
     -------
-    ndarray, shape (N, *s.shape), float64
+    ndarray, shape ``(N, *s.shape)``, float64
+        Row ``n`` is the basis function :math:`g_n` evaluated at ``s``.
+
+    Raises
+    ------
+    ValueError
+        If ``measure`` is unknown or has no projection interpretation, a parameter
+        is out of range, ``N`` is invalid for the measure, or ``t`` is not finite
+        (or not positive for ``legs``).
+    TypeError
+        If ``s`` is complex or non-numeric, ``t`` is not a real number, ``N`` is
+        not an integer, or a keyword parameter is not one the measure takes.
+
+    See Also
+    --------
+    hippo_reconstruct : Sum the basis functions weighted by HiPPO coefficients.
+    hippo : The state matrices whose state holds these coefficients.
 
     Examples
     --------
@@ -858,7 +954,23 @@ def hippo_reconstruct(measure: str, c: Any, s: Any, *, t: float, **params: float
 
     Returns
     -------
-    ndarray, shape (..., *s.shape), float64
+    ndarray, shape ``(..., *s.shape)``, float64
+        The reconstruction at the times ``s``, for every leading index of ``c``.
+
+    Raises
+    ------
+    ValueError
+        If ``measure`` is unknown or has no projection interpretation, a parameter
+        is out of range, ``c``'s length N is invalid for the measure, or ``t`` is
+        not finite (or not positive for ``legs``).
+    TypeError
+        If ``c`` or ``s`` is complex or non-numeric, ``t`` is not a real number,
+        or a keyword parameter is not one the measure takes.
+
+    See Also
+    --------
+    hippo_basis : The basis functions :math:`g_n`.
+    hippo_online_coefficients : Coefficients of a sampled signal over time.
 
     Examples
     --------
@@ -973,6 +1085,7 @@ def hippo_online_coefficients(
         Window length for ``legt``, ``lmu`` and the windowed Fourier measures (in the
         time unit of ``dt``; default as :func:`hippo`).
     method : {"bilinear", "zoh", "forward", "euler", "backward"}, optional
+        Discretisation of each step (``euler`` is ``forward``), as described above.
     **params : float
         Other measure parameters (``beta``, ``alpha``).
 
@@ -980,6 +1093,23 @@ def hippo_online_coefficients(
     -------
     ndarray, shape (..., L, N), float64
         ``x_1 .. x_L``.
+
+    Raises
+    ------
+    ValueError
+        If ``measure`` or ``method`` is unknown, a parameter is out of range,
+        ``N`` is invalid for the measure, or ``dt`` is missing (for a measure
+        other than ``legs``) or not positive and finite.
+    TypeError
+        If ``u`` is complex or non-numeric, ``N`` is not an integer, or a keyword
+        parameter is not one the measure takes; also (as
+        ``UnsupportedBackendError``) for CuPy input, which has no kernel yet.
+
+    See Also
+    --------
+    hippo_reconstruct : Turn a row of the result back into a signal.
+    hippo : The state matrices ``(A, B)`` being run.
+    lti_simulate : Fast simulation of a fixed discrete LTI system.
 
     Examples
     --------

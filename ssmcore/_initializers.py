@@ -84,7 +84,7 @@ def _size(fn: str, name: str, value: Any) -> tuple[int, ...]:
 
 
 def s4d_lin(N: int) -> np.ndarray:
-    r"""S4D-Lin: :math:`\Lambda_n = -\tfrac12 - i\pi n`, ``n = 0 .. N/2 - 1``.
+    r"""S4D-Lin: :math:`\Lambda_n = -\tfrac12 - i\pi n`, :math:`n = 0, \dots, N/2 - 1`.
 
     Parameters
     ----------
@@ -95,6 +95,20 @@ def s4d_lin(N: int) -> np.ndarray:
     -------
     ndarray, shape (N/2,), complex128
         Negative imaginary parts (S4 code); the paper writes the conjugate.
+
+    Raises
+    ------
+    ValueError
+        If ``N`` is odd or below 2.
+    TypeError
+        If ``N`` is not an integer.
+
+    See Also
+    --------
+    s4d_inv : S4D-Inv, imaginary parts following the LegS spectrum.
+    s4d_legs : S4D-LegS, the diagonal of HiPPO-LegS's NPLR form.
+    s4d_real : S4D-Real, real modes.
+    ssm_kernel_diag : The convolution kernel of a diagonal SSM with these modes.
 
     Examples
     --------
@@ -121,6 +135,19 @@ def s4d_inv(N: int) -> np.ndarray:
     Returns
     -------
     ndarray, shape (N/2,), complex128
+
+    Raises
+    ------
+    ValueError
+        If ``N`` is odd or below 2.
+    TypeError
+        If ``N`` is not an integer.
+
+    See Also
+    --------
+    s4d_lin : S4D-Lin, linearly spaced imaginary parts.
+    s4d_legs : S4D-LegS, the exact LegS diagonal that S4D-Inv approximates.
+    s4d_real : S4D-Real, real modes.
 
     Examples
     --------
@@ -150,6 +177,19 @@ def s4d_legs(N: int) -> np.ndarray:
     -------
     ndarray, shape (N/2,), complex128
 
+    Raises
+    ------
+    ValueError
+        If ``N`` is odd or below 2.
+    TypeError
+        If ``N`` is not an integer.
+
+    See Also
+    --------
+    s4d_lin : S4D-Lin, linearly spaced imaginary parts.
+    s4d_inv : S4D-Inv, a closed-form approximation of this spectrum.
+    nplr : The full NPLR form (Lambda, P, B, V) of a HiPPO matrix.
+
     Examples
     --------
     >>> import numpy as np
@@ -164,7 +204,7 @@ def s4d_legs(N: int) -> np.ndarray:
 
 
 def s4d_real(N: int) -> np.ndarray:
-    r"""S4D-Real: :math:`\Lambda_n = -(n + 1)`, ``n = 0 .. N - 1`` (real modes, the LegS diagonal).
+    r"""S4D-Real: :math:`\Lambda_n = -(n + 1)`, :math:`n = 0, \dots, N - 1` (real modes, the LegS diagonal).
 
     Unlike the complex inits this returns ``N`` real modes (as Mamba uses them); S4's
     ``dplr(init="real")`` keeps ``N/2`` of them as complex numbers with zero imaginary
@@ -178,6 +218,18 @@ def s4d_real(N: int) -> np.ndarray:
     Returns
     -------
     ndarray, shape (N,), float64
+
+    Raises
+    ------
+    ValueError
+        If ``N`` is below 1.
+    TypeError
+        If ``N`` is not an integer.
+
+    See Also
+    --------
+    s4d_lin : S4D-Lin, complex modes with linearly spaced imaginary parts.
+    mamba_A_log : The same spectrum in Mamba's ``A_log`` parameterisation.
 
     Examples
     --------
@@ -204,6 +256,19 @@ def mamba_A_log(D: int, N: int) -> np.ndarray:
     ndarray, shape (D, N), float64
         Mamba keeps it in float32; cast with ``.astype(np.float32)``.
 
+    Raises
+    ------
+    ValueError
+        If ``D`` or ``N`` is below 1.
+    TypeError
+        If ``D`` or ``N`` is not an integer.
+
+    See Also
+    --------
+    mamba2_A_log : Mamba-2's one scalar per head.
+    s4d_real : The same eigenvalues :math:`-(n + 1)` as a vector.
+    selective_scan : The scan that takes ``A = -exp(A_log)``.
+
     Examples
     --------
     >>> import numpy as np
@@ -228,10 +293,26 @@ def mamba2_A_log(H: int, A_init_range: tuple[float, float] = (1.0, 16.0), rng: A
     A_init_range : (float, float), optional
         ``(lo, hi)`` with ``0 < lo <= hi``; Mamba-2's default ``(1, 16)``.
     rng : numpy.random.Generator, int or None, optional
+        Source of randomness, passed to :func:`numpy.random.default_rng`: a seed
+        reproduces the same numbers.
 
     Returns
     -------
     ndarray, shape (H,), float64
+
+    Raises
+    ------
+    ValueError
+        If ``H`` is negative or ``A_init_range`` does not satisfy ``0 < lo <= hi``.
+    TypeError
+        If ``H`` is not an integer, ``A_init_range`` is not a pair, or
+        ``rng`` is not a Generator, an int seed or None (a legacy
+        ``RandomState`` or a bool is refused).
+
+    See Also
+    --------
+    mamba_A_log : Mamba-1's per-channel, per-state ``A_log``.
+    ssd : The Mamba-2 scan that takes ``A = -exp(A_log)``.
 
     Examples
     --------
@@ -285,6 +366,8 @@ def lru_ring_init(
         Largest phase, ``> 0``. The default 6.28 is the LRU code's (not exactly
         ``2 pi``); the paper tunes it per task (e.g. ``pi/10`` for long range).
     rng : numpy.random.Generator, int or None, optional
+        Source of randomness, passed to :func:`numpy.random.default_rng`: a seed
+        reproduces the same numbers.
 
     Returns
     -------
@@ -292,6 +375,19 @@ def lru_ring_init(
         ``u_1 = 0`` with ``r_min = 0`` gives ``nu_log = +inf`` (``Lambda = 0``);
         ``u_2 = 0`` gives ``theta_log = -inf`` (phase 0); ``r_max = 1`` admits
         ``gamma_log -> -inf``. These have probability ~0 but are not errors.
+
+    Raises
+    ------
+    ValueError
+        If ``N`` is negative, the radii do not satisfy
+        ``0 <= r_min <= r_max <= 1``, or ``max_phase <= 0``.
+    TypeError
+        If ``N`` is not an integer, a radius or ``max_phase`` is not a real
+        number, or ``rng`` is not a Generator, an int seed or None.
+
+    See Also
+    --------
+    lru_lambda : The eigenvalues from the returned ``nu_log`` and ``theta_log``.
 
     Examples
     --------
@@ -328,11 +424,26 @@ def lru_lambda(nu_log: Any, theta_log: Any) -> np.ndarray:
 
     Parameters
     ----------
-    nu_log, theta_log : array_like, real, broadcastable
+    nu_log : array_like, real
+        Log of the decay rate :math:`\nu` (``|Lambda| = exp(-exp(nu_log))``).
+    theta_log : array_like, real
+        Log of the phase :math:`\theta`; broadcasts against ``nu_log``.
 
     Returns
     -------
     ndarray, complex128 (complex64 for float32 inputs)
+        The eigenvalues, in the broadcast shape of the inputs.
+
+    Raises
+    ------
+    TypeError
+        If an input is complex, an integer, boolean or non-numeric NumPy array.
+    ValueError
+        If the inputs' shapes do not broadcast.
+
+    See Also
+    --------
+    lru_ring_init : Draw ``nu_log`` and ``theta_log`` on a ring.
 
     Examples
     --------
@@ -382,6 +493,8 @@ def dt_init(
     dt_min, dt_max : float, optional
         Range, ``0 < dt_min <= dt_max`` (defaults 1e-3 and 0.1).
     rng : numpy.random.Generator, int or None, optional
+        Source of randomness, passed to :func:`numpy.random.default_rng`: a seed
+        reproduces the same numbers.
     deterministic : bool, optional
         S4's ``deterministic=True``: ``exp(linspace(log dt_min, log dt_max, H))`` along
         the last axis instead of random draws.
@@ -389,6 +502,20 @@ def dt_init(
     Returns
     -------
     ndarray, shape (H,) or H, float64
+
+    Raises
+    ------
+    ValueError
+        If ``dt_min`` or ``dt_max`` is not finite, ``0 < dt_min <= dt_max`` does
+        not hold, or a size in ``H`` is negative.
+    TypeError
+        If ``H`` is not an int or tuple of ints, ``dt_min`` or ``dt_max`` is not
+        a real number, or ``rng`` is not a Generator, an int seed or None.
+
+    See Also
+    --------
+    mamba_dt_bias : Mamba's ``dt_proj.bias``, the softplus-inverse of these steps.
+    s4d_lin : A diagonal init often paired with these steps (S4D).
 
     Examples
     --------
@@ -418,11 +545,22 @@ def inverse_softplus(x: Any) -> np.ndarray:
     Parameters
     ----------
     x : array_like, real
+        Values of the softplus, ``x > 0`` for a finite result.
 
     Returns
     -------
     ndarray
         Same shape; float32 stays float32 (computed in float64), else float64.
+
+    Raises
+    ------
+    TypeError
+        If ``x`` is complex, an integer, boolean or non-numeric NumPy array.
+
+    See Also
+    --------
+    mamba_dt_bias : Mamba's step-size bias, built with this function.
+    dt_init : Log-uniform step sizes.
 
     Examples
     --------
@@ -462,10 +600,27 @@ def mamba_dt_bias(
     dt_init_floor : float, optional
         Lower clamp of ``dt`` (``>= 0``; default 1e-4).
     rng : numpy.random.Generator, int or None, optional
+        Source of randomness, passed to :func:`numpy.random.default_rng`: a seed
+        reproduces the same numbers.
 
     Returns
     -------
     ndarray, shape (D,), float64
+
+    Raises
+    ------
+    ValueError
+        If ``D`` is negative, ``dt_init_floor`` is negative, or
+        ``0 < dt_min <= dt_max`` does not hold (or a bound is not finite).
+    TypeError
+        If ``D`` is not an integer, a bound is not a real number, or ``rng`` is
+        not a Generator, an int seed or None.
+
+    See Also
+    --------
+    dt_init : The log-uniform steps before the clamp and the inverse softplus.
+    inverse_softplus : The map from ``dt`` to the stored bias.
+    selective_scan : Applies ``softplus(delta + delta_bias)`` with ``delta_softplus=True``.
 
     Examples
     --------

@@ -32,8 +32,11 @@ _FN = "lfilter"
 
 
 class UnsupportedDtypeError(NotImplementedError, TypeError):
-    """A dtype lfilter does not filter in: scipy raises NotImplementedError for unsupported
-    result types and TypeError for object arrays of non-numbers; this is both."""
+    """A dtype lfilter does not filter in.
+
+    scipy raises NotImplementedError for unsupported result types and TypeError for
+    object arrays of non-numbers; this is both.
+    """
 
 
 class _Prepared(NamedTuple):
@@ -143,7 +146,9 @@ def _check_axis(axis: Any, ndim: int) -> int:
     except TypeError:
         raise TypeError(f"{_FN}: axis must be an integer; got {type(axis).__name__} {axis!r}") from None
     if not -ndim <= ax < ndim:
-        raise ValueError(f"{_FN}: axis {ax} is out of range for x with {ndim} dimension(s) (selected axis is out of range)")
+        raise ValueError(
+            f"{_FN}: axis {ax} is out of range for x with {ndim} dimension(s) (selected axis is out of range)"
+        )
     return ax % ndim
 
 
@@ -155,7 +160,9 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
     zi_arr = None if zi is None else _as_array("zi", zi, t)
     for name, arr in (("b", b_arr), ("a", a_arr)):
         if arr.shape[-1] == 0:
-            raise shape_error(_FN, name, arr.shape, f"(..., n{name}) with n{name} >= 1 (a non-empty coefficient vector)")
+            raise shape_error(
+                _FN, name, arr.shape, f"(..., n{name}) with n{name} >= 1 (a non-empty coefficient vector)"
+            )
     if x_arr.ndim == 0:
         raise shape_error(_FN, "x", x_arr.shape, "at least 1 dimension (x must be at least 1-D)")
     p = _check_axis(axis, x_arr.ndim)
@@ -193,7 +200,9 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
     a0_rows = a_rows[:, 0]
     if na > 1 and _any_zero(a0_rows, t):
         # scipy's IIR path refuses a[0] == 0 (its FIR path divides and returns inf/nan, as here).
-        raise ValueError(f"{_FN}: a[..., 0] == 0 for some filter; filter coefficient a[0] == 0 not supported (as in scipy)")
+        raise ValueError(
+            f"{_FN}: a[..., 0] == 0 for some filter; filter coefficient a[0] == 0 not supported (as in scipy)"
+        )
     brow = _rows_map(b_lead, batch, t)
     arow = brow if a_lead == b_lead else _rows_map(a_lead, batch, t)
     if b_lead == a_lead or Ra == 1:
@@ -318,7 +327,9 @@ def _lfilter_bwd(res: Any, cotangent: Any, needs: tuple[bool, ...] = (True, True
         ac = xp.take(p.a_rows, p.arow, axis=0)
         gb = gbt / a0
         na = p.na
-        ga0 = -(xp.sum(gbt * bc, axis=1, keepdims=True) + xp.sum(gat[:, 1:na] * ac[:, 1:na], axis=1, keepdims=True)) / a0
+        ga0 = -(
+            xp.sum(gbt * bc, axis=1, keepdims=True) + xp.sum(gat[:, 1:na] * ac[:, 1:na], axis=1, keepdims=True)
+        ) / a0
         ga = xp.concat([ga0, gat[:, 1:na] / a0], axis=1)
         if needs[0]:
             grad_b = _reduce(xp.reshape(gb[:, : p.nb], p.batch + (p.nb,)), p.b_shape, p.dtypes[0], p)
@@ -392,6 +403,12 @@ def lfilter(
     NotImplementedError
         When the inputs promote to an integer, boolean or float16 dtype, as
         scipy (cast to a floating dtype).
+
+    See Also
+    --------
+    scipy.signal.lfilter : The SciPy function this one reproduces.
+    dlsim : Simulate a discrete state-space (or transfer-function) system.
+    linear_scan : The recurrence :math:`h_t = a_t h_{t-1} + b_t`, a one-pole filter with time-varying coefficients.
 
     Notes
     -----

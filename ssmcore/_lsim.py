@@ -91,6 +91,12 @@ def lsim(system: Any, U: Any, T: Any, X0: Any = None, interp: bool = True) -> tu
         ``T`` not 1-D, not equally spaced or ``T[0] < 0``; ``U`` with the wrong
         number of rows or columns (scipy's messages).
 
+    See Also
+    --------
+    scipy.signal.lsim : The SciPy function this one reproduces.
+    dlsim : The discrete-time simulation this function runs on.
+    cont2discrete : The exact ``foh``/``zoh`` discretisation used for each step.
+
     Notes
     -----
     Differences from scipy: a complex input ``U`` or ``X0`` with a real system

@@ -455,6 +455,25 @@ def lti_simulate(
     x_final : ndarray, shape (..., N)
         Only with ``return_final_state=True``.
 
+    Raises
+    ------
+    ValueError
+        If A is not square in its last two axes, B, C, D, u or x0 do not match
+        the sizes N, M, P that A, B and C imply, the leading (batch) axes do not
+        broadcast, or ``mode`` is not one of the three modes.
+    TypeError
+        If an operand is None where an array is required, or is an integer,
+        boolean or non-numeric NumPy array.
+    UnsupportedBackendError
+        If ``backend`` (or the inputs' array type) selects a backend without a
+        kernel for the chosen mode (a ``NotImplementedError`` and ``TypeError``).
+
+    See Also
+    --------
+    lti_simulate_diag : The same simulation for diagonal state matrices (S4D, S5).
+    dlsim : Drop-in for :func:`scipy.signal.dlsim` (control convention).
+    discretize : Continuous (A, B) to the discrete matrices this function takes.
+
     Notes
     -----
     dtype: the common type of the operands (float32, float64, complex64 or
@@ -746,8 +765,8 @@ def lti_simulate_diag(
     B : array_like, shape (..., H, N)
         Input vectors (one input per channel).
     C : array_like, shape (..., H, N)
-        Output vectors. (One output per channel: for S4's C_out > 1 call once per
-        output or use the dense ``lti_simulate``.)
+        Output vectors, one output per channel: for S4's C_out > 1 call once per
+        output or use the dense ``lti_simulate``.
     D : array_like, shape (..., H), or None
         Skip weights; None means zero.
     u : array_like, shape (..., H, L)
@@ -786,6 +805,26 @@ def lti_simulate_diag(
         the operands, or its real counterpart when the output is real.
     x_final : ndarray, shape (..., H, N)
         Only with ``return_final_state=True``.
+
+    Raises
+    ------
+    ValueError
+        If A, B, C, D, u or x0 do not have the shapes that A's (H, N) imply, the
+        leading (batch) axes do not broadcast, ``mode`` is unknown, or
+        ``conj_sym=True`` is combined with ``real_output=False``.
+    TypeError
+        If u or D is complex while the output is real, or an operand is an
+        integer, boolean or non-numeric NumPy array.
+    UnsupportedBackendError
+        If ``backend`` (or the inputs' array type) selects a backend without a
+        kernel for the chosen mode (a ``NotImplementedError`` and ``TypeError``).
+
+    See Also
+    --------
+    lti_simulate : Dense state matrices, several inputs and outputs.
+    linear_scan : The diagonal recurrence on its own, for precomputed inputs.
+    ssm_kernel_diag : The convolution kernel of the same diagonal system.
+    discretize_diag : Continuous diagonal (A, B) to the discrete ones used here.
 
     Notes
     -----
@@ -973,6 +1012,23 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarra
         Outputs; 2-D even for one output, like scipy.
     xout : ndarray, shape (L, n)
         States :math:`x_0 .. x_{L-1}`; only for state-space systems, like scipy.
+
+    Raises
+    ------
+    TypeError
+        If ``system`` is a continuous-time ``lti``, not a ``dlti`` or a tuple of
+        3 to 5 entries, or an array is non-numeric; also (as
+        ``UnsupportedBackendError``) for transfer-function, zpk or ``t=`` input
+        given as non-NumPy arrays.
+    ValueError
+        If A, B, C, D, u, x0 or t have shapes that do not fit the system's
+        (n, m, p), ``t`` is not strictly increasing with at least two points, or
+        ``t[-1]`` gives no output samples.
+
+    See Also
+    --------
+    lti_simulate : SSM-convention simulation of batches of systems.
+    scipy.signal.dlsim : The SciPy function this one reproduces.
 
     Notes
     -----

@@ -49,8 +49,10 @@ class _Prepared(NamedTuple):
 
 
 def _weak(x: Any, arr: Any) -> Any:
-    """What takes part in dtype promotion: Python scalars stay weak (NEP 50), so
-    ``linear_scan(0.9, b32)`` stays float32."""
+    """What takes part in dtype promotion.
+
+    Python scalars stay weak (NEP 50), so ``linear_scan(0.9, b32)`` stays float32.
+    """
     return x if type(x) in (int, float, complex) else arr.dtype  # not np.float64 scalars, as in NumPy
 
 
@@ -170,8 +172,10 @@ def _linear_scan_fwd(
 
 
 def _to_input(g: Any, shape: tuple[int, ...], dtype: Any, p: _Prepared) -> Any:
-    """Reduce a gradient to an input's broadcast shape and dtype (real part for a
-    real input under the pairing Re(sum(u v)))."""
+    """Reduce a gradient to an input's broadcast shape and dtype.
+
+    A real input gets the real part (the pairing is Re(sum(u v))).
+    """
     xp = p.target.xp
     g = sum_to_shape(g, shape, xp)
     if p.complex_state and dtype != g.dtype and not xp.isdtype(dtype, "complex floating"):
@@ -198,7 +202,10 @@ def _linear_scan_bwd(
         return xp.astype(ct, p.dtype, copy=False)
 
     gh2 = xp.reshape(prep(gh, p.out_shape), (C, L))
-    gf = xp.zeros(C, dtype=p.dtype, device=t.device) if gfinal is None else xp.reshape(prep(gfinal, p.out_shape[:-1]), (C,))
+    if gfinal is None:
+        gf = xp.zeros(C, dtype=p.dtype, device=t.device)
+    else:
+        gf = xp.reshape(prep(gfinal, p.out_shape[:-1]), (C,))
     k = t.kernels("scan")
     # Without a's gradient the kernel neither reads the states h nor writes ga (3 streams instead of 5).
     g, ga, gh0 = k.scan_bwd(p.a_rows, p.arow, h2, p.h0_flat, gh2, gf, reverse, need_a=needs[0])
@@ -284,6 +291,12 @@ def linear_scan(
     TypeError
         For integer/boolean NumPy arrays (cast them explicitly) and non-numeric
         dtypes.
+
+    See Also
+    --------
+    selective_scan : Mamba's input-dependent scan, built on the same recurrence.
+    lti_simulate_diag : A diagonal LTI system driven by an input sequence.
+    vjp : The output of ``linear_scan`` with its pullback.
 
     Notes
     -----

@@ -328,10 +328,12 @@ def selective_scan(
         have different G, mamba_ssm requires the same).  Complex B/C (only with complex A) are complex arrays of
         that shape -- not mamba_ssm's real arrays of length 2L with interleaved
         (re, im): convert those with ``X[..., 0::2] + 1j * X[..., 1::2]``.
-    D, delta_bias : ndarray, shape (D,), optional
-        Skip connection and step-size bias (added before the softplus).
+    D : ndarray, shape (D,), optional
+        Skip connection weights.
     z : ndarray, shape (batch, D, L), optional
         Gate: the output is multiplied by ``silu(z)``.
+    delta_bias : ndarray, shape (D,), optional
+        Step-size bias (added before the softplus).
     delta_softplus : bool
         Apply softplus to ``delta + delta_bias``.
     return_last_state : bool
@@ -355,6 +357,23 @@ def selective_scan(
     out : ndarray, shape (batch, D, L), dtype of ``u``
     last_state : ndarray, shape (batch, D, N), only with ``return_last_state``
         float32/float64, or complex64/complex128 for complex A (not cast back).
+
+    Raises
+    ------
+    ValueError
+        If an array's shape does not fit ``u``'s (batch, D, L) and A's N (the
+        message gives the expected shape), or a grouped B/C has a group count
+        that does not divide D.
+    TypeError
+        If B, C or h0 is complex while A is real, ``seq_idx`` is not an integer
+        array, ``delta_softplus``, ``return_last_state`` or ``reverse`` is not a
+        bool, or an array is an integer, boolean or non-numeric NumPy array.
+
+    See Also
+    --------
+    selective_state_update : One decoding step of the same recurrence.
+    ssd : Mamba-2's scan, a scalar decay per head computed in chunks.
+    linear_scan : The underlying diagonal recurrence without Mamba's gating.
 
     Notes
     -----

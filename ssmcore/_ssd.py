@@ -297,6 +297,23 @@ def ssd(
     final_states : ndarray, shape (batch, H, P, N)
         Only with ``return_final_states=True``.
 
+    Raises
+    ------
+    ValueError
+        If an array's shape does not fit x's (batch, L, heads, headdim) and B's
+        (groups, N) (the message gives the expected shape), the groups do not
+        divide the heads, ``chunk_size`` is below 1, or ``dt_limit`` does not
+        satisfy min <= max.
+    TypeError
+        If ``chunk_size`` is not an integer, ``dt_limit`` is not a pair of
+        floats, ``seq_idx`` is not an integer array, or an array is an integer,
+        boolean or non-numeric NumPy array.
+
+    See Also
+    --------
+    selective_scan : Mamba-1's scan, a diagonal state matrix per channel.
+    mamba2_A_log : Mamba-2's initialisation of the per-head ``A``.
+
     Notes
     -----
     Differentiable as op ``"ssd"`` (``ssmcore.vjp("ssd", ...)``) with respect to

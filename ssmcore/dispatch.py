@@ -219,5 +219,8 @@ def kernels(backend: str, module: str) -> ModuleType:
         return importlib.import_module(f"ssmcore.backends.{backend}.{module}")
     except ModuleNotFoundError as exc:
         if backend == "cupy" and exc.name == "cupy":
-            raise ImportError("ssmcore: the CuPy backend needs CuPy; install the extra 'ssmcore[cuda12]' or 'ssmcore[cuda13]' (matching your CUDA driver's major version)") from exc
+            raise ImportError(
+                "ssmcore: the CuPy backend needs CuPy; install the extra 'ssmcore[cuda12]' or "
+                "'ssmcore[cuda13]' (matching your CUDA driver's major version)"
+            ) from exc
         raise

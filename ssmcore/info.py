@@ -47,6 +47,7 @@ def _cupy_status() -> str:
 
 
 def info_lines() -> list[str]:
+    """The lines ``python -m ssmcore info`` prints: versions, Numba settings, ops, GPU ops."""
     import ssmcore
 
     lines = [
@@ -77,4 +78,5 @@ def info_lines() -> list[str]:
 
 
 def main() -> None:
+    """Print :func:`info_lines`, one per line."""
     print("\n".join(info_lines()))

@@ -68,8 +68,7 @@ except ModuleNotFoundError as _exc:  # pragma: no cover - exercised only without
         'ssmcore.jax needs JAX, which is not installed; install the extra: pip install "ssmcore[jax]"'
     ) from _exc
 
-from .adapters import jax_cuda as _cuda
-from .adapters import specs as _specs
+from .adapters import jax_cuda as _cuda, specs as _specs
 from .adapters.plan import (
     bind_options as _bind_options,
     decode_options as _decode_options,
@@ -156,7 +155,7 @@ def _full(present: tuple[bool, ...], arrays: tuple) -> list[Any]:
 
 
 def _differentiable(rec: _Record, present: tuple[bool, ...], dtypes: list[np.dtype]) -> list[bool]:
-    """Per present array: does it get a gradient (a listed input of inexact dtype)?"""
+    """Per present array, whether it gets a gradient (a listed input of inexact dtype)."""
     pos = [gi for gi, p in zip(rec.grad_pos, present) if p]
     return [gi is not None and dt.kind in "fc" for gi, dt in zip(pos, dtypes)]
 
@@ -263,9 +262,14 @@ def _custom_fn(name: str, encoded: str, present: tuple[bool, ...]) -> Callable[.
     pos = [gi for gi, p in zip(rec.grad_pos, present) if p]
     hosts: dict[tuple, Callable[..., tuple]] = {}
 
-    def host(kind: str, ranks: tuple[int, ...], diff: tuple[bool, ...] = (), device: bool = False) -> Callable[..., tuple]:
-        """One host (or device) function per (direction, ranks, differentiable inputs), reused by every
-        trace: the FFI tables register each distinct function once for the life of the process."""
+    def host(
+        kind: str, ranks: tuple[int, ...], diff: tuple[bool, ...] = (), device: bool = False
+    ) -> Callable[..., tuple]:
+        """One host (or device) function per (direction, ranks, differentiable inputs).
+
+        Reused by every trace: the FFI tables register each distinct function once for the life of
+        the process.
+        """
         key = (kind, ranks, diff, device)
         fn = hosts.get(key)
         if fn is None:
@@ -333,8 +337,11 @@ _TRACER = _jax.core.Tracer
 
 
 def _refuse_gpu_arrays(rec: _Record, arrays: list) -> None:
-    """Raise the uniform error now (not from the compiled program) for concrete GPU inputs of an op
-    without a CuPy kernel. Under ``jit`` the inputs are tracers and the program raises it when it runs."""
+    """Raise the uniform error now, not from the compiled program.
+
+    For concrete GPU inputs of an op without a CuPy kernel. Under ``jit`` the inputs are tracers and
+    the program raises it when it runs.
+    """
     for a in arrays:
         if not isinstance(a, _TRACER) and any(d.platform != "cpu" for d in a.devices()):
             raise rec.unsupported()

@@ -113,7 +113,39 @@ def register_op(
 
 
 def get_op(op: str | Callable[..., Any]) -> OpDef:
-    """Look up an op by name or by its public function."""
+    """Look up an op by name or by its public function.
+
+    Parameters
+    ----------
+    op : str or callable
+        The op's registered name (``"linear_scan"``) or its public function
+        (``ssmcore.linear_scan``).
+
+    Returns
+    -------
+    OpDef
+        The registry entry: the op's name, signature, forward (with residuals)
+        and backward functions.
+
+    Raises
+    ------
+    ValueError
+        If ``op`` is neither a registered name nor a registered public function;
+        the message lists the registered ops.
+
+    See Also
+    --------
+    list_ops : The names of all registered ops.
+    vjp : Evaluate an op with its pullback.
+
+    Examples
+    --------
+    >>> import ssmcore
+    >>> ssmcore.get_op(ssmcore.linear_scan).name
+    'linear_scan'
+    >>> ssmcore.get_op("linear_scan") is ssmcore.get_op(ssmcore.linear_scan)
+    True
+    """
     key = getattr(op, "__ssmcore_op__", op)
     try:
         return _REGISTRY[key]
@@ -123,7 +155,33 @@ def get_op(op: str | Callable[..., Any]) -> OpDef:
 
 
 def list_ops() -> list[str]:
-    """Names of all registered ops, sorted."""
+    """Names of all registered ops, sorted.
+
+    Returns
+    -------
+    list of str
+        The registered op names in alphabetical order; each is accepted by
+        :func:`get_op` and :func:`vjp`.
+
+    Raises
+    ------
+    None
+        Listing the registry cannot fail.
+
+    See Also
+    --------
+    get_op : The registry entry of one op.
+    vjp : Evaluate an op with its pullback.
+
+    Examples
+    --------
+    >>> import ssmcore
+    >>> ops = ssmcore.list_ops()
+    >>> "linear_scan" in ops and "selective_scan" in ops
+    True
+    >>> ops == sorted(ops)
+    True
+    """
     return sorted(_REGISTRY)
 
 
@@ -160,12 +218,16 @@ def _fill_cotangent(out: Any, ct: Any, op: str = "pullback") -> Any:
     if xp is None:
         c = np.asarray(ct)
         if c.shape != np.shape(out):
-            raise ValueError(f"{op} pullback: cotangent has shape {c.shape}; expected the output's shape {np.shape(out)}")
+            raise ValueError(
+                f"{op} pullback: cotangent has shape {c.shape}; expected the output's shape {np.shape(out)}"
+            )
         return c.astype(np.result_type(c.dtype, np.asarray(out).dtype), copy=False)
     device = getattr(out, "device", None)
     c = ct if array_kind(ct) == array_kind(out) else xp.asarray(ct, device=device)
     if tuple(c.shape) != tuple(out.shape):
-        raise ValueError(f"{op} pullback: cotangent has shape {tuple(c.shape)}; expected the output's shape {tuple(out.shape)}")
+        raise ValueError(
+            f"{op} pullback: cotangent has shape {tuple(c.shape)}; expected the output's shape {tuple(out.shape)}"
+        )
     dt = xp.result_type(c.dtype, out.dtype)
     return c if c.dtype == dt else xp.astype(c, dt)
 
@@ -193,6 +255,21 @@ def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, C
         differentiable. ``needs`` (one bool per input, in that order) asks for a
         subset: the others are ``None``, and ops whose backward separates (e.g.
         ``fft_conv``, ``linear_scan``) skip their work.
+
+    Raises
+    ------
+    ValueError
+        If ``op`` is not a registered op (from :func:`get_op`), if the op's own
+        validation rejects the arguments, or, when the pullback is called, if the
+        cotangent's structure or shape does not match ``out``.
+    TypeError
+        If the arguments do not match the op's signature (the message names the
+        op), or the op's validation rejects an argument's type.
+
+    See Also
+    --------
+    get_op : The registry entry (forward and backward) of an op.
+    list_ops : The names of all registered ops.
 
     Examples
     --------

@@ -255,8 +255,9 @@ def _conj(x: np.ndarray) -> np.ndarray:
 def _grads_to_torch(
     rec: _Record, grads: tuple, arrays: list[np.ndarray | None], avoid: list, need: Sequence[bool] | None = None
 ) -> list[Any]:
-    """Core gradients (JAX convention; ``OpDef.backward`` checked their count) -> torch
-    gradients, one per parameter (None if no array).
+    """Core gradients (JAX convention) -> torch gradients, one per parameter.
+
+    ``OpDef.backward`` checked their count; None where a parameter has no array.
 
     The gradients never alias ``avoid`` (the NumPy inputs and cotangents) or each other.
     ``need`` (one flag per parameter; default all): parameters whose gradient is
@@ -667,7 +668,9 @@ def _cuda_outputs(flat: list, inputs: list) -> list[Any]:
     return outs
 
 
-def _cuda_grads(rec: _Record, grads: tuple, arrays: list, avoid: list, device: Any, need: Sequence[bool] | None = None) -> list[Any]:
+def _cuda_grads(
+    rec: _Record, grads: tuple, arrays: list, avoid: list, device: Any, need: Sequence[bool] | None = None
+) -> list[Any]:
     """:func:`_grads_to_torch` for CuPy gradients: torch's conjugate convention, input dtypes, on ``device``."""
     xp = _BRIDGE.xp
     out: list[Any] = []

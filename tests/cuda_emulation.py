@@ -137,8 +137,10 @@ def build(directory: Path, kernel_dir: Path, source: str, bindings: str, name: s
 
 
 def caller(fn: Any, name: str) -> Callable[[tuple, tuple, tuple], None]:
-    """``kernel(grid, block, args)`` for a library entry point ``fn(grid, block, *args)``:
-    NumPy arrays pass as pointers, ``np.int64`` as ``long long``, ``np.int32`` as ``int``."""
+    """``kernel(grid, block, args)`` for a library entry point ``fn(grid, block, *args)``.
+
+    NumPy arrays pass as pointers, ``np.int64`` as ``long long``, ``np.int32`` as ``int``.
+    """
 
     def call(grid: tuple, block: tuple, args: tuple) -> None:
         conv = [ctypes.c_uint(grid[0]), ctypes.c_uint(block[0])]

@@ -12,8 +12,8 @@ import os
 import subprocess
 import sys
 from dataclasses import dataclass
-from types import SimpleNamespace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 

@@ -63,7 +63,9 @@ def test_backend_module_matches_the_reference(area, device):
     for fn, params in contract.items():
         assert hasattr(mod, fn), f"backends/{device}/{area}.py lacks {fn}() of reference/{area}.py"
         got = list(inspect.signature(getattr(mod, fn)).parameters)
-        assert got == params, f"backends/{device}/{area}.py: {fn}{tuple(got)} differs from the reference's {tuple(params)}"
+        assert got == params, (
+            f"backends/{device}/{area}.py: {fn}{tuple(got)} differs from the reference's {tuple(params)}"
+        )
 
 
 def test_every_declared_backend_is_known_and_ops_are_declared():
@@ -79,7 +81,8 @@ def test_cupy_capability_needs_a_cupy_module():
     """An op that claims a CuPy kernel must have its area's CuPy module (checked by area name in the front door)."""
     import ssmcore.backends
 
-    cupy_dir = [m.name for m in pkgutil.iter_modules([f"{ssmcore.backends.__path__[0]}/cupy"]) if not m.name.startswith("_") and m.name != "compile_gate"]
+    cupy_dir = [m.name for m in pkgutil.iter_modules([f"{ssmcore.backends.__path__[0]}/cupy"])
+                if not m.name.startswith("_") and m.name != "compile_gate"]
     claims = [fn for fn, b in capabilities().items() if "cupy" in b]
     if claims:
         assert cupy_dir, f"{claims} declare CuPy kernels but ssmcore/backends/cupy has no kernel modules"

@@ -192,7 +192,8 @@ def test_convolution_validation_messages(ns, rng):
     A = ns.asarray(_modes(rng, (3, 4)))
     with pytest.raises(ValueError, match="ssm_kernel_diag: dt must be > 0; got min -0.1"):
         ssm_kernel_diag(A, A, A, ns.asarray(np.array([0.1, -0.1, 0.2])), 4)
-    with pytest.raises(ValueError, match=r"ssm_kernel_diag: mismatched channel axis: A \(3, 4\) has H=3, B \(3, 4\) has H=3, C \(2, 4\) has H=2"):
+    with pytest.raises(ValueError, match=r"ssm_kernel_diag: mismatched channel axis: "
+                                         r"A \(3, 4\) has H=3, B \(3, 4\) has H=3, C \(2, 4\) has H=2"):
         ssm_kernel_diag(A, A, ns.asarray(np.ones((2, 4))), 0.1, 4)
     with pytest.raises(ValueError, match=r"ssm_kernel_dense: A has shape \(3, 4\); expected \(\.\.\., N, N\)"):
         ssm_kernel_dense(ns.asarray(np.ones((3, 4))), ns.asarray(np.ones(4)), ns.asarray(np.ones(4)), 3)

@@ -7,13 +7,12 @@ from math import factorial
 import numpy as np
 import pytest
 import scipy.signal as ss
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
+from namespaces import cpu_backends
 from vjp_check import check_vjp
 
 import ssmcore
 from ssmcore._discretization import DENSE_METHODS, DIAG_METHODS, cont2discrete, discretize, discretize_diag
-from namespaces import cpu_backends
 
 BACKENDS = cpu_backends("discretize")  # the capability table's CPU backends (discretize_diag declares the same)
 
@@ -336,8 +335,11 @@ def test_empty_and_single_element():
 
 
 def test_ssm_convention_relations(rng):
-    """zoh_euler's (Ad, dt B) in the SSM recurrence gives scipy impulse's outputs; foh/impulse's Bd
-    in the SSM recurrence give scipy's outputs as y_k = C x_{k-1} + Dd u_k (docs/discretization.md)."""
+    """zoh_euler's (Ad, dt B) in the SSM recurrence gives scipy impulse's outputs.
+
+    foh/impulse's Bd in the SSM recurrence give scipy's outputs as y_k = C x_{k-1} + Dd u_k
+    (docs/discretization.md).
+    """
     A, B, C, _ = random_system(3, 3, 2, 1, "stable", False)
     dt, L = 0.2, 12
     u = rng.standard_normal((L, 2))
@@ -388,7 +390,8 @@ def test_discretize_vjp(seed, method, complex_, backend):
         A = A + 0.5j * rng.standard_normal((2, 3, 3))
     B = rng.standard_normal((3, 2))
     dt = rng.uniform(0.05, 0.6, 2)
-    check_vjp("discretize", (A, B, dt), {"backend": backend, **method_args(method, 0.35)}, rng=rng, rtol=1e-6, atol=1e-8)
+    check_vjp("discretize", (A, B, dt), {"backend": backend, **method_args(method, 0.35)},
+              rng=rng, rtol=1e-6, atol=1e-8)
 
 
 def test_vjp_broadcast_dt_and_real_inputs_get_real_gradients(rng):
@@ -425,7 +428,8 @@ B2 = np.array([[1.0], [1.0]])
         (lambda: discretize(np.ones(3), B2, 0.1), ValueError, r"discretize: A has shape \(3,\)"),
         (lambda: discretize(A2, np.ones((3, 1)), 0.1), ValueError, r"discretize: B has shape \(3, 1\)"),
         (lambda: discretize(A2, np.ones(2), 0.1), ValueError, r"discretize: B has shape \(2,\).*B\[:, None\]"),
-        (lambda: discretize(np.stack([A2] * 3), np.stack([B2] * 2), 0.1), ValueError, "discretize: shapes do not broadcast"),
+        (lambda: discretize(np.stack([A2] * 3), np.stack([B2] * 2), 0.1), ValueError,
+         "discretize: shapes do not broadcast"),
         (lambda: discretize(A2, B2, -0.1), ValueError, "discretize: dt must be > 0"),
         (lambda: discretize(A2, B2, 0.0), ValueError, "discretize: dt must be > 0"),
         (lambda: discretize(A2, B2, np.nan), ValueError, "discretize: dt must be finite"),
@@ -437,21 +441,32 @@ B2 = np.array([[1.0], [1.0]])
         (lambda: discretize(A2.astype(int), B2, 0.1), TypeError, "discretize: A has dtype int"),
         (lambda: discretize(A2, B2.astype(object), 0.1), TypeError, "discretize: B has dtype object"),
         (lambda: discretize(A2, B2, np.array([1, 2])), TypeError, "discretize: dt has dtype int"),
-        (lambda: discretize_diag(np.ones(3), np.ones((2, 3, 4)), 0.1), ValueError, r"discretize_diag: B has shape \(2, 3, 4\)"),
-        (lambda: discretize_diag(np.ones((2, 3)), np.ones((2, 4)), 0.1), ValueError, "discretize_diag: shapes do not broadcast"),
-        (lambda: discretize_diag(np.ones((2, 3)), np.ones((2, 3)), np.ones(4)), ValueError, "discretize_diag: shapes do not broadcast"),
+        (lambda: discretize_diag(np.ones(3), np.ones((2, 3, 4)), 0.1), ValueError,
+         r"discretize_diag: B has shape \(2, 3, 4\)"),
+        (lambda: discretize_diag(np.ones((2, 3)), np.ones((2, 4)), 0.1), ValueError,
+         "discretize_diag: shapes do not broadcast"),
+        (lambda: discretize_diag(np.ones((2, 3)), np.ones((2, 3)), np.ones(4)), ValueError,
+         "discretize_diag: shapes do not broadcast"),
         (lambda: discretize_diag(np.ones(3), np.ones(3), -1.0), ValueError, "discretize_diag: dt must be > 0"),
-        (lambda: discretize_diag(np.ones(3), np.ones(3), [0.1, np.nan, 0.1]), ValueError, "discretize_diag: dt must be finite"),
+        (lambda: discretize_diag(np.ones(3), np.ones(3), [0.1, np.nan, 0.1]), ValueError,
+         "discretize_diag: dt must be finite"),
         (lambda: discretize_diag(np.ones(3), np.ones(3), 1j), TypeError, "discretize_diag: dt has dtype complex"),
-        (lambda: discretize_diag(np.ones(3), np.ones(3), 0.1, "foo"), ValueError, "discretize_diag: unknown method 'foo'"),
-        (lambda: discretize_diag(np.ones(3), np.ones(3), 0.1, "gbt"), ValueError, "discretize_diag: method 'gbt' needs alpha"),
-        (lambda: discretize_diag(np.ones(3), np.ones(3), 0.1, "gbt", -0.1), ValueError, "discretize_diag: alpha must be in"),
+        (lambda: discretize_diag(np.ones(3), np.ones(3), 0.1, "foo"), ValueError,
+         "discretize_diag: unknown method 'foo'"),
+        (lambda: discretize_diag(np.ones(3), np.ones(3), 0.1, "gbt"), ValueError,
+         "discretize_diag: method 'gbt' needs alpha"),
+        (lambda: discretize_diag(np.ones(3), np.ones(3), 0.1, "gbt", -0.1), ValueError,
+         "discretize_diag: alpha must be in"),
         (lambda: discretize_diag(np.arange(3), np.ones(3), 0.1), TypeError, "discretize_diag: A has dtype int"),
         (lambda: discretize_diag(np.ones(3), np.array(["a"] * 3), 0.1), TypeError, "discretize_diag: B has dtype <U1"),
-        (lambda: discretize_diag(np.ones(3), np.ones(3), 0.1, backend="gpu"), ValueError, "discretize_diag: unknown backend"),
-        (lambda: cont2discrete(ANCHOR_SYS[:2] + (ANCHOR_SYS[2], [[1.0]]), 0.1, "impulse"), ValueError, "cont2discrete: method 'impulse' needs"),
-        (lambda: cont2discrete((A2, B2, np.ones((1, 3)), 0.0), 0.1), ValueError, r"cont2discrete: C has shape \(1, 3\)"),
-        (lambda: cont2discrete((A2, B2, np.ones((1, 2)), np.ones((2, 2))), 0.1), ValueError, r"cont2discrete: D has shape"),
+        (lambda: discretize_diag(np.ones(3), np.ones(3), 0.1, backend="gpu"), ValueError,
+         "discretize_diag: unknown backend"),
+        (lambda: cont2discrete(ANCHOR_SYS[:2] + (ANCHOR_SYS[2], [[1.0]]), 0.1, "impulse"), ValueError,
+         "cont2discrete: method 'impulse' needs"),
+        (lambda: cont2discrete((A2, B2, np.ones((1, 3)), 0.0), 0.1), ValueError,
+         r"cont2discrete: C has shape \(1, 3\)"),
+        (lambda: cont2discrete((A2, B2, np.ones((1, 2)), np.ones((2, 2))), 0.1), ValueError,
+         r"cont2discrete: D has shape"),
         (lambda: cont2discrete(ANCHOR_SYS + (0.1,), 0.1), ValueError, "cont2discrete: system must be"),
         (lambda: cont2discrete(ANCHOR_SYS, 0.1, "zoh_euler"), ValueError, "cont2discrete: unknown method"),
         (lambda: cont2discrete(ANCHOR_SYS, 0.1, "gbt"), ValueError, "cont2discrete: method 'gbt' needs alpha"),

@@ -113,7 +113,8 @@ def test_cont2discrete_state_space_namespaces(ns, rng, method):
 
 def test_cont2discrete_impulse_error_and_transfer_function_form(ns):
     A, B, C = np.array([[-1.0]]), np.array([[1.0]]), np.array([[1.0]])
-    with pytest.raises(ValueError, match=r"method 'impulse' needs a strictly proper system \(D = 0\); got max \|D\| = 0.5"):
+    with pytest.raises(ValueError,
+                       match=r"method 'impulse' needs a strictly proper system \(D = 0\); got max \|D\| = 0.5"):
         cont2discrete(tuple(ns.asarray(x) for x in (A, B, C, np.array([[0.5]]))), 0.1, method="impulse")
     if ns.name != "numpy":
         with pytest.raises(TypeError, match="cont2discrete: .num, den. and .zeros, poles, gain. systems go through"):

@@ -14,8 +14,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from numpy.polynomial import laguerre, legendre
 from scipy import special
 from scipy.integrate import solve_ivp
@@ -93,7 +92,8 @@ def test_legt_anchor_row_and_theta_scaling():
     # formula with R_n = sqrt(2n+1): -R_n R_k (1 if n >= k else (-1)^(n-k)) / theta
     N, theta = 6, 0.7
     R = np.sqrt(2 * np.arange(N) + 1.0)
-    expected = np.array([[-R[n] * R[k] * (1 if n >= k else (-1) ** (n - k)) / theta for k in range(N)] for n in range(N)])
+    expected = np.array([[-R[n] * R[k] * (1 if n >= k else (-1) ** (n - k)) / theta for k in range(N)]
+                         for n in range(N)])
     np.testing.assert_allclose(hippo("legt", N, theta=theta)[0], expected, rtol=1e-14)
 
 
@@ -466,7 +466,12 @@ def test_projection_fourier(measure, theta):
 def test_windowed_bases_are_orthonormal_and_vanish_outside(measure, params, window):
     N, t = 10, 2.5
     lo, hi = window
-    gram = quad(lambda s: hippo_basis(measure, N, s, t=t, **params)[:, None] * hippo_basis(measure, N, s, t=t, **params)[None], lo, hi)
+
+    def outer(s):
+        g = hippo_basis(measure, N, s, t=t, **params)
+        return g[:, None] * g[None]
+
+    gram = quad(outer, lo, hi)
     gram /= hi - lo  # the uniform probability measure on the window
     keep = [i for i in range(N) if not (measure.startswith("fou") and i == 1)]  # s0 = sin(0) is 0
     np.testing.assert_allclose(gram[np.ix_(keep, keep)], np.eye(len(keep)), atol=1e-12)
@@ -555,7 +560,8 @@ def test_online_lti_zoh_matches_the_ode(rng):
         x = np.zeros(N)
         for uk in u:
             x = integrate(A, B, lambda s, uk=uk: uk, 0.0, dt, x)
-        got = hippo_online_coefficients(measure, u, N, dt=dt, method="zoh", **({} if measure == "lagt" else {"theta": theta}))
+        extra = {} if measure == "lagt" else {"theta": theta}
+        got = hippo_online_coefficients(measure, u, N, dt=dt, method="zoh", **extra)
         np.testing.assert_allclose(got[-1], x, atol=1e-10)
 
 

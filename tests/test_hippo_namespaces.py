@@ -114,5 +114,6 @@ def test_online_coefficients_is_numpy_only(ns, rng):
 
 def test_online_coefficients_refuses_the_cupy_backend():
     """What a CuPy input meets (testable without a device: the declared table)."""
-    with pytest.raises(UnsupportedBackendError, match="hippo_online_coefficients: no CuPy kernel yet; it runs on numpy"):
+    with pytest.raises(UnsupportedBackendError,
+                       match="hippo_online_coefficients: no CuPy kernel yet; it runs on numpy"):
         select("hippo_online_coefficients", backend="cupy")

@@ -19,11 +19,11 @@ jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)  # float64 gradient checks; set before any array is made
 
 import jax.numpy as jnp  # noqa: E402
+from adapter_toy import registered  # noqa: E402
 from jax.test_util import check_grads  # noqa: E402
 
 import ssmcore  # noqa: E402
 import ssmcore.jax as sj  # noqa: E402
-from adapter_toy import registered  # noqa: E402
 from ssmcore.adapters import plan, specs  # noqa: E402
 
 OPS = plan.load_all_ops()

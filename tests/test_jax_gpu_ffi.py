@@ -42,8 +42,10 @@ def test_mirror_matches_the_installed_header():
     assert jax_cuda.layout_problems(text) == []
     # the fields the handler relies on, by name and position
     api = jax_cuda.struct_fields(text, "XLA_FFI_Api")
-    assert api.index("XLA_FFI_Stream_Get") == [f[0] for f in jax_cuda._ApiFunctions._fields_].index("XLA_FFI_Stream_Get")
-    assert jax_cuda.struct_fields(text, "XLA_FFI_Stream_Get_Args") == ["struct_size", "extension_start", "ctx", "stream"]
+    fields = [f[0] for f in jax_cuda._ApiFunctions._fields_]
+    assert api.index("XLA_FFI_Stream_Get") == fields.index("XLA_FFI_Stream_Get")
+    want = ["struct_size", "extension_start", "ctx", "stream"]
+    assert jax_cuda.struct_fields(text, "XLA_FFI_Stream_Get_Args") == want
     assert jax_cuda.struct_fields(text, "XLA_FFI_Extension_Base") == ["struct_size", "type", "next"]
 
 
@@ -115,13 +117,17 @@ def _split(args, kw):
     return leaves, rebuild
 
 
-GPU_CASES = [pytest.param(op, case, make, id=f"{op}-{case}") for op in GPU_OPS for case, make in specs.EXAMPLES.get(op, [])]
+GPU_CASES = [pytest.param(op, case, make, id=f"{op}-{case}")
+             for op in GPU_OPS for case, make in specs.EXAMPLES.get(op, [])]
 
 
 @pytest.mark.parametrize("op,case,make", GPU_CASES)
 def test_cuda_lowering_runs_the_generic_device_function(op, case, make, cuda_on):
-    """Every op with a CuPy kernel lowers to the CUDA target; the device function it names is the
-    core call (run here on NumPy arrays, which the generic device functions also accept)."""
+    """Every op with a CuPy kernel lowers to the CUDA target.
+
+    The device function it names is the core call (run here on NumPy arrays, which the generic
+    device functions also accept).
+    """
     args, kw = _f32(make)
     leaves, rebuild = _split(args, kw)
     fn = getattr(sj, op)
@@ -483,7 +489,8 @@ def test_spec_error_prefixes_the_rule_error_when_the_core_cannot_be_asked():
     opdef = get_op("linear_scan")
     big = [specs.ArraySpec((3000, 3000), np.dtype(np.float32)), specs.ArraySpec((4000, 3000), np.dtype(np.float32)),
            None]
-    err = specs.spec_error(opdef, big, {"h0": None, "reverse": False, "return_final_state": False}, ValueError("do not broadcast"))
+    kw = {"h0": None, "reverse": False, "return_final_state": False}
+    err = specs.spec_error(opdef, big, kw, ValueError("do not broadcast"))
     assert type(err) is ValueError
     assert str(err) == ("linear_scan: do not broadcast (array arguments: a (3000, 3000) float32, "
                         "b (4000, 3000) float32)")

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.signal as sps
+from vjp_check import check_vjp
 
 import ssmcore
 from ssmcore._lfilter import lfilter  # registers op "lfilter"
 from ssmcore.backends.numba import lfilter as nb_lfilter
 from ssmcore.reference import lfilter as ref_lfilter
-from vjp_check import check_vjp
 
 ORDERS = [(1, 1), (3, 1), (1, 2), (2, 2), (3, 3), (4, 4), (5, 3), (2, 6), (8, 8)]  # K = 1..8
 
@@ -19,7 +19,8 @@ def _filter(rng, nb, na, dtype=np.float64, radius=0.95):
     """A stable filter with poles of modulus <= radius (near the unit circle)."""
     b = rng.standard_normal(nb)
     poles = radius * rng.uniform(0.3, 1.0, na - 1) * np.exp(1j * rng.uniform(0, np.pi, na - 1))
-    a = np.atleast_1d(np.real(np.poly(np.r_[poles[: (na - 1) // 2], np.conj(poles[: (na - 1) // 2]), poles.real[(na - 1) // 2 * 2:]])))
+    half = (na - 1) // 2
+    a = np.atleast_1d(np.real(np.poly(np.r_[poles[:half], np.conj(poles[:half]), poles.real[half * 2:]])))
     a = a * rng.uniform(0.5, 2.0)  # a[0] != 1: the normalisation is exercised
     if np.dtype(dtype).kind == "c":
         b = b + 1j * rng.standard_normal(nb)
@@ -29,8 +30,11 @@ def _filter(rng, nb, na, dtype=np.float64, radius=0.95):
 @pytest.mark.parametrize("backend", ["numba", "numpy"])
 @pytest.mark.parametrize("nb,na", ORDERS)
 def test_bit_identical_to_scipy_real(rng, nb, na, backend):
-    """IIR: scipy's operations in scipy's order, so equal bits. FIR: scipy uses np.convolve
-    (a BLAS dot, then zi added), so the sums are ordered differently: equal to rounding."""
+    """IIR: scipy's operations in scipy's order, so equal bits.
+
+    FIR: scipy uses np.convolve
+    (a BLAS dot, then zi added), so the sums are ordered differently: equal to rounding.
+    """
     b, a = _filter(rng, nb, na)
     x = rng.standard_normal((3, 64))
     same = np.testing.assert_array_equal if na > 1 else (

@@ -83,7 +83,7 @@ def test_errors_as_scipy():
 
 
 def test_complex_input_stays_complex():
-    """scipy casts a complex U into its real state array (ComplexWarning); ssmcore keeps it."""
+    """SciPy casts a complex U into its real state array (ComplexWarning); ssmcore keeps it."""
     T = np.linspace(0, 1, 11)
     U = np.exp(1j * T)
     _, y, x = lsim(([1.0], [1.0, 1.0]), U, T)

@@ -1,5 +1,8 @@
-"""LTI simulation: dlsim drop-in vs scipy, the batched core vs its reference, scan vs
-recurrent, broadcasting, state chaining, lfilter as an independent check, VJPs, errors."""
+"""LTI simulation tests.
+
+dlsim drop-in vs scipy, the batched core vs its reference, scan vs recurrent, broadcasting, state
+chaining, lfilter as an independent check, VJPs, errors.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +12,13 @@ import warnings
 import numpy as np
 import pytest
 import scipy.signal as signal
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
+from vjp_check import check_vjp
 
 import ssmcore
-from ssmcore.backends.numba import lti as numba_kernels
 from ssmcore._lti import LTI_MODES, dlsim, lti_simulate
+from ssmcore.backends.numba import lti as numba_kernels
 from ssmcore.reference import lti as reference_kernels
-from vjp_check import check_vjp
 
 MODES = sorted(LTI_MODES)
 DTYPES = [np.float32, np.float64, np.complex64, np.complex128]

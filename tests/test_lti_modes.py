@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
+from vjp_check import check_vjp
 
 from ssmcore._convolution import dplr_c_tilde, fft_conv, ssm_kernel_diag, ssm_kernel_dplr
 from ssmcore._discretization import discretize, discretize_diag
 from ssmcore._hippo import nplr, nplr_to_dense
 from ssmcore._initializers import s4d_inv, s4d_lin
 from ssmcore._lti import DIAG_MODES, LTI_MODES, lti_simulate, lti_simulate_diag
-from vjp_check import check_vjp
 
 seeds = st.integers(0, 2**32 - 1)
 MODES = ("recurrent", "scan", "convolution")

@@ -1,5 +1,8 @@
-"""Tests of the selective scan (Mamba-1): Numba kernels vs the NumPy reference vs an
-independent scalar loop, VJPs vs finite differences, equivalences and bad input."""
+"""Tests of the selective scan (Mamba-1).
+
+Numba kernels vs the NumPy reference vs an independent scalar loop, VJPs vs finite differences,
+equivalences and bad input.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
 import ssmcore
 from ssmcore._selective_scan import selective_scan, selective_state_update

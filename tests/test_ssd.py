@@ -1,18 +1,19 @@
-"""Mamba-2 SSD: Numba chunked kernels vs the sequential specification, vs an
-independent Mamba-1 (selective-scan) loop, vs mamba's chunk-masking rules for
-seq_idx, and the hand-written VJP vs finite differences."""
+"""Mamba-2 SSD tests.
+
+Numba chunked kernels vs the sequential specification, vs an independent Mamba-1 (selective-scan)
+loop, vs mamba's chunk-masking rules for seq_idx, and the hand-written VJP vs finite differences.
+"""
 
 import math
 
 import numpy as np
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 from vjp_check import check_vjp
 
 import ssmcore
-from ssmcore.reference import ssd as ref
 from ssmcore._ssd import ssd
+from ssmcore.reference import ssd as ref
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -73,7 +74,7 @@ def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
 
 
 def ssd_via_selective_scan(scan, x, dt, A, B, C, D=None, z=None):
-    """mamba's ``ssd_selective_scan`` mapping of SSD onto a Mamba-1 scan.
+    """Mamba's ``ssd_selective_scan`` mapping of SSD onto a Mamba-1 scan.
 
     x -> (b, H*P, L), dt repeated over P, A repeated to (H*P, N), B/C -> (b, G, N, L),
     D (H,) repeated over P. ``dt`` must already be processed (positive, no bias).
@@ -93,7 +94,7 @@ def ssd_via_selective_scan(scan, x, dt, A, B, C, D=None, z=None):
 
 
 def mamba_seq_idx_chunks(x, dt, A, B, C, h0, seq_idx, Q):
-    """mamba's Triton chunk rules for seq_idx (ANCHORS 1.5), literally, as loops.
+    """Mamba's Triton chunk rules for seq_idx (ANCHORS 1.5), literally, as loops.
 
     CB[l, s] is zeroed when seq_idx differ; a chunk state sums only positions with
     the seq_idx of the chunk's last position; the carried state is zeroed when the
@@ -340,8 +341,10 @@ def test_initial_states_and_final_states_chain(rng):
 
 
 def test_seq_idx_equals_separate_sequences(rng):
-    """Packed sequences == each run of equal seq_idx scanned on its own (reset at every change);
-    initial_states reach only a leading run of index 0 (including a non-monotone index)."""
+    """Packed sequences == each run of equal seq_idx scanned on its own (reset at every change).
+
+    initial_states reach only a leading run of index 0 (including a non-monotone index).
+    """
     x, dt, A, B, C = make_inputs(rng, nb=3, L=16)
     h0 = rng.standard_normal((3, 4, 3, 5))
     D = rng.standard_normal(4)
@@ -453,8 +456,11 @@ def test_float32_accuracy_against_float64(rng):
 
 @pytest.mark.parametrize("dtype, a_step", [(np.float32, -120.0), (np.float64, -800.0)])
 def test_strong_decay_does_not_overflow(rng, dtype, a_step):
-    """Per-step decays exp(a) with a far below -log(max float): the chunk's cumulative decay
-    exp(-sum a) would overflow; the kernels never form it and match the float64 loop."""
+    """Per-step decays exp(a) with a far below -log(max float).
+
+    The chunk's cumulative decay exp(-sum a) would overflow; the kernels never form it and match the
+    float64 loop.
+    """
     x, dt, A, B, C = make_inputs(rng, L=20, dtype=dtype)
     dt = np.full_like(dt, 1.0)
     A = np.full_like(A, a_step)

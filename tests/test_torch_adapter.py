@@ -20,9 +20,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from adapter_toy import registered  # noqa: E402
+
 import ssmcore  # noqa: E402
 import ssmcore.torch as st  # noqa: E402
-from adapter_toy import registered  # noqa: E402
 from ssmcore.adapters import plan, specs  # noqa: E402
 
 OPS = plan.load_all_ops()

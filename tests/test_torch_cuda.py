@@ -20,8 +20,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import ssmcore.torch as st  # noqa: E402
 from adapter_toy import registered  # noqa: E402
+
+import ssmcore.torch as st  # noqa: E402
 from ssmcore.adapters import plan, specs  # noqa: E402
 from ssmcore.registry import get_op  # noqa: E402
 
@@ -160,7 +161,7 @@ def test_fake_cuda_library_kernels_equal_cpu_kernels(op, case, make, fake_cuda):
 
 
 def test_fake_cuda_complex_gradcheck(fake_cuda):
-    """torch's conjugate convention on the CUDA path (gradcheck in complex128)."""
+    """PyTorch's conjugate convention on the CUDA path (gradcheck in complex128)."""
     rng = np.random.default_rng(6)
     a = torch.from_numpy(0.5 * (rng.standard_normal((2, 5)) + 1j * rng.standard_normal((2, 5)))).requires_grad_()
     b = torch.from_numpy(rng.standard_normal((2, 5)) + 1j * rng.standard_normal((2, 5))).requires_grad_()
@@ -339,8 +340,10 @@ def test_cuda_compile_fullgraph(op, case, make, compiler):
 
 @pytest.mark.gpu
 def test_cuda_runs_on_torchs_current_stream():
-    """On a non-default stream whose inputs are written after a long sleep: a kernel launched on any
-    other stream would read the inputs before they are written."""
+    """On a non-default stream whose inputs are written after a long sleep.
+
+    A kernel launched on any other stream would read the inputs before they are written.
+    """
     import cupy
 
     if not _has_cupy_kernel("linear_scan", specs.EXAMPLES["linear_scan"][0][1]):

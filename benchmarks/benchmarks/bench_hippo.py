@@ -6,8 +6,7 @@ seconds (NPLR: an O(N^3) eigendecomposition of the skew part, in real arithmetic
 
 import numpy as np
 
-from ssmcore import hippo, hippo_basis, hippo_online_coefficients, nplr
-from ssmcore import lru_ring_init, s4d_inv
+from ssmcore import hippo, hippo_basis, hippo_online_coefficients, lru_ring_init, nplr, s4d_inv
 
 
 class Hippo:

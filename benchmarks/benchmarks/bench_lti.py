@@ -9,9 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 import ssmcore
-from ssmcore import discretize_diag
-from ssmcore import s4d_lin
-from ssmcore import dlsim, lti_simulate, lti_simulate_diag
+from ssmcore import discretize_diag, dlsim, lti_simulate, lti_simulate_diag, s4d_lin
 
 
 def stable_system(N, M, P, dtype=np.float64, seed=0):

@@ -65,7 +65,7 @@ def _segsum(a):
 
 
 def numpy_ssd_minimal(x, dt, A, B, C, D, chunk_size):
-    """mamba's ``ssd_minimal_discrete`` rewritten with NumPy einsum (L a multiple of chunk_size).
+    """Mamba's ``ssd_minimal_discrete`` rewritten with NumPy einsum (L a multiple of chunk_size).
 
     dt is already processed; y = SSD(x dt, A dt, B, C) + D x. Same dtype as x.
     """

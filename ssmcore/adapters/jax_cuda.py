@@ -257,8 +257,11 @@ class _ResultAllocator:
         return self.fallback(size)
 
     def outstanding(self) -> int:
-        """How many lent buffers are still held. Once the call's results are dropped this must be
-        0: an array the op kept (a cache) would otherwise live in memory XLA reuses."""
+        """How many lent buffers are still held.
+
+        Once the call's results are dropped this must be 0: an array the op kept (a
+        cache) would otherwise live in memory XLA reuses.
+        """
         return sum(1 for lease in self.leases if lease is not None and lease() is not None)
 
 
@@ -596,8 +599,9 @@ def _warn_once(fn: Callable[..., Any], what: str) -> Callable[..., Any]:
 _FALLBACKS: dict[tuple[int, str], Callable[..., Any]] = {}
 
 
-def device_call(host_fn: Callable[..., Any], device_fn: Callable[..., tuple] | None, unsupported: Callable[[], Exception],
-                result_shape_dtypes: Any, *args: Any, name: str, vmap_method: str = "expand_dims") -> Any:
+def device_call(host_fn: Callable[..., Any], device_fn: Callable[..., tuple] | None,
+                unsupported: Callable[[], Exception], result_shape_dtypes: Any, *args: Any, name: str,
+                vmap_method: str = "expand_dims") -> Any:
     """An op call lowered per platform: CPU -> host FFI, CUDA -> the CuPy kernels on XLA's stream.
 
     Parameters

@@ -47,7 +47,6 @@ works").
 from __future__ import annotations
 
 import ctypes
-import itertools
 import os
 import re
 import secrets
@@ -343,8 +342,11 @@ def _answer_metadata(extension: _ExtensionBase) -> None:
 
 
 def _handler(frame_address: int) -> int:
-    """``XLA_FFI_Error* handler(XLA_FFI_CallFrame*)``. Must never raise: ctypes would print the
-    exception and return NULL, which XLA reads as success with unwritten results."""
+    """``XLA_FFI_Error* handler(XLA_FFI_CallFrame*)``.
+
+    Must never raise: ctypes would print the exception and return NULL, which XLA
+    reads as success with unwritten results.
+    """
     try:
         frame = _CallFrame.from_address(frame_address)
         api = frame.api

@@ -47,6 +47,7 @@ class ArraySpec:
 
     @property
     def ndim(self) -> int:
+        """Number of dimensions, as ``ndarray.ndim``."""
         return len(self.shape)
 
 

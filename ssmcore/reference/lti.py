@@ -288,7 +288,7 @@ def simulate_backward(A, B, C, D, u, idx, K, ck, gy, g_final):
 
 
 def control_readout(x, u, C, D):
-    """dlsim's output equation y[k] = C x[k] + D u[k], time-first: x (L, N), u (L, M) -> y (L, P)."""
+    """:func:`dlsim`'s output equation y[k] = C x[k] + D u[k], time-first: x (L, N), u (L, M) -> y (L, P)."""
     y = np.empty((x.shape[0], C.shape[0]), dtype=np.result_type(x, u, C, D))
     y[...] = _wide(x) @ _wide(C).T + _wide(u) @ _wide(D).T
     return y

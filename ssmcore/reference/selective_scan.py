@@ -116,8 +116,10 @@ def selective_scan_fwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
 
 def selective_scan_bwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
                        b_var, c_var, ratio_b, ratio_c, softplus, reverse, ckpt, dout, dlast):
-    """Backward -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0) in canonical shapes
-    (``dD`` / ``dz`` are None where ``Dv`` / ``z`` are)."""
+    """Backward -> (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dh0) in canonical shapes.
+
+    (``dD`` / ``dz`` are None where ``Dv`` / ``z`` are).
+    """
     cdt, u64, raw, dt, A, Bx, Cx, Dv, z, h0 = _prepare(u, delta, A, B, C, Dv, z, delta_bias, h0,
                                                       b_var, c_var, ratio_b, ratio_c, softplus)
     nb, nd, L = u.shape

@@ -523,15 +523,18 @@ def _fft_len(L: int, Lk: int) -> int:
 
 
 def _fft_workers(workers, size):
-    """scipy.fft threads: one for small transforms (thread hand-off costs more than it saves),
-    else the caller's ``workers`` (None: all cores, -1)."""
+    """The scipy.fft thread count for a transform of ``size``.
+
+    One for small transforms (thread hand-off costs more than it saves), else the
+    caller's ``workers`` (None: all cores, -1).
+    """
     if size < _SERIAL_WORK:
         return 1
     return -1 if workers is None else workers
 
 
 def _kernel_spectrum(K, K_anti, n, workers):
-    """rfft of the length-n two-sided kernel: K at lags 0..Lk-1, K_anti[j] at lag -(1 + j)."""
+    """``rfft`` of the length-n two-sided kernel: K at lags 0..Lk-1, K_anti[j] at lag -(1 + j)."""
     from scipy import fft
 
     if K_anti is None:

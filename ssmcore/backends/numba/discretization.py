@@ -41,9 +41,11 @@ def _exp_expm1(x):  # pragma: no cover - replaced by the overload inside Numba
 
 @overload(_exp_expm1, jit_options={"fastmath": set(FASTMATH)})
 def _exp_expm1_overload(x):
-    """(exp(x), expm1(x)). Numba's complex np.expm1 is exp(x) - 1, which cancels near
-    x = 2 pi i k; expm1(a) cos b - 2 sin^2(b/2) + i e^a sin b does not, and shares
-    e^a, cos b and sin b with exp(x)."""
+    """(exp(x), expm1(x)) of a complex x, without cancellation.
+
+    Numba's complex np.expm1 is exp(x) - 1, which cancels near x = 2 pi i k; expm1(a) cos b - 2
+    sin^2(b/2) + i e^a sin b does not, and shares e^a, cos b and sin b with exp(x).
+    """
     if isinstance(x, types.Complex):
 
         def impl(x):
@@ -221,7 +223,7 @@ def _matmul(X, Y, out):
 
 @jit
 def _combine(out, X6, X4, X2, c6, c4, c2, c0, accumulate):
-    """out (+)= c6 X6 + c4 X4 + c2 X2 + c0 I."""
+    """``out`` (+)= c6 X6 + c4 X4 + c2 X2 + c0 I."""
     n = out.shape[0]
     for i in range(n):
         for j in range(n):
@@ -270,7 +272,7 @@ def _solve_inplace(Q, P):
 
 @jit
 def _expm_one(A, out, w):
-    """out = expm(A) for one (n, n) matrix; w is a (8, n, n) workspace."""
+    """``out = expm(A)`` for one (n, n) matrix; w is a (8, n, n) workspace."""
     n = A.shape[0]
     norm = 0.0
     for j in range(n):

@@ -96,7 +96,7 @@ _COLUMN_FORM_MIN_N = 16
 
 @jit(inline="always")
 def _step_rows(a, bm, ub, t, x, xn):
-    """x <- A x + B u_t, row-dot form (xn is scratch)."""
+    """``x <- A x + B u_t``, row-dot form (xn is scratch)."""
     n = a.shape[0]
     m_in = bm.shape[1]
     zero = _zero(x)
@@ -113,7 +113,7 @@ def _step_rows(a, bm, ub, t, x, xn):
 
 @jit(inline="always")
 def _step_columns(at, bm, ub, t, x, xn):
-    """x <- A x + B u_t as a sum of the columns of A (``at`` = A^T, contiguous)."""
+    """``x <- A x + B u_t`` as a sum of the columns of A (``at`` = A^T, contiguous)."""
     n = at.shape[0]
     m_in = bm.shape[1]
     zero = _zero(x)
@@ -155,7 +155,7 @@ def _checkpoint(x, ckb, row):
 
 @jit
 def _advance(a, bm, ub, x, xn, t0, t1):
-    """x <- state after steps t0..t1-1 of x_t = A x_{t-1} + B u_t (no outputs)."""
+    """``x`` <- state after steps t0..t1-1 of x_t = A x_{t-1} + B u_t (no outputs)."""
     if a.shape[0] < _COLUMN_FORM_MIN_N:
         for t in range(t0, t1):
             _step_rows(a, bm, ub, t, x, xn)
@@ -167,9 +167,12 @@ def _advance(a, bm, ub, x, xn, t0, t1):
 
 @jit
 def _advance_out(a, bm, c, d, ub, x, xn, t0, t1, yb, K, ckb, row0):
-    """Like _advance, also writing y_t = C x_t + D u_t into yb[:, t] and storing
-    the state entering every K-th step in ckb[row0], ckb[row0 + 1], ... (rows
-    permitting). A countdown instead of ``t % K`` keeps divisions out of the loop."""
+    """Like _advance, also writing the outputs and checkpoints.
+
+    y_t = C x_t + D u_t goes into yb[:, t], and the state entering every K-th step into ckb[row0],
+    ckb[row0 + 1], ... (rows permitting). A countdown instead of ``t % K`` keeps divisions out of
+    the loop.
+    """
     row = row0
     countdown = 0
     if a.shape[0] < _COLUMN_FORM_MIN_N:
@@ -228,8 +231,11 @@ def _recurrent_into(A, B, C, D, u, x0, idx, K, y, x_final, ck):
 
 
 def simulate_recurrent(A, B, C, D, u, x0, idx, keep_checkpoints=False, K=None):
-    """Sequential recurrence, parallel over the batch; with ``keep_checkpoints`` a
-    checkpoint every K steps. Returns ``(y, x_final, ck, K)`` (see the reference)."""
+    """Sequential recurrence, parallel over the batch.
+
+    With ``keep_checkpoints``, a checkpoint every K steps. Returns ``(y, x_final, ck, K)`` (see the
+    reference).
+    """
     A, B, C, D, u, x0, idx = _dense_operands(A, B, C, D, u, x0, idx)
     L = u.shape[2]
     if keep_checkpoints:
@@ -247,7 +253,7 @@ def simulate_recurrent(A, B, C, D, u, x0, idx, keep_checkpoints=False, K=None):
 
 @jit
 def _matmul_into(out, p, q):
-    """out = p @ q for small square matrices (no BLAS: works for every dtype)."""
+    """``out = p @ q`` for small square matrices (no BLAS: works for every dtype)."""
     n = p.shape[0]
     zero = _zero(out)
     for i in range(n):
@@ -260,7 +266,7 @@ def _matmul_into(out, p, q):
 
 @jit
 def _matrix_power(a, k, out):
-    """out = a^k by binary powering (k >= 0): O(N^3 log k), once per sequence."""
+    """``out = a^k`` by binary powering (k >= 0): O(N^3 log k), once per sequence."""
     n = a.shape[0]
     base = a.copy()
     tmp = np.empty_like(out)
@@ -279,9 +285,11 @@ def _matrix_power(a, k, out):
 
 @jit
 def _scan_local_job(A, B, C, D, u, x0, idx, K, y, ck, per_chunk, inner, job):
-    """Pass 1: chunk c < n-1 of element b. Chunk 0 runs exactly from x0 (with
-    outputs); the others compute their end state h_c from zero. The result is parked
-    in the checkpoint row where chunk c + 1 enters."""
+    """Pass 1: chunk c < n-1 of element b.
+
+    Chunk 0 runs exactly from x0 (with outputs); the others compute their end state h_c from zero.
+    The result is parked in the checkpoint row where chunk c + 1 enters.
+    """
     b = job // inner
     ci = job % inner
     n = A.shape[1]
@@ -504,8 +512,10 @@ def _backward_parallel(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, g
 
 
 def simulate_backward(A, B, C, D, u, idx, K, ck, gy, g_final):
-    """Reverse-time adjoint recurrence, parallel over the batch; returns
-    ``(gA, gB, gC, gD, gu, gx0)`` per batch element (see the reference)."""
+    """Reverse-time adjoint recurrence, parallel over the batch.
+
+    Returns ``(gA, gB, gC, gD, gu, gx0)`` per batch element (see the reference).
+    """
     A, B, C, D, u, idx, ck, gy, g_final = (_c(a) for a in (A, B, C, D, u, idx, ck, gy, g_final))
     nb, n, m, p, L = idx.shape[0], A.shape[1], B.shape[2], C.shape[1], u.shape[2]
     dt = A.dtype
@@ -561,7 +571,7 @@ def _control_readout(x, u, C, D, y):
 
 
 def _project(value, like):
-    """value as the dtype kind of ``like``: its real part when ``like`` is real."""
+    """``value`` as the dtype kind of ``like``: its real part when ``like`` is real."""
     raise NotImplementedError  # only called from jitted code (see the overload)
 
 
@@ -712,8 +722,11 @@ def diag_kernel(A, W, scale, L, real_output):
 
 @jit
 def _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0, r):
-    """Reverse diagonal recurrence for row r, recomputing states from checkpoints
-    every K steps (memory O(N (L / K + K)) per row)."""
+    """Reverse diagonal recurrence for row r.
+
+    States are recomputed from checkpoints every K steps (memory O(N (L / K + K))
+    per row).
+    """
     n = A.shape[1]
     L = u.shape[1]
     a = A[r]
@@ -782,9 +795,12 @@ def _diag_backward_serial(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, 
 
 
 def diag_backward(A, B, C, D, u, x0, scale, gy, g_final):
-    """Adjoint of :func:`diag_recurrent`; returns ``(gA, gB, gC, gD, gu, gx0)`` in
-    ``A.dtype`` (see ``ssmcore.reference.lti.diag_backward``). States are recomputed
-    from checkpoints every ``max(16, sqrt(L))`` steps per row."""
+    """Adjoint of :func:`diag_recurrent`.
+
+    Returns ``(gA, gB, gC, gD, gu, gx0)`` in ``A.dtype`` (see
+    ``ssmcore.reference.lti.diag_backward``). States are recomputed
+    from checkpoints every ``max(16, sqrt(L))`` steps per row.
+    """
     A, B, C, D, u, x0, gy, g_final = (_c(a) for a in (A, B, C, D, u, x0, gy, g_final))
     R, L = u.shape
     ct = A.dtype

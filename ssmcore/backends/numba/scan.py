@@ -189,8 +189,10 @@ def _fwd_serial(a, astep, arow, b, h0, out, desc):
 
 @jit
 def _lanes4(fa, fb, fo, ia0, ia1, ia2, ia3, ib0, ib1, ib2, ib3, x0, x1, x2, x3, n, desc):
-    """Four interleaved chains over flat views: lane k reads ``fa[ia_k +- i]`` and
-    ``fb[ib_k +- i]`` and writes ``fo[ib_k +- i]`` for i < n (``-`` when ``desc``).
+    """Four interleaved chains over flat views.
+
+    Lane k reads ``fa[ia_k +- i]`` and ``fb[ib_k +- i]`` and writes ``fo[ib_k +- i]`` for i < n
+    (``-`` when ``desc``).
 
     Flat indices keep the loop at one index register plus 12 base pointers, which
     fit the x86-64 registers (2-D indexing per lane spilled). Returns the states.
@@ -268,10 +270,12 @@ def _lanes4_const(fa, ia0, ia1, ia2, ia3, fb, fo, ib0, ib1, ib2, ib3, x0, x1, x2
 
 @jit
 def _slot_delay(k, nslot, start_k, start_0, itemsize, desc):
-    """Steps slot ``k`` of ``nslot`` waits so that, walking in lockstep, the slots'
-    addresses sit ``k * SET_SPAN / nslot`` bytes apart modulo ``SET_SPAN``
-    (``start``: flat index of each slot's first element; the walk goes down when
-    ``desc``)."""
+    """Start delay of slot ``k`` of ``nslot``, in steps.
+
+    Slot ``k`` waits so that, walking in lockstep, the slots' addresses sit ``k * SET_SPAN / nslot``
+    bytes apart modulo ``SET_SPAN`` (``start``: flat index of each slot's first element; the walk
+    goes down when ``desc``).
+    """
     span = SET_SPAN // itemsize  # elements per L1 set period
     nat = (start_k - start_0) % span
     want = k * span // nslot
@@ -280,8 +284,11 @@ def _slot_delay(k, nslot, start_k, start_0, itemsize, desc):
 
 @jit
 def _slot_lane(k, first, cs, qs, left, xs, L, La, astep, arow, desc):
-    """Flat indices (a, b) and state of lane ``k``; an idle slot repeats slot ``first``
-    (same channel, step and state: it recomputes and rewrites equal values)."""
+    """Flat indices (a, b) and state of lane ``k``.
+
+    An idle slot repeats slot ``first`` (same channel, step and state: it recomputes and rewrites
+    equal values).
+    """
     j = k if left[k] > 0 and qs[k] >= 0 else first
     c = cs[j]
     t = L - 1 - qs[j] if desc else qs[j]
@@ -351,8 +358,10 @@ def _fwd_slots(fa, astep, arow, fb, h0, fo, L, lo, hi, desc, itemsize, stagger, 
 
 @jit(parallel=True)
 def _fwd_channels(fa, astep, arow, fb, h0, fo, L, desc, nitem, itemsize, stagger):
-    """``prange`` over ``nitem`` contiguous channel ranges (one per thread); the slot
-    bookkeeping arrays are allocated once per range, outside the hot loop."""
+    """``prange`` over ``nitem`` contiguous channel ranges (one per thread).
+
+    The slot bookkeeping arrays are allocated once per range, outside the hot loop.
+    """
     C = h0.shape[0]
     for it in prange(nitem):
         cs = np.empty(NSLOT, np.int64)
@@ -396,8 +405,10 @@ def _combine_carries(P, S, carry, start, nchunk):
 
 @jit
 def _chunk_len(wl, nchunk, itemsize):
-    """Chunk length: whole cache lines, and not a multiple of 4 KiB (two chunks
-    scanned together would then map to the same L1 sets)."""
+    """Chunk length: whole cache lines, and not a multiple of 4 KiB.
+
+    Two chunks scanned together would then map to the same L1 sets.
+    """
     cl = (wl + nchunk - 1) // nchunk
     cl = ((cl + 15) // 16) * 16
     if (cl * itemsize) % 4096 == 0:
@@ -707,8 +718,10 @@ def _bwd_serial(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero,
 
 @jit
 def _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga):
-    """n regular adjoint steps (the previous state lies inside the channel) of two
-    lanes over flat views; ``ga`` shares the index of g (time-varying a).
+    """``n`` regular adjoint steps of two lanes over flat views.
+
+    Regular: the previous state lies inside the channel. ``ga`` shares the index of g (time-varying
+    a).
 
     Same operations, in the same order, as the loop of :func:`_bwd2`, so the
     results are bit-identical; flat indices save the address registers that
@@ -765,8 +778,11 @@ def _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, des
 
 @jit
 def _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga):
-    """:func:`_bwd_lanes2` with constant-in-time a (``fa[ia_k]``, re-read every step
-    as in :func:`_lanes4_const`) and ga written to a scratch slot ``fga[ig_k]``."""
+    """:func:`_bwd_lanes2` with constant-in-time a.
+
+    a is ``fa[ia_k]``, re-read every step as in :func:`_lanes4_const`; ga is written
+    to a scratch slot ``fga[ig_k]``.
+    """
     a0 = _u(ia0)
     a1 = _u(ia1)
     q0 = _u(ig0)
@@ -820,8 +836,10 @@ def _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1
 
 @jit
 def _bwd_slot_lane(k, first, cs, qs, left, ks, ss, L, La, astep, arow, desc):
-    """Flat indices (a, ga, g) and carry/sum of lane ``k``; an idle slot repeats
-    slot ``first`` (its writes are equal, its results are dropped)."""
+    """Flat indices (a, ga, g) and carry/sum of lane ``k``.
+
+    An idle slot repeats slot ``first`` (its writes are equal, its results are dropped).
+    """
     j = k if left[k] > 0 and qs[k] >= 0 else first
     c = cs[j]
     t = L - 1 - qs[j] if desc else qs[j]
@@ -831,10 +849,12 @@ def _bwd_slot_lane(k, first, cs, qs, left, ks, ss, L, La, astep, arow, desc):
 @jit
 def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc, stagger, zero,
                cs, qs, left, ks, ss, with_ga):
-    """Channels [lo, hi) of one thread as ``NSLOT_BWD`` staggered slots (as in
-    :func:`_fwd_slots`). A channel's last step in walk order, whose previous state
+    """Channels [lo, hi) of one thread as ``NSLOT_BWD`` staggered slots.
+
+    As in :func:`_fwd_slots`. A channel's last step in walk order, whose previous state
     is h0, is run by :func:`_bwd2` itself (n = 1), so that its FMA split (complex
-    products) is the serial kernel's."""
+    products) is the serial kernel's.
+    """
     L = g.shape[1]
     fa = a.reshape(a.size)
     fh = h.reshape(h.size)
@@ -889,7 +909,9 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
             if astep:
                 r = _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga)
             else:
-                r = _bwd_lanes2_const(fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga)
+                r = _bwd_lanes2_const(
+                    fa, fh, fgh, fg, fga, ia0, ia1, ig0, ig1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga
+                )
             for k in range(NSLOT_BWD):
                 if left[k] > 0 and qs[k] >= 0:
                     ks[k] = r[k]
@@ -914,9 +936,11 @@ def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nit
 
 @jit
 def _bwd4(ar, astep, hr, hz, ghr, gr, gar, k0, k1, k2, k3, s0, s1, s2, s3, n, desc, L, zero, with_ga=True):
-    """Four interleaved lanes of :func:`_bwd2` over chunks of one row (1-D views);
+    """Four interleaved lanes of :func:`_bwd2` over chunks of one row (1-D views).
+
     ``hz`` is the row's h0. Returns (k0..k3, sum0..sum3). Without ``with_ga``
-    neither ``hr`` nor ``gar`` is touched and the sums are zero."""
+    neither ``hr`` nor ``gar`` is touched and the sums are zero.
+    """
     acc0 = zero
     acc1 = zero
     acc2 = zero
@@ -1177,8 +1201,10 @@ def _slotting(C: int, L: int, itemsize: int, nslot: int = NSLOT) -> tuple[int, b
 
 
 def _units(dtype: np.dtype) -> tuple[np.generic, np.generic]:
-    """1 and 0 as scalars of ``dtype`` (typed kernel constants: a Python 0 would
-    promote float32 arithmetic to float64)."""
+    """1 and 0 as scalars of ``dtype``.
+
+    Typed kernel constants: a Python 0 would promote float32 arithmetic to float64.
+    """
     return dtype.type(1), dtype.type(0)
 
 

@@ -221,8 +221,11 @@ def _c(x: np.ndarray) -> np.ndarray:
 
 
 def _optional(x, shape, dtype):
-    """(contiguous array, given?) for an optional input; a typed dummy when absent
-    (the kernels are compiled once per dtype, not once per option pattern)."""
+    """(contiguous array, given?) for an optional input.
+
+    A typed dummy when absent (the kernels are compiled once per dtype, not once per option
+    pattern).
+    """
     if x is None:
         return np.zeros(shape, dtype), False
     return _c(x), True
@@ -293,9 +296,11 @@ def _all_finite(*arrays) -> bool:
 def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
                 b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
                 softplus, reverse, chunk, save):
-    """Forward scan -> (out (batch, D, L) rdt, last state (batch, D, N) sdt,
-    checkpoints (batch, D, ceil(L/chunk), N) sdt: the state entering each chunk of
-    ``chunk`` scan steps; empty when ``save`` is False)."""
+    """Forward scan -> (out, last state, checkpoints).
+
+    out (batch, D, L) rdt, last state (batch, D, N) sdt, checkpoints (batch, D, ceil(L/chunk), N)
+    sdt: the state entering each chunk of ``chunk`` scan steps; empty when ``save`` is False).
+    """
     nb, nd, L = u.shape
     N = A.shape[1]
     one = np.full(1, 1.0, u.dtype)[0]
