@@ -659,7 +659,7 @@ def dplr_c_tilde(Lambda: Any, P: Any, C: Any, dt: Any, L: int, *, inverse: bool 
     xp = t.xp
     lam_shape = tuple(np.shape(Lambda) if array_kind(Lambda) is None else Lambda.shape)
     p = _dplr_prepare(fn, t, Lambda, P, xp.zeros(lam_shape[-1:], dtype=xp.float64, device=t.device), C, dt, L)
-    H, N, Co = p["H"], p["N"], p["Co"]
+    N = p["N"]
     lam, pp, d = p["lam"], p["p"], p["d"]
     Pf = xp.concat([pp, xp.conj(pp)], axis=-1)  # (r, H, 2N)
     eye = xp.eye(2 * N, dtype=xp.float64, device=t.device)

@@ -15,7 +15,7 @@ import pytest
 from namespaces import assert_close
 import ssmcore
 from ssmcore import cont2discrete, discretize, discretize_diag
-from ssmcore.dispatch import UnsupportedBackendError, capabilities
+from ssmcore.dispatch import capabilities
 
 
 @pytest.fixture(autouse=True)

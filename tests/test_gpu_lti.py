@@ -17,7 +17,6 @@ import pytest
 
 import ssmcore
 from ssmcore.backends.numba import lti as nb
-from ssmcore.dispatch import UnsupportedBackendError
 from ssmcore.reference import lti as ref
 
 pytestmark = pytest.mark.gpu
