@@ -185,10 +185,12 @@ def test_kernels_agree_complex(cplx, heads):
         np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
 
 
-def test_numba_parallel_path_and_nonfinite():
+@pytest.mark.parametrize("parallel", [False, True])
+def test_numba_paths_and_nonfinite(parallel, monkeypatch):
     rng = np.random.default_rng(8)
-    a = make(rng, heads=False, b=4, H=1, P=5000, N=16, G=1, dtype=np.float32)  # >= the parallel threshold
-    assert a["x"].size * 16 >= nb_kernel._PARALLEL_MIN
+    a = make(rng, heads=False, b=4, H=1, P=500, N=16, G=1, dtype=np.float32)
+    if parallel:
+        monkeypatch.setattr(nb_kernel, "_PARALLEL_MIN", 1)
     a["dt"][1, 7] = np.nan
     a["x"][2, 9] = np.inf
     r = selective_state_update(**a, backend="numpy")
