@@ -69,7 +69,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the first case only, fewer rounds")
     ap.add_argument("--rounds", type=int, default=15)
     args = ap.parse_args()
-    has_inplace = "inplace" in inspect.signature(ssmcore.selective_state_update).parameters
+    params = inspect.signature(ssmcore.selective_state_update).parameters
+    has_inplace, has_backend = "inplace" in params, "backend" in params
     rng = np.random.default_rng(0)
     rows = []
     for label, shape, cs, groups in CASES[:1] if args.quick else CASES:
@@ -85,7 +86,8 @@ def main() -> None:
             }
             if has_inplace:
                 cands["inplace"] = lambda a=a: ssmcore.selective_state_update(**dict(a, state=sst), inplace=True)
-            cands["reference"] = lambda a=a: ssmcore.selective_state_update(**a, backend="numpy")
+            if has_backend:
+                cands["reference"] = lambda a=a: ssmcore.selective_state_update(**a, backend="numpy")
             med = interleaved_medians(cands, rounds=args.rounds)
             base = med["numpy"]
             rows.append([f"{label} {np.dtype(dtype).name}"]
