@@ -31,7 +31,7 @@ _PARALLEL_MIN = 1 << 22
 
 
 @jit(fastmath=_FM)
-def _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, y, zero, fac, task):
+def _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task):
     """Batch entry i, head h (task = i * H + h): every channel p of the head, N states each."""
     nh, nP, N = A.shape
     i = task // nh
@@ -55,7 +55,12 @@ def _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, y, zero, 
         acc = zero
         # Two branch-free inner loops (the write decided per row, not per state) so LLVM
         # vectorises them; plain 4-D indexing (no slices: no reference counting per row).
-        if wr:
+        if wr and same:  # in place: one array read and written (LLVM vectorises no aliased pair)
+            for n in range(N):
+                nw = fast_exp(d * A[h, p, n]) * out[row, h, p, n] + dx * B[i, gb, n]
+                out[row, h, p, n] = nw
+                acc += C[i, gc, n] * nw
+        elif wr:
             for n in range(N):
                 nw = fast_exp(d * A[h, p, n]) * src[row, h, p, n] + dx * B[i, gb, n]
                 out[row, h, p, n] = nw
@@ -74,15 +79,15 @@ def _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, y, zero, 
 
 
 @jit(fastmath=_FM)
-def _serial(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, y, zero, fac):
+def _serial(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac):
     for task in range(x.shape[0] * x.shape[1]):
-        _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, y, zero, fac, task)
+        _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task)
 
 
 @jit(parallel=True, fastmath=_FM)
-def _parallel(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, y, zero, fac):
+def _parallel(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac):
     for task in prange(x.shape[0] * x.shape[1]):
-        _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, y, zero, fac, task)
+        _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task)
 
 
 def _c(a: Any) -> Any:
@@ -131,5 +136,7 @@ def state_update_fwd(
     zero = state.dtype.type(0)
     fac = x.dtype.type(2 if state.dtype.kind == "c" else 1)
     kern = _parallel if x.size * A.shape[-1] >= _PARALLEL_MIN else _serial
-    kern(src, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), rows, write, out, y, zero, fac)
+    # Partially overlapping buffers would break the row-at-a-time reads: only "identical" is allowed.
+    same = bool(src.ctypes.data == out.ctypes.data)
+    kern(src, x, dt, A, B, C, D, z, dt_bias, bool(dt_softplus), rows, write, out, same, y, zero, fac)
     return y, out
