@@ -310,7 +310,7 @@ def _bwd(p: _Prep, ct: Any, needs: tuple[bool, ...] | None = None) -> tuple[Any,
     return tuple(out)
 
 
-@register_op(_FN, fwd=_fwd, bwd=_bwd, inputs=_INPUTS, backends=("numpy", "numba"))
+@register_op(_FN, fwd=_fwd, bwd=_bwd, inputs=_INPUTS, backends=("numpy", "numba", "cupy"))
 def _selective_state_update_op(
     state: Any, x: Any, dt: Any, A: Any, B: Any, C: Any, D: Any = None, z: Any = None, dt_bias: Any = None,
     dt_softplus: bool = False, state_batch_indices: Any = None, *, pad_slot_id: int | None = None,

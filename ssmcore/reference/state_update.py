@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["state_update_fwd", "write_mask"]
+__all__ = ["state_update_fwd"]  # write_mask is a helper the Numba launcher shares
 
 
 def write_mask(idx: np.ndarray) -> np.ndarray:
