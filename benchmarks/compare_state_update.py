@@ -85,7 +85,8 @@ def main() -> None:
                 "ssmcore": lambda a=a: ssmcore.selective_state_update(**a),
             }
             if has_inplace:
-                cands["inplace"] = lambda a=a: ssmcore.selective_state_update(**dict(a, state=sst), inplace=True)
+                cands["inplace"] = lambda a=a, sst=sst: ssmcore.selective_state_update(**dict(a, state=sst),
+                                                                               inplace=True)
             if has_backend:
                 cands["reference"] = lambda a=a: ssmcore.selective_state_update(**a, backend="numpy")
             med = interleaved_medians(cands, rounds=args.rounds)

@@ -134,7 +134,9 @@ def test_step_time_against_triton(rng):
     print(f"\nselective_state_update b16 D1536 N16 f32: {ours * 1e6:.1f} us per step (GPU time)")
     try:
         import torch
-        from mamba_ssm.ops.triton.selective_state_update import selective_state_update as triton_ssu
+        from mamba_ssm.ops.triton.selective_state_update import (
+            selective_state_update as triton_ssu,
+        )
     except Exception:  # noqa: BLE001  (no peer on this machine: report ours only)
         return
     tt = lambda a: torch.as_tensor(a, device="cuda")  # noqa: E731

@@ -10,7 +10,6 @@ import ssmcore
 from ssmcore import selective_scan, selective_state_update
 from ssmcore.backends.numba import state_update as nb_kernel
 from ssmcore.reference import state_update as ref_kernel
-
 from tests.vjp_check import check_vjp
 
 

@@ -28,8 +28,6 @@ fancy-assignment rule), so the result does not depend on scheduling.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 __all__ = ["state_update_fwd"]  # write_mask is a helper the Numba launcher shares
@@ -64,7 +62,7 @@ def state_update_fwd(
     cplx = np.iscomplexobj(A) or np.iscomplexobj(state)
     sdt = state.dtype
     wdt = np.complex128 if cplx else np.float64
-    nb, nh, nP = x.shape
+    nb, nh = x.shape[:2]
     rows = np.arange(nb) if idx is None else np.asarray(idx, dtype=np.int64)
     valid = rows >= 0
     s = np.asarray(state, wdt)[np.where(valid, rows, 0)]  # the rows read, before any write
