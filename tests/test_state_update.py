@@ -315,3 +315,41 @@ def test_cache_larger_than_batch_needs_indices():
     a = make(np.random.default_rng(15), heads=False, cache=5)
     with pytest.raises(ValueError, match=r"state has shape \(5, 20, 6\); expected \(batch, D, N\) = \(3, 20, 6\)"):
         selective_state_update(**a)
+
+
+def test_float64_exp_is_accurate_and_keeps_special_values():
+    import numba
+
+    @numba.njit
+    def ev(x):
+        out = np.empty_like(x)
+        for i in range(x.size):
+            out[i] = nb_kernel.exp_step(x[i])
+        return out
+
+    x = np.concatenate([np.linspace(-708.3, 709.7, 100001), np.random.default_rng(16).uniform(-40, 3, 10000)])
+    w = np.exp(x)
+    np.testing.assert_allclose(ev(x), w, rtol=3e-16, atol=0)
+    special = ev(np.array([np.nan, np.inf, -np.inf, 0.0, -745.0, 710.0]))
+    assert np.isnan(special[0]) and special[1] == np.inf and special[2] == 0.0 and special[3] == 1.0
+    assert special[4] == 0.0 and special[5] == np.inf  # flushed below the smallest normal; overflow to inf
+
+
+def test_huge_decay_underflows_like_the_reference():
+    rng = np.random.default_rng(17)
+    a = make(rng, heads=True)
+    a["dt"][0] = 1e3  # exp(dt A) underflows to 0 for every state of batch 0
+    r = selective_state_update(**a, backend="numpy")
+    n = selective_state_update(**a, backend="numba")
+    for u, v in zip(r, n):
+        np.testing.assert_allclose(v, u, rtol=1e-12, atol=1e-12)
+
+
+def test_half_precision_inputs_keep_their_dtype():
+    rng = np.random.default_rng(18)
+    a = make(rng, heads=False, G=1, opts=False)
+    h = {k: (v.astype(np.float16) if k != "state" else v.astype(np.float32)) for k, v in a.items()}
+    out, new = selective_state_update(**h)
+    assert out.dtype == np.float16 and new.dtype == np.float32  # fp32 state and accumulation, as mamba_ssm
+    want, _ = selective_state_update(**{k: v.astype(np.float64) for k, v in h.items()})
+    np.testing.assert_allclose(out, want, rtol=2e-3, atol=2e-3)
