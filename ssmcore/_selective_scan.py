@@ -18,8 +18,7 @@ checkpoint spacing and the work split. Declared backends: ``selective_scan`` has
 the NumPy reference, the Numba CPU kernels and the CuPy GPU kernels
 (``backends/cupy/selective_scan.py``: mamba_ssm's fused design, states on chip,
 chunk checkpoints for the backward; not yet run on a GPU);
-``selective_state_update`` has NumPy and Numba only, so CuPy input gets the
-dispatcher's uniform "no CuPy kernel yet" error.
+``selective_state_update`` lives in :mod:`ssmcore._state_update` (re-exported here).
 """
 
 from __future__ import annotations
@@ -31,19 +30,13 @@ import numpy as np
 
 from . import _xp
 from ._xp import dtype_name
-from .dispatch import Target, declare_backends, select
+from .dispatch import Target, select
 from .registry import register_op
 from .validation import as_float_array, shape_error
 
 __all__ = ["selective_scan", "selective_state_update"]
 
 _FN = "selective_scan"
-_FN_UPDATE = "selective_state_update"
-
-# selective_state_update is elementwise array-API code and would run on CuPy as it is;
-# it is declared with the op's backends until the GPU tests of the selective-scan area
-# (a later issue) have run it on a device.
-declare_backends(_FN_UPDATE, ("numpy", "numba"))
 
 
 @dataclass
@@ -414,127 +407,5 @@ def selective_scan(
     return out
 
 
-def selective_state_update(
-    state: np.ndarray,
-    x: np.ndarray,
-    dt: np.ndarray,
-    A: np.ndarray,
-    B: np.ndarray,
-    C: np.ndarray,
-    D: np.ndarray | None = None,
-    z: np.ndarray | None = None,
-    dt_bias: np.ndarray | None = None,
-    dt_softplus: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
-    r"""One decoding step of the selective scan (mamba_ssm's ``selective_state_update``).
-
-    ::
-
-        dt    = dt + dt_bias;  dt = softplus(dt) if dt_softplus
-        state = exp(dt A) * state + dt B x          (per batch, channel, state)
-        out   = (sum_n C[n] state[n] + D x) * silu(z)   (2 Re(sum ...) for complex A)
-
-    Unlike mamba_ssm, ``state`` is not modified in place: the new state is returned.
-    Looping this over t reproduces :func:`selective_scan` (with ``h0`` = the initial
-    state and ``return_last_state``).  The heads axis of mamba_ssm's Mamba-2 variant
-    is not supported (fold heads into D).
-
-    Parameters
-    ----------
-    state : ndarray, shape (batch, D, N)
-        Current state; real, or complex for complex A.
-    x, dt : ndarray, shape (batch, D)
-        Input and step size at this step.
-    A : ndarray, shape (D, N)
-    B, C : ndarray, shape (batch, N) or (batch, G, N)
-        Channel d uses group ``d // (D / G)``.
-    D, dt_bias : ndarray, shape (D,), optional
-    z : ndarray, shape (batch, D), optional
-    dt_softplus : bool
-
-    Returns
-    -------
-    out : ndarray, shape (batch, D), dtype of ``x``
-    new_state : ndarray, shape (batch, D, N)
-        In the compute dtype (float32/float64, complex64/complex128 for complex A).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from ssmcore import selective_state_update
-    >>> state = np.zeros((1, 2, 3)); x = np.ones((1, 2)); dt = np.full((1, 2), 0.5)
-    >>> A = -np.ones((2, 3)); B = np.ones((1, 3)); C = np.ones((1, 3))
-    >>> out, state = selective_state_update(state, x, dt, A, B, C)
-    >>> out
-    array([[1.5, 1.5]])
-    """
-    fn = _FN_UPDATE
-    t = select(fn, state, x, dt, A, B, C, D, z, dt_bias)
-    xp = t.xp
-    astype = _astype(t)
-    x_in = x
-    x = as_float_array(fn, "x", x, complex_ok=False, target=t)
-    if x.ndim != 2:
-        raise shape_error(fn, "x", x.shape, "(batch, D)")
-    nb, nd = x.shape
-    dt = as_float_array(fn, "dt", dt, complex_ok=False, target=t)
-    if tuple(dt.shape) != tuple(x.shape):
-        raise shape_error(fn, "dt", dt.shape, f"(batch, D) = {tuple(x.shape)}, the shape of x")
-    A = as_float_array(fn, "A", A, target=t)
-    if A.ndim != 2 or A.shape[0] != nd or A.shape[1] < 1:
-        raise shape_error(fn, "A", A.shape, f"(D, N) with D={nd} (from x) and N >= 1")
-    N = A.shape[1]
-    a_complex = _iscomplex(xp, A.dtype)
-    rdt = _real_dtype(xp, x, dt)
-    sdt = _state_dtype(xp, rdt, a_complex)
-    state = as_float_array(fn, "state", state, target=t)
-    if tuple(state.shape) != (nb, nd, N):
-        raise shape_error(fn, "state", state.shape, f"(batch, D, N) = ({nb}, {nd}, {N})")
-    if not a_complex and _iscomplex(xp, state.dtype):
-        raise TypeError(f"{fn}: state has dtype {dtype_name(state.dtype)} but A is real; "
-                        f"complex state needs complex A")
-
-    def group(name, X):
-        X = as_float_array(fn, name, X, target=t)
-        if not a_complex and _iscomplex(xp, X.dtype):
-            raise TypeError(f"{fn}: {name} has dtype {dtype_name(X.dtype)} but A is real; "
-                            f"complex {name} needs complex A")
-        X3 = X[:, None, ...] if X.ndim == 2 else X
-        if X3.ndim != 3 or X3.shape[0] != nb or X3.shape[2] != N or X3.shape[1] < 1 or nd % X3.shape[1]:
-            raise shape_error(fn, name, X.shape, f"(batch, N) or (batch, G, N) with batch={nb}, N={N}, "
-                                                  f"G dividing D={nd}")
-        return xp.repeat(astype(X3, sdt), nd // X3.shape[1], axis=1)  # (batch, D, N), a new array
-
-    Bx, Cx = group("B", B), group("C", C)
-
-    def vec(name, v, shape):
-        if v is None:
-            return None
-        v = as_float_array(fn, name, v, complex_ok=False, target=t)
-        if tuple(v.shape) != shape:
-            raise shape_error(fn, name, v.shape, str(shape))
-        return astype(v, rdt)
-
-    Dv = vec("D", D, (nd,))
-    bias = vec("dt_bias", dt_bias, (nd,))
-    zz = vec("z", z, (nb, nd))
-    softplus = _check_bool(fn, "dt_softplus", dt_softplus)
-
-    dtc = astype(dt, rdt)
-    if bias is not None:
-        dtc = dtc + bias
-    if softplus:
-        with np.errstate(over="ignore"):  # NumPy's warning only; other namespaces ignore it
-            dtc = xp.where(dtc > 20, dtc, xp.log1p(xp.exp(xp.minimum(dtc, 20.0))))
-    xc = astype(x, rdt)
-    with np.errstate(over="ignore", invalid="ignore"):
-        new = (xp.exp(dtc[:, :, None] * astype(A, sdt)) * astype(state, sdt)
-               + (dtc * xc)[:, :, None] * Bx)
-    y = xp.sum(Cx * new, axis=-1)
-    y = astype(2 * xp.real(y) if a_complex else y, rdt)
-    if Dv is not None:
-        y = y + Dv * xc
-    if zz is not None:
-        with np.errstate(over="ignore"):
-            y = y * zz / (1 + xp.exp(-zz))
-    return astype(y, _orig_dtype(xp, x_in, x)), astype(new, sdt)
+# The decoding step lives in its own module (registered op with a VJP); re-exported here.
+from ._state_update import selective_state_update  # noqa: E402

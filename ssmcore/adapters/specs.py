@@ -463,6 +463,37 @@ EXAMPLES["selective_scan"] = [
 COMPLEX_OK.add("selective_scan")
 
 
+# ----------------------------------------------------------------------------- selective_state_update (decode step)
+@rule("selective_state_update")
+def _selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False,
+                            state_batch_indices=None, **_):
+    compute = np.float64 if np.float64 in (x.dtype, dt.dtype) else np.float32
+    sdt = np.result_type(compute, np.complex64) if A.dtype.kind == "c" else np.dtype(compute)
+    return ArraySpec(tuple(x.shape), x.dtype), ArraySpec(tuple(state.shape), sdt)
+
+
+def _ssu_case(rng, dtype, heads, full):
+    real = _real(dtype)
+    b, n = 2, 3
+    cs = (2, 3) if heads else (4,)
+    cache = 3 if full else b
+    args = [_rand(rng, (cache, *cs, n), dtype), _rand(rng, (b, *cs), real),
+            np.abs(_rand(rng, (b, *cs), real, 0.2, 0.5)), _negative(rng, (*cs, n), dtype),
+            _rand(rng, (b, 2, n) if heads else (b, n), dtype), _rand(rng, (b, 2, n) if heads else (b, n), dtype)]
+    if not full:
+        return tuple(args), {}
+    kw = {"D": _rand(rng, cs, real), "z": _rand(rng, (b, *cs), real), "dt_bias": _rand(rng, cs, real, 0.1),
+          "dt_softplus": True, "state_batch_indices": np.array([2, 0])}
+    return tuple(args), kw
+
+
+EXAMPLES["selective_state_update"] = [
+    ("plain", lambda rng, dt: _ssu_case(rng, dt, False, False)),
+    ("heads_full_indices", lambda rng, dt: _ssu_case(rng, dt, True, True)),
+]
+COMPLEX_OK.add("selective_state_update")
+
+
 # ----------------------------------------------------------------------------- linear scan
 @rule("linear_scan")
 def _linear_scan(a, b, h0=None, *, return_final_state=False, **_):
