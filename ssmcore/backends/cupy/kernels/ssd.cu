@@ -235,6 +235,7 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
     __shared__ T DEC[SSM_SSD_TILE][SSM_SSD_TILE];
     __shared__ T CB[SSM_SSD_TILE][SSM_SSD_TILE];
     __shared__ T GU[SSM_SSD_TILE][SSM_SSD_TILE];
+    __shared__ T RED[SSM_SSD_THREADS];
     Dims d{nb, L, H, P, G, N, Q, nc};
     ll c = blockIdx.x % nc, h = (blockIdx.x / nc) % H, b = blockIdx.x / (nc * H);
     ll g = h / (H / G), t0 = c * Q, q = min(Q, L - t0), last = t0 + q - 1;
@@ -268,7 +269,10 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
         gC[((b * L + l) * H + h) * N + n] = gc;
         gB[((b * L + l) * H + h) * N + n] = gb;
     }
-    for (ll e = threadIdx.x; e < q; e += blockDim.x) {  // gradient of acs_l from the inter-chunk terms
+    // Gradient of acs_l from the inter-chunk terms; `part` collects this thread's share of the
+    // acs_last gradient (sum_s R_s + [carried] exp(acs_last) <dH', H_c>), reduced below.
+    T part = T(0);
+    for (ll e = threadIdx.x; e < q; e += blockDim.x) {
         ll l = t0 + e;
         T ga = T(0);
         if (first[b * L + l] < 0) {  // + exp(acs_l) gy_l . (H_c C_l)
@@ -280,36 +284,29 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
             }
             ga += exp(acs[ssd::ai(d, b, h, l)]) * acc;
         }
-        if (l >= s_lo) {  // - R_l, R_l = r_l u_l . (dH' B_l); its + R_l goes to acs_last below
+        if (l >= s_lo) {  // - R_l, R_l = r_l u_l . (dH' B_l); its + R_l goes to acs_last
             T acc = T(0);
             for (ll p = 0; p < P; ++p) {
                 T db = T(0);
                 for (ll n = 0; n < N; ++n) db += dHn[p * N + n] * B[ssd::bi(d, b, l, g, n)];
                 acc += x[ssd::xi(d, b, l, h, p)] * db;
             }
-            ga -= exp(acl - acs[ssd::ai(d, b, h, l)]) * dt[ssd::ti(d, b, l, h)] * acc;
+            T R = exp(acl - acs[ssd::ai(d, b, h, l)]) * dt[ssd::ti(d, b, l, h)] * acc;
+            ga -= R;
+            part += R;
         }
         gacs[ssd::ai(d, b, h, l)] = ga;
     }
+    if (carried) {
+        T dot = T(0);
+        for (ll e = threadIdx.x; e < P * N; e += blockDim.x) dot += dHn[e] * Hc[e];
+        part += exp(acl) * dot;
+    }
+    RED[threadIdx.x] = part;
     __syncthreads();
-    if (threadIdx.x == 0) {  // acs_last: sum_s R_s + [carried] exp(acs_last) <dH', H_c>
+    if (threadIdx.x == 0) {  // fixed-order sum of the threads' shares: deterministic
         T acc = T(0);
-        for (ll e = 0; e < q; ++e) {
-            ll s = t0 + e;
-            if (s < s_lo) continue;
-            T r = T(0);
-            for (ll p = 0; p < P; ++p) {
-                T db = T(0);
-                for (ll n = 0; n < N; ++n) db += dHn[p * N + n] * B[ssd::bi(d, b, s, g, n)];
-                r += x[ssd::xi(d, b, s, h, p)] * db;
-            }
-            acc += exp(acl - acs[ssd::ai(d, b, h, s)]) * dt[ssd::ti(d, b, s, h)] * r;
-        }
-        if (carried) {
-            T dot = T(0);
-            for (ll e = 0; e < P * N; ++e) dot += dHn[e] * Hc[e];
-            acc += exp(acl) * dot;
-        }
+        for (int i = 0; i < (int)blockDim.x; ++i) acc += RED[i];
         gacs[ssd::ai(d, b, h, last)] += acc;
     }
 
