@@ -282,3 +282,11 @@ def test_emulated_exp_underflow(host_small, dtype):
     case = list(_case(rng, 1, 40, 2, 3, 1, 4, dtype))
     case[1] = (case[1] * 100.0).astype(dtype)  # |dt A| up to ~100: exp underflows in float32
     _check(host_small, tuple(case), 16, rng)
+
+
+def test_emulated_dstate_over_several_n_slices(host_small):
+    """N = 70 > 2 x 32: C . B runs over three shared-memory slices of N (the last one partial)."""
+    rng = np.random.default_rng(8)
+    reset = np.zeros((1, 37), dtype=bool)
+    reset[0, 20] = True
+    _check(host_small, _case(rng, 1, 37, 2, 3, 1, 70, np.float32, reset=reset), 36, rng)

@@ -22,7 +22,8 @@
 //                    dropped state after a reset is replaced, never multiplied by 0.
 //   ssd_chunk_out    one block per (b, h, c): y_l = D x_l + [first_l < 0] exp(acs_l) H_c C_l
 //                    + sum_{first_l <= s <= l} exp(acs_l - acs_s) (C_l . B_s) dt_s x_s, the
-//                    last as 32 x 32 tiles of weights W_ls in shared memory.
+//                    last as 32 x 32 tiles of weights W_ls in shared memory (C . B itself a
+//                    small matmul over 32-wide slices of N staged in shared memory).
 // Backward (same chunks; states from the forward): ssd_bwd_dstate_local then
 // ssd_bwd_state_pass give dstates[c] = d loss / d H_c, the reverse mirror of the forward
 // (dstates[nchunk] = gfinal, dh0 = dstates[0]); ssd_bwd_chunk forms, per chunk, the
@@ -58,23 +59,50 @@ __device__ __forceinline__ ll si(const Dims& d, ll b, ll h, ll c, ll p, ll n) {
 }
 __device__ __forceinline__ ll ai(const Dims& d, ll b, ll h, ll t) { return (b * d.H + h) * d.L + t; }
 
-// Shared tiles of one (l-tile, s-tile) pair: decay-with-mask DEC_ls and C_l . B_s.
+// Each thread's share of a TILE x TILE weight tile (the block size divides TILE^2).
+#define SSM_SSD_PER_THREAD (SSM_SSD_TILE * SSM_SSD_TILE / SSM_SSD_THREADS)
+static_assert(SSM_SSD_TILE * SSM_SSD_TILE % SSM_SSD_THREADS == 0, "SSM_SSD_THREADS must divide TILE^2");
+
+// Shared tiles of one (l-tile, s-tile) pair: decay-with-mask DEC_ls and C_l . B_s. C . B is a
+// small matmul over N, staged through shared (TILE x TILE) slices of C and B. Every thread of
+// the block must call this (it synchronises); blockDim.x == SSM_SSD_THREADS.
 template <class T>
 __device__ __forceinline__ void load_tile(const Dims& d, const T* B, const T* C, const T* acs, const int* first,
                                           ll b, ll h, ll g, ll l0, ll nl, ll s0, ll ns, T (*DEC)[SSM_SSD_TILE],
-                                          T (*CB)[SSM_SSD_TILE]) {
-    for (int e = threadIdx.x; e < SSM_SSD_TILE * SSM_SSD_TILE; e += blockDim.x) {
+                                          T (*CB)[SSM_SSD_TILE], T (*Cs)[SSM_SSD_TILE + 1],
+                                          T (*Bs)[SSM_SSD_TILE + 1]) {
+    T cb[SSM_SSD_PER_THREAD];
+    for (int k = 0; k < SSM_SSD_PER_THREAD; ++k) cb[k] = T(0);
+    for (ll n0 = 0; n0 < d.N; n0 += SSM_SSD_TILE) {
+        for (int e = threadIdx.x; e < SSM_SSD_TILE * SSM_SSD_TILE; e += blockDim.x) {
+            int r = e / SSM_SSD_TILE, k = e % SSM_SSD_TILE;
+            bool in_n = n0 + k < d.N;
+            Cs[r][k] = (r < nl && in_n) ? C[bi(d, b, l0 + r, g, n0 + k)] : T(0);
+            Bs[r][k] = (r < ns && in_n) ? B[bi(d, b, s0 + r, g, n0 + k)] : T(0);
+        }
+        __syncthreads();
+        for (int k = 0; k < SSM_SSD_PER_THREAD; ++k) {
+            int e = threadIdx.x + k * SSM_SSD_THREADS;
+            int li = e / SSM_SSD_TILE, sj = e % SSM_SSD_TILE;
+            T acc = cb[k];
+            for (int j = 0; j < SSM_SSD_TILE; ++j) acc += Cs[li][j] * Bs[sj][j];
+            cb[k] = acc;
+        }
+        __syncthreads();
+    }
+    for (int k = 0; k < SSM_SSD_PER_THREAD; ++k) {
+        int e = threadIdx.x + k * SSM_SSD_THREADS;
         int li = e / SSM_SSD_TILE, sj = e % SSM_SSD_TILE;
-        T dec = T(0), cb = T(0);
+        T dec = T(0), w = T(0);
         if (li < nl && sj < ns) {
             ll l = l0 + li, s = s0 + sj;
             if (s <= l && s >= first[b * d.L + l]) {
                 dec = exp(acs[ai(d, b, h, l)] - acs[ai(d, b, h, s)]);
-                for (ll n = 0; n < d.N; ++n) cb += C[bi(d, b, l, g, n)] * B[bi(d, b, s, g, n)];
+                w = cb[k];
             }
         }
         DEC[li][sj] = dec;
-        CB[li][sj] = cb;
+        CB[li][sj] = w;
     }
 }
 
@@ -147,6 +175,8 @@ ssd_chunk_out(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
               const T* __restrict__ states, T* __restrict__ y, ll nb, ll L, ll H, ll P, ll G, ll N, ll Q, ll nc) {
     __shared__ T DEC[SSM_SSD_TILE][SSM_SSD_TILE];
     __shared__ T CB[SSM_SSD_TILE][SSM_SSD_TILE];
+    __shared__ T Cs[SSM_SSD_TILE][SSM_SSD_TILE + 1];  // +1: no bank conflicts on the column reads
+    __shared__ T Bs[SSM_SSD_TILE][SSM_SSD_TILE + 1];
     Dims d{nb, L, H, P, G, N, Q, nc};
     ll c = blockIdx.x % nc, h = (blockIdx.x / nc) % H, b = blockIdx.x / (nc * H);
     ll g = h / (H / G), t0 = c * Q, q = min(Q, L - t0);
@@ -166,7 +196,7 @@ ssd_chunk_out(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
         for (ll s0 = t0; s0 < l0 + nl; s0 += SSM_SSD_TILE) {
             ll ns = min((ll)SSM_SSD_TILE, t0 + q - s0);
             __syncthreads();
-            ssd::load_tile(d, B, C, acs, first, b, h, g, l0, nl, s0, ns, DEC, CB);
+            ssd::load_tile(d, B, C, acs, first, b, h, g, l0, nl, s0, ns, DEC, CB, Cs, Bs);
             __syncthreads();
             for (ll e = threadIdx.x; e < nl * P; e += blockDim.x) {
                 ll li = e / P, p = e % P;
@@ -234,6 +264,8 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
               T* __restrict__ gD_p, ll nb, ll L, ll H, ll P, ll G, ll N, ll Q, ll nc) {
     __shared__ T DEC[SSM_SSD_TILE][SSM_SSD_TILE];
     __shared__ T CB[SSM_SSD_TILE][SSM_SSD_TILE];
+    __shared__ T Cs[SSM_SSD_TILE][SSM_SSD_TILE + 1];  // +1: no bank conflicts on the column reads
+    __shared__ T Bs[SSM_SSD_TILE][SSM_SSD_TILE + 1];
     __shared__ T GU[SSM_SSD_TILE][SSM_SSD_TILE];
     __shared__ T RED[SSM_SSD_THREADS];
     Dims d{nb, L, H, P, G, N, Q, nc};
@@ -316,7 +348,7 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
         for (ll s0 = t0; s0 < l0 + nl; s0 += SSM_SSD_TILE) {
             ll ns = min((ll)SSM_SSD_TILE, last + 1 - s0);
             __syncthreads();
-            ssd::load_tile(d, B, C, acs, first, b, h, g, l0, nl, s0, ns, DEC, CB);
+            ssd::load_tile(d, B, C, acs, first, b, h, g, l0, nl, s0, ns, DEC, CB, Cs, Bs);
             for (int e = threadIdx.x; e < SSM_SSD_TILE * SSM_SSD_TILE; e += blockDim.x) {  // gy_l . u_s
                 int li = e / SSM_SSD_TILE, sj = e % SSM_SSD_TILE;
                 T acc = T(0);
