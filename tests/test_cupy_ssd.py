@@ -38,6 +38,9 @@ def test_plan_sizes():
     assert p.cumsum_grid == -(-4 * 32 * 16 // cssd.PASS_THREADS)
     assert p.pass_grid == 4 * 32 * 64 * 128 // cssd.PASS_THREADS
     assert p.names["ssd_chunk_out"] == "ssd_chunk_out<float>"
+    assert (p.ntile, p.dbc_blocks) == (256 // cssd.TILE, 4 * 1 * 16 * (256 // cssd.TILE))
+    assert cssd.plan_ssd(1, 45, 2, 3, 1, 4, 40, np.float32).ntile == 2  # 40 steps: a full and a partial tile
+    assert cssd.plan_ssd(1, 5, 2, 3, 1, 4, 64, np.float32).ntile == 1  # one short chunk: one tile
     p = cssd.plan_ssd(2, 0, 3, 4, 1, 5, 8, np.float64)
     assert p.nchunk == 0 and p.chunk_blocks == 0 and p.names["ssd_bwd_chunk"] == "ssd_bwd_chunk<double>"
     assert cssd.plan_ssd(1, 1, 1, 1, 1, 1, 64, np.float32).nchunk == 1
@@ -94,12 +97,15 @@ _SIGS = {
                            "ll nc",
                            "(const T*)gf, (const T*)acs, (const int*)first, (T*)ds, (T*)dh0, nb, L, H, P, N, Q, nc"),
     "ssd_bwd_chunk": ("cv x, cv dt, cv A, cv B, cv C, cv D, cv reset, cv acs, cv first, cv st, cv ds, cv gy, "
-                      "void* gacs, void* gx, void* gdt, void* gB, void* gC, void* gA, void* gD, ll nb, ll L, ll H, "
+                      "void* gacs, void* gx, void* gdt, void* gA, void* gD, ll nb, ll L, ll H, "
                       "ll P, ll G, ll N, ll Q, ll nc",
                       "(const T*)x, (const T*)dt, (const T*)A, (const T*)B, (const T*)C, (const T*)D, "
                       "(const bool*)reset, (const T*)acs, (const int*)first, (const T*)st, (const T*)ds, "
-                      "(const T*)gy, (T*)gacs, (T*)gx, (T*)gdt, (T*)gB, (T*)gC, (T*)gA, (T*)gD, nb, L, H, P, G, "
-                      "N, Q, nc"),
+                      "(const T*)gy, (T*)gacs, (T*)gx, (T*)gdt, (T*)gA, (T*)gD, nb, L, H, P, G, N, Q, nc"),
+    "ssd_bwd_dbc": ("cv x, cv dt, cv B, cv C, cv acs, cv first, cv st, cv ds, cv gy, void* gB, void* gC, ll nb, "
+                    "ll L, ll H, ll P, ll G, ll N, ll Q, ll nc, ll ntile",
+                    "(const T*)x, (const T*)dt, (const T*)B, (const T*)C, (const T*)acs, (const int*)first, "
+                    "(const T*)st, (const T*)ds, (const T*)gy, (T*)gB, (T*)gC, nb, L, H, P, G, N, Q, nc, ntile"),
 }
 _TAGS = {"float": "f32", "double": "f64"}
 
@@ -250,11 +256,11 @@ def test_emulated_nan_propagates(host_small):
 
 
 def test_launchers_never_allocate_a_per_step_state(host_small, monkeypatch):
-    """No (batch, L, H, P, N)-sized array in either pass: the largest allocations are
-    per-step, per-head vectors ((batch, L, H, P) or (batch, L, H, N)) and the chunk-entry
-    states (or their cotangents), O(batch H P N L / chunk)."""
+    """No (batch, L, H, P, N)-sized array in either pass, and no per-head (batch, L, H, N)
+    copy of gB / gC: the largest allocations are x-sized and the chunk-entry states (or
+    their cotangents), O(batch H P N L / chunk)."""
     rng = np.random.default_rng(6)
-    nb_, L, H, P, G, N, Q = 1, 64, 2, 3, 1, 4, 16
+    nb_, L, H, P, G, N, Q = 1, 64, 4, 2, 1, 5, 16
     sizes = []
     fake = sys.modules["cupy"]
     for name in ("empty", "zeros"):
@@ -271,7 +277,8 @@ def test_launchers_never_allocate_a_per_step_state(host_small, monkeypatch):
     gy = rng.standard_normal((nb_, L, H, P))
     x, dt, A, B, C, Dv, _, reset = case
     host_small.ssd_backward(x, dt, A, B, C, Dv, reset, st, gy, None, Q)
-    bound = max(nb_ * L * H * max(P, N), nb_ * H * (L // Q + 1) * P * N)
+    bound = max(nb_ * L * H * P, nb_ * H * (L // Q + 1) * P * N)
+    assert nb_ * L * H * N > bound  # a per-head gB / gC would show
     assert sizes and max(sizes) <= bound < nb_ * L * H * P * N
 
 

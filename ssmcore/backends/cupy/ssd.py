@@ -16,9 +16,10 @@ every chunk, (batch, H, nchunk + 1, P, N), as the reference does; the backward
 runs the mirror state pass for the state cotangents (same size) and then every
 chunk independently. Neither pass stores a (batch, L, H, P, N) value; scratch is
 (batch, H, L) (cumulative decays and their gradients) and (batch, L) (reset
-positions). Reductions: every output element has one writer (no atomics); the
-per-head gB / gC and per-(batch, head, chunk) gA / gD partials are summed here
-with CuPy's deterministic ``sum``, so results are bitwise reproducible.
+positions). Reductions: every output element has one writer (no atomics): gB / gC
+come from a kernel that sums the heads of a group in order (no per-head copy), and
+the per-(batch, head, chunk) gA / gD partials are summed here with CuPy's
+deterministic ``sum``, so results are bitwise reproducible.
 
 Launches go to CuPy's current stream; nothing here synchronises or copies to the
 host.
@@ -41,7 +42,7 @@ TILE = 32  # SSM_SSD_TILE: steps per side of a shared-memory weight tile
 PASS_THREADS = 128  # threads per block of the elementwise kernels (cumsum, state passes)
 
 _KERNELS = ("ssd_cumsum", "ssd_chunk_state", "ssd_state_pass", "ssd_chunk_out", "ssd_bwd_dstate_local",
-            "ssd_bwd_state_pass", "ssd_bwd_chunk")
+            "ssd_bwd_state_pass", "ssd_bwd_chunk", "ssd_bwd_dbc")
 _CXX = {"float32": "float", "float64": "double"}
 
 SSD = declare("ssd.cu", [f"{k}<{t}>" for k in _KERNELS for t in ("float", "double")], options=_options())
@@ -65,6 +66,8 @@ class SSDPlan:
     nchunk: int
     threads: int
     chunk_blocks: int
+    ntile: int
+    dbc_blocks: int
     pass_threads: int
     cumsum_grid: int
     pass_grid: int
@@ -95,7 +98,8 @@ def plan_ssd(nb: int, L: int, H: int, P: int, G: int, N: int, chunk_size: int, d
     Q = int(chunk_size)
     nc = -(-L // Q)
     items = nb * H * nc
-    return SSDPlan(Q, nc, THREADS, items, PASS_THREADS, -(-items // PASS_THREADS),
+    ntile = -(-min(Q, max(L, 1)) // TILE)  # tiles of the longest chunk
+    return SSDPlan(Q, nc, THREADS, items, ntile, nb * G * nc * ntile, PASS_THREADS, -(-items // PASS_THREADS),
                    -(-(nb * H * P * N) // PASS_THREADS), names)
 
 
@@ -170,8 +174,8 @@ def ssd_backward(x, dt, A, B, C, D, reset, states, gy, gfinal, chunk_size):
     gfinal = cp.zeros((nb, H, P, N), dtype=dtype) if gfinal is None else cp.ascontiguousarray(gfinal)
     gx = cp.empty((nb, L, H, P), dtype=dtype)
     gdt = cp.empty((nb, L, H), dtype=dtype)
-    gB_h = cp.empty((nb, L, H, N), dtype=dtype)
-    gC_h = cp.empty((nb, L, H, N), dtype=dtype)
+    gB = cp.empty((nb, L, G, N), dtype=dtype)
+    gC = cp.empty((nb, L, G, N), dtype=dtype)
     gA_p = cp.zeros((nb, H, plan.nchunk), dtype=dtype)
     gD_p = cp.zeros((nb, H, plan.nchunk, P), dtype=dtype)
     gh0 = cp.empty((nb, H, P, N), dtype=dtype)
@@ -189,8 +193,8 @@ def ssd_backward(x, dt, A, B, C, D, reset, states, gy, gfinal, chunk_size):
                                                        dims[2], dims[3], dims[5], dims[6], dims[7]))
         gacs = cp.empty((nb, H, L), dtype=dtype)
         SSD.get(plan.names["ssd_bwd_chunk"])(grid, block, (x, dt, A, B, C, D, reset, acs, first, states, dstates,
-                                                           gy, gacs, gx, gdt, gB_h, gC_h, gA_p, gD_p) + dims)
-    # heads of one group share B and C: sum their per-head gradients (deterministic)
-    gB = gB_h.reshape(nb, L, G, H // G, N).sum(axis=3)
-    gC = gC_h.reshape(nb, L, G, H // G, N).sum(axis=3)
+                                                           gy, gacs, gx, gdt, gA_p, gD_p) + dims)
+        # heads of one group share B and C: one block per (batch, group, chunk, tile) sums them in order
+        SSD.get(plan.names["ssd_bwd_dbc"])((plan.dbc_blocks,), block, (x, dt, B, C, acs, first, states, dstates, gy,
+                                                                       gB, gC) + dims + (_i64(plan.ntile),))
     return gx, gdt, gA_p.sum(axis=(0, 2)), gB, gC, gD_p.sum(axis=(0, 2)), gh0

@@ -6,8 +6,7 @@
 // Template parameter T: float or double, the storage and accumulation type.
 //
 // Layouts (C-contiguous, prepared by ssd.py): x, y, gy, gx (batch, L, H, P); dt, gdt
-// (batch, L, H); B, C (batch, L, G, N); gB, gC per head (batch, L, H, N) (ssd.py sums a
-// group's heads); D (H, P); states, dstates (batch, H, nchunk + 1, P, N); reset
+// (batch, L, H); B, C, gB, gC (batch, L, G, N); D (H, P); states, dstates (batch, H, nchunk + 1, P, N); reset
 // (batch, L) bool; scratch acs, gacs (batch, H, L) and first (batch, L) int.
 //
 // Chunked matrix form (mamba_ssm's, ANCHORS 1.5). Chunk c covers [cQ, cQ + q), q <= Q.
@@ -30,8 +29,10 @@
 // intra-chunk gradients from the same tiles (decay D_ls, C.B, gy_l . u_s), the
 // inter-chunk ones from H_c and dstates[c + 1], the gradient of every acs_l, then
 // ga_i = sum_{l >= i} g_acs_l (0 at a reset step, as the reference), gdt = x . gu + A ga,
-// gx = dt gu + D gy. gA, gD leave as per-(b, h, c) partials summed by ssd.py (CuPy's
-// deterministic sum). No atomics: every output element has one writer.
+// gx = dt gu + D gy; ssd_bwd_dbc, one block per (b, g, c, 32-step tile), forms gB and gC
+// of its tile, summing the group's heads in order (no per-head (batch, L, H, N) copy).
+// gA, gD leave as per-(b, h, c) partials summed by ssd.py (CuPy's deterministic sum).
+// No atomics: every output element has one writer.
 //
 // Numerics (as mamba_ssm): decays inside a chunk are exp(acs_l - acs_s), differences of
 // cumulative sums in T; a huge dt (|dt A| ~ 1e7 in float32) makes them lose the small
@@ -252,7 +253,7 @@ __global__ void ssd_bwd_state_pass(const T* __restrict__ gfinal, const T* __rest
     dh0[((b * H + h) * P + p) * N + n] = gs;
 }
 
-// One block per (b, h, c). gx holds gu = d loss / d (dt x) until the last phase; gacs the
+// One block per (b, h, c): every gradient but gB / gC (ssd_bwd_dbc). gx holds gu = d loss / d (dt x) until the last phase; gacs the
 // gradient of every acs_l, then ga. gA_p, gD_p: per-(b, h, c) partials.
 template <class T>
 __global__ void __launch_bounds__(SSM_SSD_THREADS)
@@ -260,7 +261,7 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
               const T* __restrict__ C, const T* __restrict__ D, const bool* __restrict__ reset,
               const T* __restrict__ acs, const int* __restrict__ first, const T* __restrict__ states,
               const T* __restrict__ dstates, const T* __restrict__ gy, T* __restrict__ gacs, T* __restrict__ gx,
-              T* __restrict__ gdt, T* __restrict__ gB, T* __restrict__ gC, T* __restrict__ gA_p,
+              T* __restrict__ gdt, T* __restrict__ gA_p,
               T* __restrict__ gD_p, ll nb, ll L, ll H, ll P, ll G, ll N, ll Q, ll nc) {
     __shared__ T DEC[SSM_SSD_TILE][SSM_SSD_TILE];
     __shared__ T CB[SSM_SSD_TILE][SSM_SSD_TILE];
@@ -286,20 +287,6 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
             acc *= exp(acl - acs[ssd::ai(d, b, h, s)]);
         }
         gx[ssd::xi(d, b, s, h, p)] = acc;
-    }
-    for (ll e = threadIdx.x; e < q * N; e += blockDim.x) {
-        ll l = t0 + e / N, n = e % N;
-        T gc = T(0), gb = T(0);
-        if (first[b * L + l] < 0) {  // gC_l,n = exp(acs_l) sum_p gy_l,p H_c[p, n]
-            for (ll p = 0; p < P; ++p) gc += gy[ssd::xi(d, b, l, h, p)] * Hc[p * N + n];
-            gc *= exp(acs[ssd::ai(d, b, h, l)]);
-        }
-        if (l >= s_lo) {  // gB_s,n = r_s sum_p dt_s x_s,p dH'[p, n]
-            for (ll p = 0; p < P; ++p) gb += x[ssd::xi(d, b, l, h, p)] * dHn[p * N + n];
-            gb *= exp(acl - acs[ssd::ai(d, b, h, l)]) * dt[ssd::ti(d, b, l, h)];
-        }
-        gC[((b * L + l) * H + h) * N + n] = gc;
-        gB[((b * L + l) * H + h) * N + n] = gb;
     }
     // Gradient of acs_l from the inter-chunk terms; `part` collects this thread's share of the
     // acs_last gradient (sum_s R_s + [carried] exp(acs_last) <dH', H_c>), reduced below.
@@ -369,26 +356,6 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
                 }
                 gx[ssd::xi(d, b, s0 + sj, h, p)] += acc;
             }
-            for (ll e = threadIdx.x; e < nl * N; e += blockDim.x) {  // gC_l,n += sum_s DEC GU B_s,n
-                ll li = e / N, n = e % N;
-                T acc = T(0);
-                for (ll sj = 0; sj < ns; ++sj) {
-                    T w = DEC[li][sj] * GU[li][sj];
-                    if (w != T(0)) acc += w * B[ssd::bi(d, b, s0 + sj, g, n)];
-                }
-                gC[((b * L + l0 + li) * H + h) * N + n] += acc;
-            }
-            __syncthreads();
-            for (ll e = threadIdx.x; e < ns * N; e += blockDim.x) {  // gB_s,n += sum_l DEC GU C_l,n
-                ll sj = e / N, n = e % N;
-                T acc = T(0);
-                for (ll li = 0; li < nl; ++li) {
-                    T w = DEC[li][sj] * GU[li][sj];
-                    if (w != T(0)) acc += w * C[ssd::bi(d, b, l0 + li, g, n)];
-                }
-                gB[((b * L + s0 + sj) * H + h) * N + n] += acc;
-            }
-            __syncthreads();
             for (ll li = threadIdx.x; li < nl; li += blockDim.x) {  // g_acs_l += sum_s Z_ls
                 T acc = T(0);
                 for (ll sj = 0; sj < ns; ++sj) acc += DEC[li][sj] * CB[li][sj] * GU[li][sj];
@@ -432,5 +399,92 @@ ssd_bwd_chunk(const T* __restrict__ x, const T* __restrict__ dt, const T* __rest
         T acc = T(0);
         for (ll t = t0; t <= last; ++t) acc += gy[ssd::xi(d, b, t, h, p)] * x[ssd::xi(d, b, t, h, p)];
         gD_p[((b * H + h) * nc + c) * P + p] = acc;
+    }
+}
+
+// gB and gC of one (b, g, c, 32-step tile i): the block owns gB and gC of the steps in tile i and
+// sums the heads of group g in order (deterministic, no per-head (batch, L, H, N) buffer):
+//   gC_l = sum_h [ [first_l < 0] exp(acs_l) gy_l^T H_c + sum_{s <= l} DEC_ls (gy_l . u_s) B_s ]
+//   gB_s = sum_h [ r_s dt_s x_s^T dH' + sum_{l >= s} DEC_ls (gy_l . u_s) C_l ]
+template <class T>
+__global__ void __launch_bounds__(SSM_SSD_THREADS)
+ssd_bwd_dbc(const T* __restrict__ x, const T* __restrict__ dt, const T* __restrict__ B, const T* __restrict__ C,
+            const T* __restrict__ acs, const int* __restrict__ first, const T* __restrict__ states,
+            const T* __restrict__ dstates, const T* __restrict__ gy, T* __restrict__ gB, T* __restrict__ gC, ll nb,
+            ll L, ll H, ll P, ll G, ll N, ll Q, ll nc, ll ntile) {
+    __shared__ T DEC[SSM_SSD_TILE][SSM_SSD_TILE];
+    __shared__ T CB[SSM_SSD_TILE][SSM_SSD_TILE];
+    __shared__ T Cs[SSM_SSD_TILE][SSM_SSD_TILE + 1];
+    __shared__ T Bs[SSM_SSD_TILE][SSM_SSD_TILE + 1];
+    __shared__ T GU[SSM_SSD_TILE][SSM_SSD_TILE];
+    Dims d{nb, L, H, P, G, N, Q, nc};
+    ll it = blockIdx.x % ntile, c = (blockIdx.x / ntile) % nc, g = (blockIdx.x / (ntile * nc)) % G;
+    ll b = blockIdx.x / (ntile * nc * G);
+    ll t0 = c * Q, q = min(Q, L - t0), last = t0 + q - 1, i0 = t0 + it * SSM_SSD_TILE;
+    if (i0 > last) return;  // a tile past a short last chunk (uniform over the block)
+    ll ni = min((ll)SSM_SSD_TILE, last + 1 - i0);
+    ll s_lo = max((ll)first[b * L + last], t0);
+    ll hpg = H / G;
+    // inter-chunk terms, summed over the group's heads; each (l, n) has one owner thread
+    for (ll e = threadIdx.x; e < ni * N; e += blockDim.x) {
+        ll l = i0 + e / N, n = e % N;
+        T gc = T(0), gb = T(0);
+        for (ll h = g * hpg; h < (g + 1) * hpg; ++h) {
+            const T* Hc = states + ssd::si(d, b, h, c, 0, 0);
+            const T* dHn = dstates + ssd::si(d, b, h, c + 1, 0, 0);
+            if (first[b * L + l] < 0) {
+                T acc = T(0);
+                for (ll p = 0; p < P; ++p) acc += gy[ssd::xi(d, b, l, h, p)] * Hc[p * N + n];
+                gc += exp(acs[ssd::ai(d, b, h, l)]) * acc;
+            }
+            if (l >= s_lo) {
+                T acc = T(0);
+                for (ll p = 0; p < P; ++p) acc += x[ssd::xi(d, b, l, h, p)] * dHn[p * N + n];
+                gb += exp(acs[ssd::ai(d, b, h, last)] - acs[ssd::ai(d, b, h, l)]) * dt[ssd::ti(d, b, l, h)] * acc;
+            }
+        }
+        gC[ssd::bi(d, b, l, g, n)] = gc;
+        gB[ssd::bi(d, b, l, g, n)] = gb;
+    }
+    for (ll h = g * hpg; h < (g + 1) * hpg; ++h) {
+        // pairs (tile i, s-tile <= i) feed gC of tile i; pairs (l-tile >= i, tile i) feed gB of tile i
+        for (ll pass = 0; pass < 2; ++pass) {
+            ll o0 = pass == 0 ? t0 : i0, o_end = pass == 0 ? i0 : last;
+            for (ll o = o0; o <= o_end; o += SSM_SSD_TILE) {
+                ll no = min((ll)SSM_SSD_TILE, last + 1 - o);
+                ll l0 = pass == 0 ? i0 : o, nl = pass == 0 ? ni : no;
+                ll s0 = pass == 0 ? o : i0, ns = pass == 0 ? no : ni;
+                __syncthreads();
+                ssd::load_tile(d, B, C, acs, first, b, h, g, l0, nl, s0, ns, DEC, CB, Cs, Bs);
+                for (int e = threadIdx.x; e < SSM_SSD_TILE * SSM_SSD_TILE; e += blockDim.x) {  // gy_l . u_s
+                    int li = e / SSM_SSD_TILE, sj = e % SSM_SSD_TILE;
+                    T acc = T(0);
+                    if (li < nl && sj < ns && DEC[li][sj] != T(0)) {
+                        for (ll p = 0; p < P; ++p)
+                            acc += gy[ssd::xi(d, b, l0 + li, h, p)] * x[ssd::xi(d, b, s0 + sj, h, p)];
+                        acc *= dt[ssd::ti(d, b, s0 + sj, h)];
+                    }
+                    GU[li][sj] = acc;
+                }
+                __syncthreads();
+                for (ll e = threadIdx.x; e < ni * N; e += blockDim.x) {  // same (l, n) owners as above
+                    ll k = e / N, n = e % N;
+                    T acc = T(0);
+                    if (pass == 0) {
+                        for (ll sj = 0; sj < ns; ++sj) {
+                            T w = DEC[k][sj] * GU[k][sj];
+                            if (w != T(0)) acc += w * B[ssd::bi(d, b, s0 + sj, g, n)];
+                        }
+                        gC[ssd::bi(d, b, i0 + k, g, n)] += acc;
+                    } else {
+                        for (ll li = 0; li < nl; ++li) {
+                            T w = DEC[li][k] * GU[li][k];
+                            if (w != T(0)) acc += w * C[ssd::bi(d, b, l0 + li, g, n)];
+                        }
+                        gB[ssd::bi(d, b, i0 + k, g, n)] += acc;
+                    }
+                }
+            }
+        }
     }
 }
