@@ -107,6 +107,22 @@ __device__ __forceinline__ void load_tile(const Dims& d, const T* B, const T* C,
     }
 }
 
+// Only the masked decays DEC_ls of a tile (what gB / gC need; no C . B). Entry e is written by
+// thread e mod blockDim.x, the same owner as the tile loops below use, so no barrier is needed
+// before that thread reads its own entries.
+template <class T>
+__device__ __forceinline__ void load_dec(const Dims& d, const T* acs, const int* first, ll b, ll h, ll l0, ll nl,
+                                         ll s0, ll ns, T (*DEC)[SSM_SSD_TILE]) {
+    for (int e = threadIdx.x; e < SSM_SSD_TILE * SSM_SSD_TILE; e += blockDim.x) {
+        int li = e / SSM_SSD_TILE, sj = e % SSM_SSD_TILE;
+        T dec = T(0);
+        ll l = l0 + li, s = s0 + sj;
+        if (li < nl && sj < ns && s <= l && s >= first[b * d.L + l])
+            dec = exp(acs[ai(d, b, h, l)] - acs[ai(d, b, h, s)]);
+        DEC[li][sj] = dec;
+    }
+}
+
 }  // namespace ssd
 
 using ssd::Dims;
@@ -413,9 +429,6 @@ ssd_bwd_dbc(const T* __restrict__ x, const T* __restrict__ dt, const T* __restri
             const T* __restrict__ dstates, const T* __restrict__ gy, T* __restrict__ gB, T* __restrict__ gC, ll nb,
             ll L, ll H, ll P, ll G, ll N, ll Q, ll nc, ll ntile) {
     __shared__ T DEC[SSM_SSD_TILE][SSM_SSD_TILE];
-    __shared__ T CB[SSM_SSD_TILE][SSM_SSD_TILE];
-    __shared__ T Cs[SSM_SSD_TILE][SSM_SSD_TILE + 1];
-    __shared__ T Bs[SSM_SSD_TILE][SSM_SSD_TILE + 1];
     __shared__ T GU[SSM_SSD_TILE][SSM_SSD_TILE];
     Dims d{nb, L, H, P, G, N, Q, nc};
     ll it = blockIdx.x % ntile, c = (blockIdx.x / ntile) % nc, g = (blockIdx.x / (ntile * nc)) % G;
@@ -455,7 +468,7 @@ ssd_bwd_dbc(const T* __restrict__ x, const T* __restrict__ dt, const T* __restri
                 ll l0 = pass == 0 ? i0 : o, nl = pass == 0 ? ni : no;
                 ll s0 = pass == 0 ? o : i0, ns = pass == 0 ? no : ni;
                 __syncthreads();
-                ssd::load_tile(d, B, C, acs, first, b, h, g, l0, nl, s0, ns, DEC, CB, Cs, Bs);
+                ssd::load_dec(d, acs, first, b, h, l0, nl, s0, ns, DEC);
                 for (int e = threadIdx.x; e < SSM_SSD_TILE * SSM_SSD_TILE; e += blockDim.x) {  // gy_l . u_s
                     int li = e / SSM_SSD_TILE, sj = e % SSM_SSD_TILE;
                     T acc = T(0);
