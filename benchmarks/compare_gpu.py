@@ -287,6 +287,175 @@ def run_selective_scan_case(case: Case, args: argparse.Namespace) -> list[Result
     return list(results.values())
 
 
+# ----------------------------------------------------------------------------- ssd (issue 13)
+#
+# Mamba-2 SSD at the issue's size: batch 4, L 4096, heads 32, headdim 64, groups 1, dstate 128, chunk
+# 256, float32, dt bias + softplus and D (the usual Mamba-2 call). Rows: ssmcore on CuPy arrays (forward,
+# forward + backward through ssmcore.vjp), mamba_ssm's Triton mamba_chunk_scan_combined (from
+# ../shared/gpu-peers, unpacked into .gpu-peers/ on PYTHONPATH) and its torch ssd_minimal_discrete (the
+# einsum listing of the Mamba-2 paper; forward only, it needs L a multiple of the chunk). Triton autotunes
+# for tens of seconds on its first call per configuration: every Triton candidate runs once (backward
+# included) when it is built, before the timed rounds. The bytes column is the I/O floor: x, dt, B, C
+# read and y written (and, for fwd+bwd, the cotangent read and dx, ddt, dB, dC written).
+
+SSD_CASES: tuple[Case, ...] = (
+    Case("ssd-f32-fwd", "ssd fwd (chunk 256, dt softplus, D)", "ssd", (4, 4096, 32, 64, 1, 128, 256), "float32",
+         ("ssmcore (CuPy arrays) fwd", "mamba_chunk_scan_combined fwd", "torch ssd_minimal_discrete fwd"),
+         "<= 1.5x Triton (goal faster)",
+         versus=(("ssmcore (CuPy arrays) fwd", "mamba_chunk_scan_combined fwd"),)),
+    Case("ssd-f32-bwd", "ssd fwd+bwd (chunk 256, dt softplus, D)", "ssd", (4, 4096, 32, 64, 1, 128, 256),
+         "float32", ("ssmcore (CuPy arrays) fwd", "ssmcore (CuPy arrays) fwd+bwd", "mamba_chunk_scan_combined fwd",
+                     "mamba_chunk_scan_combined fwd+bwd"), "<= 1.5x Triton (goal faster)", backward=True,
+         versus=(("ssmcore (CuPy arrays) fwd+bwd", "mamba_chunk_scan_combined fwd+bwd"),)),
+)
+CASES = CASES + SSD_CASES
+
+
+def _ssd_bytes(case: Case) -> tuple[int, int]:
+    """(forward, fwd+bwd) I/O floor of an SSD case (see the section comment)."""
+    b, length, h, p, g, n, _ = case.shape
+    it = _itemsize(case.dtype)
+    xs, dts, bc = b * length * h * p * it, b * length * h * it, 2 * b * length * g * n * it
+    fwd = 2 * xs + dts + bc
+    return fwd, fwd + 2 * xs + dts + bc
+
+
+def _ssd_inputs(case: Case, seed: int = 0) -> dict[str, Any]:
+    import torch
+
+    b, length, h, p, g, n, _ = case.shape
+    gen = torch.Generator(device="cuda").manual_seed(seed)
+    dt = getattr(torch, case.dtype)
+
+    def r(*shape: int, scale: float = 1.0) -> Any:
+        return (torch.randn(*shape, generator=gen, device="cuda", dtype=dt) * scale).contiguous()
+
+    return dict(x=r(b, length, h, p), dt=r(b, length, h, scale=0.5) - 2.0, A=-torch.exp(r(h, scale=0.5)),
+                B=r(b, length, g, n), C=r(b, length, g, n), D=r(h), dt_bias=r(h, scale=0.1))
+
+
+def _ssd_triton() -> Any:
+    try:
+        from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+    except ImportError as exc:
+        raise Skip(f"mamba_ssm's Triton SSD not importable ({exc}); see ../shared/gpu-peers/README.md") from exc
+    return mamba_chunk_scan_combined
+
+
+def _ssd_minimal(x: dict[str, Any], chunk: int) -> Any:
+    import torch
+
+    try:
+        from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
+    except ImportError as exc:
+        raise Skip(f"mamba_ssm.modules.ssd_minimal not importable ({exc})") from exc
+    h, g = x["x"].shape[2], x["B"].shape[2]
+    dt = torch.nn.functional.softplus(x["dt"] + x["dt_bias"])
+    Bh = x["B"].repeat_interleave(h // g, dim=2)
+    Ch = x["C"].repeat_interleave(h // g, dim=2)
+    return lambda: ssd_minimal_discrete(x["x"] * dt[..., None], x["A"] * dt, Bh, Ch, chunk)[0] \
+        + x["x"] * x["D"][:, None]
+
+
+def _ssd_candidate(case: Case, name: str, x: dict[str, Any]) -> tuple[Callable[[], Any], str]:
+    import torch
+
+    import ssmcore
+
+    chunk = case.shape[-1]
+    pos = [x[k] for k in ("x", "dt", "A", "B", "C")]
+    kw = dict(D=x["D"], dt_bias=x["dt_bias"], dt_softplus=True)
+    backward = name.endswith("fwd+bwd")
+    if name.startswith("ssmcore (CuPy arrays)"):
+        import cupy
+
+        if "cupy" not in ssmcore.capabilities().get("ssd", ()):
+            raise Skip("ssd declares no CuPy kernel")
+        cpos = [cupy.asarray(t) for t in pos]
+        ckw = {k: cupy.asarray(v) if torch.is_tensor(v) else v for k, v in kw.items()}
+        if not backward:
+            return (lambda: ssmcore.ssd(*cpos, chunk_size=chunk, **ckw)), "events"
+        ct = cupy.ones(cpos[0].shape, cpos[0].dtype)
+
+        def fb() -> Any:
+            _, pb = ssmcore.vjp("ssd", *cpos, chunk_size=chunk, **ckw)
+            return pb(ct)
+
+        return fb, "events"
+    if name.startswith("mamba_chunk_scan_combined"):
+        scan = _ssd_triton()
+        if not backward:
+            fn = lambda: scan(*pos, chunk, **kw)  # noqa: E731
+            fn()  # autotune outside the timed loop
+            return fn, "events"
+        leaves = [t.detach().requires_grad_(True) for t in pos]
+        lkw = {k: (v.detach().requires_grad_(True) if torch.is_tensor(v) else v) for k, v in kw.items()}
+
+        def fbt() -> Any:
+            return torch.autograd.grad(scan(*leaves, chunk, **lkw).sum(), leaves + [lkw["D"], lkw["dt_bias"]])
+
+        fbt()  # autotune the forward and backward kernels outside the timed loop
+        return fbt, "events"
+    if name.startswith("torch ssd_minimal_discrete"):
+        if case.shape[1] % chunk:
+            raise Skip("ssd_minimal_discrete needs L a multiple of the chunk")
+        return _ssd_minimal(x, chunk), "events"
+    raise Skip(f"unknown candidate {name!r}")
+
+
+def _ssd_check(fns: dict[str, Callable[[], Any]], notes: dict[str, str]) -> None:
+    """Max abs difference of every forward against Triton's (in the notes)."""
+    import torch
+
+    ref = fns.get("mamba_chunk_scan_combined fwd")
+    if ref is None:
+        return
+    want = ref()
+    for k, f in fns.items():
+        if k.endswith(" fwd") and not k.startswith("mamba"):
+            got = torch.as_tensor(f(), device="cuda")
+            notes[k] = f"max |diff| vs Triton {float((got - want).abs().max()):.1e}"
+
+
+def run_ssd_case(case: Case, args: argparse.Namespace) -> list[Result]:
+    """One SSD case (same timing, memory and reporting as :func:`run_case`)."""
+    import torch
+
+    results = {name: Result(case, name) for name in case.candidates}
+    fns: dict[str, tuple[Callable[[], Any], str]] = {}
+    notes: dict[str, str] = {}
+    try:
+        x = _ssd_inputs(case)
+    except Exception as exc:  # noqa: BLE001
+        return [Result(case, c, note=f"inputs failed: {type(exc).__name__}: {exc}") for c in case.candidates]
+    for name in case.candidates:
+        try:
+            fns[name] = _ssd_candidate(case, name, x)
+        except Skip as exc:
+            results[name].note = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a broken candidate is reported, the others still run
+            results[name].note = f"ERROR {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            traceback.print_exc(file=sys.stderr)
+    try:
+        _ssd_check({k: f for k, (f, _) in fns.items()}, notes)
+    except Exception as exc:  # noqa: BLE001
+        print(f"{case.key}: accuracy check failed: {exc}", file=sys.stderr)
+    for name, (fn, timer) in fns.items():
+        try:
+            results[name].peak_bytes, results[name].out_bytes = _peak_memory(fn, timer)
+        except Exception as exc:  # noqa: BLE001
+            notes[name] = f"peak memory failed: {exc}"
+    if fns:
+        samples = _timed_gpu(fns, args.rounds, args.min_time)
+        for name, s in samples.items():
+            results[name].samples = s
+            results[name].seconds = statistics.median(s)
+            results[name].note = notes.get(name, results[name].note)
+    del x, fns
+    torch.cuda.empty_cache()
+    return list(results.values())
+
+
 # ----------------------------------------------------------------------------- host-side helpers
 def _itemsize(dtype: str) -> int:
     return {"float32": 4, "float64": 8, "complex64": 8, "complex128": 16}[dtype]
@@ -317,6 +486,8 @@ def bytes_moved(case: Case, candidate: str) -> int | None:
         return _ss_bytes(case, candidate)
     if case.op in CONV_OPS:
         return _conv_bytes(case, candidate)
+    if case.op == "ssd":
+        return _ssd_bytes(case)[1 if candidate.endswith("fwd+bwd") else 0]
     return None
 
 
@@ -741,6 +912,8 @@ def run_case(case: Case, args: argparse.Namespace) -> list[Result]:
 
     if case.op == "selective_scan":
         return run_selective_scan_case(case, args)
+    if case.op == "ssd":
+        return run_ssd_case(case, args)
     results: dict[str, Result] = {}
     fns: dict[str, tuple[Callable[[], Any], str]] = {}
     notes: dict[str, str] = {}

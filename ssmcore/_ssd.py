@@ -214,7 +214,7 @@ def _ssd_bwd(r, cotangent):
 
 @register_op("ssd", fwd=_ssd_fwd, bwd=_ssd_bwd,
              inputs=("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"),
-             backends=("numpy", "numba"))
+             backends=("numpy", "numba", "cupy"))
 def ssd(
     x: np.ndarray,
     dt: np.ndarray,
