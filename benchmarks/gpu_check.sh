@@ -54,7 +54,10 @@ if not ok:
 PY
 
 # Budgets add up to 5.7 minutes: tests 170 s, gate 50 s (every source x 2 archs), benchmarks 120 s.
-step "GPU tests" 170 "$py" -m pytest -m gpu -q -rfEs -p no:cacheprovider tests
+# pytest-xdist is on the GPU image: 8 workers share the one GPU (the Numba references get 2 threads each).
+xdist=()
+if "$py" -c "import xdist" 2>/dev/null; then xdist=(-n 8); export NUMBA_NUM_THREADS=2; fi
+step "GPU tests" 170 "$py" -m pytest -m gpu -q -rfEs -p no:cacheprovider "${xdist[@]}" tests
 step "compile gate" 50 "$py" -m ssmcore.backends.cupy.compile_gate
 step "GPU benchmarks" 120 "$py" benchmarks/compare_gpu.py   # tables also to $OUT/compare_gpu.txt
 
