@@ -55,7 +55,7 @@ def _orig_dtype(xp: Any, x: Any, norm: Any) -> Any:
         return norm.dtype
     kind = getattr(dt, "kind", None)
     if kind is not None:
-        return dt if kind in "fc" else norm.dtype
+        return (dt if dt.isnative else dt.newbyteorder("=")) if kind in "fc" else norm.dtype  # '>f4' -> float32
     return dt if xp.isdtype(dt, ("real floating", "complex floating")) else norm.dtype
 
 

@@ -124,7 +124,7 @@ BOOL_OPTIONS = [
     (_ss_call, "selective_scan", "delta_softplus", "must be a bool"),
     (_ss_call, "selective_scan", "return_last_state", "must be a bool"),
     (_ss_call, "selective_scan", "reverse", "must be a bool"),
-    (_ssu_call, "selective_state_update", "dt_softplus", "must be a bool"),
+    (_ssu_call, "selective_state_update", "dt_softplus", "must be True or False"),
     (_lti_call, "lti_simulate", "return_final_state", "must be True or False"),
     (_diag_call, "lti_simulate_diag", "conj_sym", "must be True or False"),
     (_diag_call, "lti_simulate_diag", "real_output", "must be True or False"),
