@@ -8,5 +8,7 @@ their modules are not collected (the tests in tests/ skip on their own).
 import importlib.util
 
 collect_ignore = [
-    f"ssmcore/{name}.py" for name, needs in (("dask", "dask"), ("xarray", "xarray")) if importlib.util.find_spec(needs) is None
+    f"ssmcore/{name}.py"
+    for name, needs in (("dask", "dask"), ("xarray", "xarray"))
+    if importlib.util.find_spec(needs) is None
 ]

@@ -1086,7 +1086,7 @@ def _conv_candidate(case: Case, name: str, x: dict[str, Any]) -> tuple[Callable[
 
 
 def _check_conv(case: Case, fns: dict[str, Callable[[], Any]], notes: dict[str, str]) -> None:
-    """ssmcore against the first peer recipe (max relative error), so speed is not bought with error."""
+    """Ssmcore against the first peer recipe (max relative error), so speed is not bought with error."""
     import torch
 
     mine = fns.get("ssmcore (CuPy arrays)")

@@ -45,7 +45,8 @@ def many_series(series: int, steps: int, H: int = 1000, N: int = 4, rows: int = 
 
 def long_series(steps: int, chunk: int):
     rng = np.random.default_rng(2)
-    a = rng.uniform(0.99, 1.0, (2, steps)); b = rng.standard_normal((2, steps))
+    a = rng.uniform(0.99, 1.0, (2, steps))
+    b = rng.standard_normal((2, steps))
     h, hT = sd.linear_scan(da.from_array(a, chunks=(2, chunk)), da.from_array(b, chunks=(2, chunk)),
                            return_final_state=True)
     ref, refT = ssmcore.linear_scan(a, b, return_final_state=True)

@@ -37,8 +37,8 @@ import numpy as np
 from . import _xp
 from ._discretization import _bcast, _check_dt, _cplx
 from .dispatch import Target, array_kind, select
-from .registry import register_op
 from .reference.discretization import phi_functions
+from .registry import register_op
 from .validation import as_float_array, check_choice, check_int, shape_error, sum_to_shape
 
 __all__ = ["dplr_c_tilde", "fft_conv", "ssm_kernel_dense", "ssm_kernel_diag", "ssm_kernel_dplr"]
@@ -472,7 +472,9 @@ def _ssm_kernel_dplr_bwd(res, ct):
     Sb[:, :Co, 1:, :] = -KbDg[:, :, None, :] * w[:, None, ...]
     Sb[:, Co:, 0, :] = -xp.sum(KbDg[:, :, None, :] * v, axis=1)
     # sum_c KbD g^2 v[c, j] w[k], batched over (h, f)
-    Sb[:, Co:, 1:, :] = xp.sum((KbDg * g[:, None, :])[:, :, None, None, :] * v[:, :, :, None, :] * w[:, None, None, ...], axis=1)
+    Sb[:, Co:, 1:, :] = xp.sum(
+        (KbDg * g[:, None, :])[:, :, None, None, :] * v[:, :, :, None, :] * w[:, None, None, ...], axis=1
+    )
     vs10 = xp.sum(v * s10[:, None, ...], axis=2)  # (H, Co, F)
     vs11w = xp.sum(v * xp.sum(s11 * w[:, None, ...], axis=2)[:, None, ...], axis=2)
     g_bar = xp.sum(KbD * (-vs10 + g[:, None, :] * vs11w), axis=1)  # (H, F)

@@ -318,7 +318,7 @@ def discretize_diag(
 
 
 def _hold_matrix(t: Target, A: Any, B: Any, dtb: Any, first_order: bool) -> Any:
-    """dt [[A, B], [0, 0]] (zero-order hold) or [[A dt, B dt, 0], [0, 0, I], [0, 0, 0]] (first-order hold)."""
+    """Dt [[A, B], [0, 0]] (zero-order hold) or [[A dt, B dt, 0], [0, 0, I], [0, 0, 0]] (first-order hold)."""
     xp = t.xp
     n, m = B.shape[-2:]
     P = n + (2 * m if first_order else m)
@@ -653,7 +653,9 @@ def cont2discrete(system: Any, dt: float, method: str = "zoh", alpha: float | No
         # python-control's StateSpace and other state-space objects: their matrices, if continuous
         sys_dt = getattr(system, "dt", 0)
         if sys_dt not in (0, None) and sys_dt is not False:
-            raise ValueError(f"{fn}: system is already discrete (dt={sys_dt!r}); cont2discrete takes a continuous system")
+            raise ValueError(
+                f"{fn}: system is already discrete (dt={sys_dt!r}); cont2discrete takes a continuous system"
+            )
         system = (system.A, system.B, system.C, system.D)
     if isinstance(system, (tuple, list)) and len(system) == 3 and any(getattr(x, "ndim", 0) == 2 for x in system):
         raise ValueError(

@@ -79,13 +79,17 @@ _WITH_BASIS = ("legs", "legt", "lmu", "lagt", "glagt", "fout", "fourier2")
 _WITH_NPLR = ("legs", "legsd", "legt", "lagt", "fout", "fourier2", "fourier_decay", "foud")
 
 
-def _measure(fn: str, measure: Any, params: dict[str, Any], allowed: tuple[str, ...] | None = None) -> tuple[str, dict[str, float]]:
+def _measure(
+    fn: str, measure: Any, params: dict[str, Any], allowed: tuple[str, ...] | None = None
+) -> tuple[str, dict[str, float]]:
     """Canonical measure name and its parameters (defaults filled in, values checked)."""
     names = tuple(MEASURES) + tuple(_ALIASES)
     name = check_choice(fn, "measure", measure, names)
     name = _ALIASES.get(name, name)
     if allowed is not None and name not in allowed:
-        raise ValueError(f"{fn}: measure {measure!r} is not supported here; expected one of {', '.join(map(repr, allowed))}")
+        raise ValueError(
+            f"{fn}: measure {measure!r} is not supported here; expected one of {', '.join(map(repr, allowed))}"
+        )
     defaults = MEASURES[name]
     extra = sorted(set(params) - set(defaults))
     if extra:
@@ -787,8 +791,10 @@ def _laguerre_functions(xp: Any, N: int, tau: Any, alpha: float = 0.0) -> Any:
 
 
 def _legendre_rows(xp: Any, x: Any, N: int) -> Any:
-    """P_0(x) .. P_{N-1}(x), shape (N, *x.shape): numpy.polynomial.legendre.legvander's
-    recurrence, operation for operation (same rounding), in any namespace."""
+    """P_0(x) .. P_{N-1}(x), shape (N, *x.shape), in any namespace.
+
+    numpy.polynomial.legendre.legvander's recurrence, operation for operation (same rounding).
+    """
     rows = [x * 0.0 + 1.0]
     if N > 1:
         rows.append(x)
@@ -886,7 +892,8 @@ def _check_time(fn: str, t: Any, *, positive: bool) -> float:
         raise TypeError(f"{fn}: t must be a real number; got {type(t).__name__} {t!r}")
     t = float(t)
     if not math.isfinite(t) or (positive and t <= 0.0):
-        raise ValueError(f"{fn}: t must be finite{' and > 0 (the LegS window is [0, t])' if positive else ''}; got {t!r}")
+        window = " and > 0 (the LegS window is [0, t])" if positive else ""
+        raise ValueError(f"{fn}: t must be finite{window}; got {t!r}")
     return t
 
 

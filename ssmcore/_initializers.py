@@ -482,7 +482,12 @@ def _dt_range(fn: str, dt_min: Any, dt_max: Any) -> tuple[float, float]:
 
 
 def dt_init(
-    H: int | tuple[int, ...], dt_min: float = 1e-3, dt_max: float = 1e-1, rng: Any = None, *, deterministic: bool = False
+    H: int | tuple[int, ...],
+    dt_min: float = 1e-3,
+    dt_max: float = 1e-1,
+    rng: Any = None,
+    *,
+    deterministic: bool = False,
 ) -> np.ndarray:
     r"""Log-uniform step sizes: :math:`\log dt \sim U[\log dt_{min}, \log dt_{max}]` (S4, S5, Mamba).
 

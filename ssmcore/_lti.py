@@ -935,7 +935,7 @@ def _ss_from_tuple(fn: str, tg: Target, system: Any) -> tuple[Any, Any, Any, Any
 
 
 def _abcd_normalize(fn: str, tg: Target, A: Any, B: Any, C: Any, D: Any) -> tuple[Any, ...]:
-    """scipy's state-space shape rules without importing scipy.
+    """Scipy's state-space shape rules without importing scipy.
 
     Each matrix is made 2-D by prepending axes (so a 1-D B is one *row*); a missing
     or empty matrix becomes zeros of the size the others imply.
@@ -968,8 +968,10 @@ def _abcd_normalize(fn: str, tg: Target, A: Any, B: Any, C: Any, D: Any) -> tupl
 
 
 def _interp_linear(t: np.ndarray, u: np.ndarray, tout: np.ndarray) -> np.ndarray:
-    """Piecewise-linear interpolation of u (L, m) from t onto tout, extrapolating
-    the end segments linearly (what scipy's ``make_interp_spline(t, u, k=1)`` does)."""
+    """Piecewise-linear interpolation of u (L, m) from t onto tout.
+
+    The end segments extrapolate linearly (what scipy's ``make_interp_spline(t, u, k=1)`` does).
+    """
     j = np.clip(np.searchsorted(t, tout, side="right") - 1, 0, len(t) - 2)
     w = ((tout - t[j]) / (t[j + 1] - t[j]))[:, None]
     return u[j] * (1.0 - w) + u[j + 1] * w
@@ -993,8 +995,9 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[np.ndarra
     ----------
     system : tuple, scipy.signal.dlti or state-space object
         ``(A, B, C, D, dt)``, ``(num, den, dt)``, ``(zeros, poles, gain, dt)``, a
-        ``dlti`` instance, or an object with ``.A .B .C .D .dt`` (python-control). Transfer functions and zpk are converted with scipy's
-        ``tf2ss`` / ``zpk2ss`` (scipy is imported only for them).
+        ``dlti`` instance, or an object with ``.A .B .C .D .dt`` (python-control).
+        Transfer functions and zpk are converted with scipy's ``tf2ss`` / ``zpk2ss``
+        (scipy is imported only for them).
     u : array_like, shape (L,) or (L, m)
         Input per time step (rows are time); 1-D means a single input.
     t : array_like, shape (L,), optional

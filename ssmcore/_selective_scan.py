@@ -67,8 +67,11 @@ def _state_dtype(xp: Any, rdt: Any, a_complex: bool) -> Any:
 
 
 def _iscomplex(xp: Any, dt: Any) -> bool:
-    """Complex dtype?  NumPy/CuPy dtypes by ``kind`` (numpy.isdtype costs ~1 us a call, and
-    the glue asks ~20 times), other namespaces' dtypes through ``xp.isdtype``."""
+    """Whether ``dt`` is a complex dtype.
+
+    NumPy/CuPy dtypes by ``kind`` (numpy.isdtype costs ~1 us a call, and the glue asks ~20
+    times), other namespaces' dtypes through ``xp.isdtype``.
+    """
     kind = getattr(dt, "kind", None)
     return kind == "c" if kind is not None else _xp.is_complex_dtype(xp, dt)
 
@@ -91,9 +94,11 @@ def _np_astype(x: np.ndarray, dtype: Any, copy: bool = False) -> np.ndarray:
 
 
 def _astype(t: Target) -> Any:
-    """The call's ``astype`` (no copy by default): the ndarray method for NumPy
-    (array_api_compat's wrapper costs ~0.3 us a call, and this glue makes up to ten),
-    ``xp.astype`` for every other namespace."""
+    """The call's ``astype`` (no copy by default).
+
+    The ndarray method for NumPy (array_api_compat's wrapper costs ~0.3 us a call, and this
+    glue makes up to ten), ``xp.astype`` for every other namespace.
+    """
     if t.kind == "numpy":
         return _np_astype
     xp = t.xp

@@ -44,9 +44,11 @@ def _np_astype(x: np.ndarray, dtype: Any, copy: bool = False) -> np.ndarray:
 
 
 def _astype(t: Any) -> Any:
-    """The call's ``astype`` (no copy by default): the ndarray method for NumPy
-    (array_api_compat's wrapper costs ~0.3 us a call, and this glue makes a dozen),
-    ``xp.astype`` for every other namespace."""
+    """The call's ``astype`` (no copy by default).
+
+    The ndarray method for NumPy (array_api_compat's wrapper costs ~0.3 us a call, and this
+    glue makes a dozen), ``xp.astype`` for every other namespace.
+    """
     if t.kind == "numpy":
         return _np_astype
     xp = t.xp

@@ -307,7 +307,7 @@ def _mpow(A: Any, n: int) -> Any:
 
 
 def _prod_last(a: Any) -> Any:
-    """prod over the last axis as a tree of contiguous row products.
+    """Prod over the last axis as a tree of contiguous row products.
 
     NumPy's multiply-reduce along a contiguous axis runs one element at a time
     (~25x slower than the scan); multiplying 8 contiguous sub-rows together is
@@ -498,7 +498,8 @@ def linear_scan(
     if K == 1:
         if not return_final_state:
             return da.blockwise(_task(_ls_apply), ind, *_args((a, ind), (b, ind), (_h0_time(h0), ind)),
-                                align_arrays=False, concatenate=True, adjust_chunks=dict(zip(ind, chunks)), dtype=dtype, meta=meta,
+                                align_arrays=False, concatenate=True, adjust_chunks=dict(zip(ind, chunks)),
+                                dtype=dtype, meta=meta,
                                 reverse=reverse, final=False)
         res = da.blockwise(_task(_ls_apply), ind, *_args((a, ind), (b, ind), (_h0_time(h0), ind)),
                            align_arrays=False, concatenate=True, adjust_chunks=dict(zip(ind, chunks)), dtype=object,
@@ -622,9 +623,10 @@ def lti_simulate_diag(
     kw = dict(conj_sym=conj_sym, real_output=real_output, mode=mode)
     ar, batch, nb = _batch_setup(fn, dict(A=(A, 2), B=(B, 2), C=(C, 2), D=(D, 1), u=(u, 2), x0=(x0, 2)), "u")
     A, B, C, D, u, x0 = (ar[k] for k in ("A", "B", "C", "D", "u", "x0"))
-    H, N, L = u.shape[-2], A.shape[-1], u.shape[-1]
+    H, N = u.shape[-2], A.shape[-1]
     # validation (core shapes, dtypes, options) and output dtypes from the op itself, on tiny probes
-    one = lambda x, n: None if x is None else np.ones((1,) * nb + x.shape[nb:nb + n] + (1,) * (x.ndim - nb - n),  # noqa: E731
+    one = lambda x, n: None if x is None else np.ones((1,) * nb + x.shape[nb:nb + n] + (1,) * (x.ndim - nb - n),
+                                                       # noqa: E731
                                                       x.dtype)
     y_p, x_p = _core.lti_simulate_diag(one(A, 2), one(B, 2), one(C, 2), one(D, 1), one(u, 1), one(x0, 2),
                                        return_final_state=True, **kw)
@@ -645,22 +647,27 @@ def lti_simulate_diag(
         args = _args((A, si), (B, si), (C, si), (D, li), (u, li + "t"), (None if x0 is None else x0[..., None, :],
                                                                               li + "tn"))
         if not return_final_state:
-            return da.blockwise(_task(_ltid_apply), li + "t", *args, align_arrays=False, concatenate=True, adjust_chunks=y_chunks,
+            return da.blockwise(_task(_ltid_apply), li + "t", *args, align_arrays=False, concatenate=True,
+                                adjust_chunks=y_chunks,
                                 dtype=ydt, meta=ymeta, final=False, **kw)
-        res = da.blockwise(_task(_ltid_apply), li + "t", *args, align_arrays=False, concatenate=True, adjust_chunks=y_chunks,
+        res = da.blockwise(_task(_ltid_apply), li + "t", *args, align_arrays=False, concatenate=True,
+                           adjust_chunks=y_chunks,
                            dtype=object, meta=np.empty((0,) * (nb + 2), object), final=True, **kw)
         return tuple(_split(res, [(lead_chunks + (tchunks,), ydt, u._meta, None),
                                   (lead_chunks + ((N,),), xdt, u._meta, None)]))
-    summary = da.blockwise(_task(_ltid_summary), li + "tn", A, si, B, si, C, si, u, li + "t", align_arrays=False, concatenate=True,
+    summary = da.blockwise(_task(_ltid_summary), li + "tn", A, si, B, si, C, si, u, li + "t", align_arrays=False,
+                           concatenate=True,
                            new_axes={"n": N}, adjust_chunks={**dict(zip(li, lead_chunks)), "t": (1,) * K},
                            dtype=xdt, meta=xmeta, **kw)
     summary = summary.rechunk({nb + 1: -1})
     inits = da.blockwise(_ltid_combine, li + "tn", *_args((summary, li + "tn"), (A, si), (x0, si)),
-                         align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=xdt, meta=xmeta, sizes=tchunks,
+                         align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=xdt, meta=xmeta,
+                         sizes=tchunks,
                          cdt=xdt)
     x_in = inits[..., :K, :].rechunk({nb + 1: 1})
     y = da.blockwise(_task(_ltid_apply), li + "t", A, si, B, si, C, si, *_args((D, li)), u, li + "t", x_in,
-                     li + "tn", align_arrays=False, concatenate=True, adjust_chunks=y_chunks, dtype=ydt, meta=ymeta, final=False, **kw)
+                     li + "tn", align_arrays=False, concatenate=True, adjust_chunks=y_chunks, dtype=ydt, meta=ymeta,
+                     final=False, **kw)
     return (y, inits[..., K, :]) if return_final_state else y
 
 
@@ -704,7 +711,7 @@ def lti_simulate(
     fn = "ssmcore.dask.lti_simulate"
     ar, batch, nb = _batch_setup(fn, dict(A=(A, 2), B=(B, 2), C=(C, 2), D=(D, 2), u=(u, 2), x0=(x0, 1)), "u")
     A, B, C, D, u, x0 = (ar[k] for k in ("A", "B", "C", "D", "u", "x0"))
-    N, M, P, L = A.shape[-1], u.shape[-2], C.shape[-2], u.shape[-1]
+    N, M, P = A.shape[-1], u.shape[-2], C.shape[-2]
     one = lambda x, core: None if x is None else np.ones((1,) * nb + core, x.dtype)  # noqa: E731
     y_p, x_p = _core.lti_simulate(one(A, A.shape[-2:]), one(B, B.shape[-2:]), one(C, C.shape[-2:]),
                                   None if D is None else one(D, D.shape[-2:]), one(u, (M, 1)),
@@ -724,9 +731,11 @@ def lti_simulate(
         args = _args((A, bi + "nn"), (B, bi + "nm"), (C, bi + "pn"), (D, bi + "pm"), (u, bi + "mt"),
                      (None if x0 is None else x0[..., None, :], bi + "tn"))
         if not return_final_state:
-            return da.blockwise(_task(_lti_apply), bi + "pt", *args, align_arrays=False, concatenate=True, adjust_chunks=y_chunks,
+            return da.blockwise(_task(_lti_apply), bi + "pt", *args, align_arrays=False, concatenate=True,
+                                adjust_chunks=y_chunks,
                                 dtype=ydt, meta=ymeta, final=False, mode=mode)
-        res = da.blockwise(_task(_lti_apply), bi + "pt", *args, align_arrays=False, concatenate=True, adjust_chunks=y_chunks,
+        res = da.blockwise(_task(_lti_apply), bi + "pt", *args, align_arrays=False, concatenate=True,
+                           adjust_chunks=y_chunks,
                            dtype=object, meta=np.empty((0,) * (nb + 2), object), final=True, mode=mode)
         y, xf = _split(res, [(lead_chunks + ((P,), tchunks), ydt, u._meta, None),
                              (lead_chunks + ((N,),), xdt, u._meta, 1)])
@@ -737,12 +746,14 @@ def lti_simulate(
     summary = summary.rechunk({nb: -1})
     inits = da.blockwise(_lti_combine, bi + "tn", *_args((summary, bi + "tn"), (A, bi + "nn"),
                                                          (x0, bi + "n")),
-                         align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=xdt, meta=xmeta, sizes=tchunks,
+                         align_arrays=False, concatenate=True, adjust_chunks={"t": (K + 1,)}, dtype=xdt, meta=xmeta,
+                         sizes=tchunks,
                          cdt=xdt)
     x_in = inits[..., :K, :].rechunk({nb: 1})
     y = da.blockwise(_task(_lti_apply), bi + "pt", *_args((A, bi + "nn"), (B, bi + "nm"), (C, bi + "pn"),
                                                           (D, bi + "pm"), (u, bi + "mt"), (x_in, bi + "tn")),
-                     align_arrays=False, concatenate=True, adjust_chunks=y_chunks, dtype=ydt, meta=ymeta, final=False, mode=mode)
+                     align_arrays=False, concatenate=True, adjust_chunks=y_chunks, dtype=ydt, meta=ymeta,
+                     final=False, mode=mode)
     return (y, inits[..., K, :]) if return_final_state else y
 
 
@@ -803,7 +814,7 @@ def dlsim(system: Any, u: Any, t: Any = None, x0: Any = None) -> tuple[da.Array,
     if u.ndim == 1:
         u = u[:, None]
     u = _single(u, [1])
-    n, m, p = A.shape[0], B.shape[1], C.shape[0]
+    n, p = A.shape[0], C.shape[0]
     x0 = None if x0 is None else _single(_dask(x0), [0])
     probe = _core.dlsim((A, B, C, D, dt), np.ones((1, u.shape[1]), u.dtype),
                         x0=None if x0 is None else np.ones(x0.shape, x0.dtype))
@@ -1154,8 +1165,10 @@ def _ssd_dt(xp, dt, bias, softplus, lo, hi):
 
 
 def _ssd_local_seq(seq: Any, k: Any) -> Any:
-    """The seq_idx block as the core sees it: after chunk 0, shifted so that it starts at 0 (the
-    core's initial state belongs to index 0; the reset at a chunk boundary is the combine's)."""
+    """The seq_idx block as the core sees it: after chunk 0, shifted so that it starts at 0.
+
+    The core's initial state belongs to index 0; the reset at a chunk boundary is the combine's.
+    """
     if seq is None or int(k[0]) == 0:
         return seq
     return seq - seq[:, :1]
@@ -1382,7 +1395,8 @@ def _vjp_lti_simulate_diag(A, B, C, D, u, x0=None, *, conj_sym=False, real_outpu
     full = batch + (H,)
     lead_chunks = _target_chunks(full, (ar["u"], ar["A"], ar["B"], ar["C"], ar["x0"]))
     lax = list(range(nb + 1))
-    bc = lambda x, core: None if x is None else _single(_align(da.broadcast_to(x, full + core), lax, lead_chunks),  # noqa: E731
+    bc = lambda x, core: None if x is None else _single(_align(da.broadcast_to(x, full + core), lax, lead_chunks),
+                                                         # noqa: E731
                                                         [-1] if core else [])
     Ab, Bb, Cb, x0b = (bc(ar[k], (N,)) for k in ("A", "B", "C", "x0"))
     Db = bc(ar["D"], ())
@@ -1466,7 +1480,7 @@ _VJPS = {"linear_scan": _vjp_linear_scan, "lti_simulate_diag": _vjp_lti_simulate
 
 
 def vjp(op: str | Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, Callable[[Any], tuple[Any, ...]]]:
-    """:func:`ssmcore.vjp` on Dask arrays: lazy outputs and a lazy pullback.
+    r""":func:`ssmcore.vjp` on Dask arrays: lazy outputs and a lazy pullback.
 
     Supported ops: ``"linear_scan"`` (inputs a, b, h0) and ``"lti_simulate_diag"``
     (inputs A, B, C, D, u, x0), with any chunking in time. The reverse pass is

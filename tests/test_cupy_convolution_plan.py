@@ -69,7 +69,8 @@ def test_constants_match_the_cuda_source():
 def test_provides_names_contract_functions_with_the_reference_signatures():
     assert set(cc.PROVIDES) <= set(ref.__all__)
     for fn in cc.PROVIDES:
-        assert list(inspect.signature(getattr(cc, fn)).parameters) == list(inspect.signature(getattr(ref, fn)).parameters)
+        got = list(inspect.signature(getattr(cc, fn)).parameters)
+        assert got == list(inspect.signature(getattr(ref, fn)).parameters)
     for k in ("vandermonde_bwd", "cauchy_fwd", "cauchy_bwd"):
         assert f"{k}<double>" in SOURCES["convolution.cu"].name_expressions
 
@@ -176,7 +177,8 @@ using std::abs;
 #define __shared__ static
 #define __align__(x)
 inline std::mutex g_atomic_mutex;  // common.cuh's atomic_add helpers need atomicAdd
-template <class V> inline V atomicAdd(V* p, V v) { std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
+template <class V> inline V atomicAdd(V* p, V v) {
+    std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
 inline thread_local Dim3 threadIdx, blockIdx;
 inline Dim3 blockDim, gridDim;
@@ -229,8 +231,8 @@ extern "C" void dense_fwd_##tag(unsigned gx, unsigned gy, unsigned block, unsign
         const void* B, const void* C, void* K, ll N, ll L) { \
     launch(gx, gy, block, smem, [=] { dense_fwd<T>((const T*)At, (const T*)B, (const T*)C, (T*)K, N, L); }); } \
 extern "C" void dense_bwd_##tag(unsigned gx, unsigned gy, unsigned block, unsigned long long smem, const void* A, \
-        const void* At, const void* B, const void* C, const void* G, void* Ab, void* Bb, void* Cb, void* ck, void* buf, \
-        ll N, ll L, ll seg, ll nseg) { \
+        const void* At, const void* B, const void* C, const void* G, void* Ab, void* Bb, void* Cb, void* ck, \
+        void* buf, ll N, ll L, ll seg, ll nseg) { \
     launch(gx, gy, block, smem, [=] { dense_bwd<T>((const T*)A, (const T*)At, (const T*)B, (const T*)C, (const T*)G, \
         (T*)Ab, (T*)Bb, (T*)Cb, (T*)ck, (T*)buf, N, L, seg, nseg); }); }
 DENSE(float, f32)
@@ -351,7 +353,9 @@ def test_vandermonde_bwd_chunks_are_used(host, monkeypatch):
 
 
 def test_vandermonde_bwd_empty_and_zero_length(host):
-    W_bar, ad_bar = cc.vandermonde_kernel_bwd(np.zeros((2, 3), complex), np.ones((1, 2, 3), complex), np.zeros((1, 2, 0)))
+    W_bar, ad_bar = cc.vandermonde_kernel_bwd(
+        np.zeros((2, 3), complex), np.ones((1, 2, 3), complex), np.zeros((1, 2, 0))
+    )
     assert W_bar.shape == (1, 2, 3) and not W_bar.any() and ad_bar.shape == (2, 3) and not ad_bar.any()
 
 

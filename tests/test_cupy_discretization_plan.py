@@ -37,7 +37,8 @@ def test_declarations_and_signatures():
             assert f"discretize_diag_fwd<{a}, {b}>" in names
     assert set(cd.PROVIDES) <= set(ref.__all__)
     for fn in cd.PROVIDES:
-        assert list(inspect.signature(getattr(cd, fn)).parameters) == list(inspect.signature(getattr(ref, fn)).parameters)
+        got = list(inspect.signature(getattr(cd, fn)).parameters)
+        assert got == list(inspect.signature(getattr(ref, fn)).parameters)
 
 
 def test_constants_match_the_cuda_source():
@@ -90,7 +91,8 @@ using std::abs;
 #define __shared__ static
 #define __align__(x)
 inline std::mutex g_atomic_mutex;  // common.cuh's atomic_add helpers need atomicAdd
-template <class V> inline V atomicAdd(V* p, V v) { std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
+template <class V> inline V atomicAdd(V* p, V v) {
+    std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
 inline Dim3 threadIdx, blockIdx, blockDim, gridDim;
 // common.cuh's warp helpers compile but are never called here (elementwise kernels):
@@ -248,7 +250,7 @@ def test_mixed_operands_promote_in_the_backward(host):
 
 
 def test_phi_functions_near_zero_and_near_two_pi_i(host):
-    """x -> 0 (series) and x = 2 pi i + small (accurate complex expm1), as the reference."""
+    """X -> 0 (series) and x = 2 pi i + small (accurate complex expm1), as the reference."""
     x = np.array([[1e-12, -1e-7, 0.999, 1.001, 2j * np.pi + 1e-9, 2j * np.pi * 3 - 1e-6, 1e-3 + 1e-3j, 30.0]])
     dt = np.ones(x.shape)
     B = np.ones(x.shape + (1,), complex)
@@ -327,7 +329,7 @@ def test_expm_chunks_nan_and_empty(host, monkeypatch):
 
 
 def test_discretize_front_door_through_the_host_expm(host, monkeypatch):
-    """discretize (forward, Frechet-adjoint backward) and cont2discrete with the CuPy expm in Numba's place."""
+    """Discretize (forward, Frechet-adjoint backward) and cont2discrete with the CuPy expm in Numba's place."""
     import ssmcore
     from ssmcore.backends.numba import discretization as nbd
 

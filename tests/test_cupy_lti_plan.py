@@ -129,7 +129,8 @@ def test_every_instantiation_is_declared():
 
 def test_contract_signatures():
     for fn in ref.__all__:
-        assert list(inspect.signature(getattr(cl, fn)).parameters) == list(inspect.signature(getattr(ref, fn)).parameters)
+        got = list(inspect.signature(getattr(cl, fn)).parameters)
+        assert got == list(inspect.signature(getattr(ref, fn)).parameters)
 
 
 # --------------------------------------------------------------------------- lti.cu itself, run on the host
@@ -163,7 +164,8 @@ using std::min;
 // and define the same inline names (threadIdx, launch, ...).
 #pragma GCC visibility push(hidden)
 inline std::mutex g_atomic_mutex;  // common.cuh's atomic_add helpers (used by other kernels) need atomicAdd
-template <class V> inline V atomicAdd(V* p, V v) { std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
+template <class V> inline V atomicAdd(V* p, V v) {
+    std::lock_guard<std::mutex> g(g_atomic_mutex); V o = *p; *p = o + v; return o; }
 struct Dim3 { unsigned x = 0, y = 0, z = 0; };
 inline thread_local Dim3 threadIdx, blockIdx;
 inline Dim3 blockDim, gridDim;
@@ -227,23 +229,23 @@ extern "C" void diag_summary_##tag(GRID, cv A, cv B, cv u, vp Hs, ll R, ll N, ll
         L, chunk, nsum); }); } \
 extern "C" void diag_vandermonde_##tag(GRID, cv A, cv W, vp K, ssm::real_of<T>::type s, ll R, ll N, ll L, int G, \
         int groups, ll chunk) { \
-    launch(grid_x, grid_y, block, smem, [=] { diag_vandermonde<T, O>((const T*)A, (const T*)W, (O*)K, s, R, N, L, G, groups, \
-        chunk); }); }
+    launch(grid_x, grid_y, block, smem, [=] { diag_vandermonde<T, O>((const T*)A, (const T*)W, (O*)K, s, R, N, L, G, \
+        groups, chunk); }); }
 #define ONE(T, tag) \
 extern "C" void diag_bwd_##tag(GRID, cv A, cv B, cv C, cv D, cv u, cv x0, cv gy, cv gf, vp gA, vp gB, vp gC, \
         vp gD, vp gu, vp gx0, vp ck, vp buf, ssm::real_of<T>::type s, ll R, ll N, ll L, ll K, ll nck, int G, \
         int groups) { \
-    launch(grid_x, grid_y, block, smem, [=] { diag_bwd<T>((const T*)A, (const T*)B, (const T*)C, (const T*)D, (const T*)u, \
-        (const T*)x0, (const T*)gy, (const T*)gf, (T*)gA, (T*)gB, (T*)gC, (T*)gD, (T*)gu, (T*)gx0, (T*)ck, \
-        (T*)buf, s, R, N, L, K, nck, G, groups); }); } \
+    launch(grid_x, grid_y, block, smem, [=] { diag_bwd<T>((const T*)A, (const T*)B, (const T*)C, (const T*)D, \
+        (const T*)u, (const T*)x0, (const T*)gy, (const T*)gf, (T*)gA, (T*)gB, (T*)gC, (T*)gD, (T*)gu, (T*)gx0, \
+        (T*)ck, (T*)buf, s, R, N, L, K, nck, G, groups); }); } \
 extern "C" void dense_fwd_##tag(GRID, cv A, cv B, cv C, cv D, cv u, cv x0, cv idx, vp y, vp xf, vp ck, ll N, ll M, \
         ll P, ll L, ll K, ll nck, int keep) { \
-    launch(grid_x, grid_y, block, smem, [=] { dense_fwd<T>((const T*)A, (const T*)B, (const T*)C, (const T*)D, (const T*)u, \
-        (const T*)x0, (const ll*)idx, (T*)y, (T*)xf, (T*)ck, N, M, P, L, K, nck, keep); }); } \
+    launch(grid_x, grid_y, block, smem, [=] { dense_fwd<T>((const T*)A, (const T*)B, (const T*)C, (const T*)D, \
+        (const T*)u, (const T*)x0, (const ll*)idx, (T*)y, (T*)xf, (T*)ck, N, M, P, L, K, nck, keep); }); } \
 extern "C" void dense_bwd_##tag(GRID, cv A, cv B, cv C, cv D, cv u, cv idx, cv ck, cv gy, cv gf, vp gA, vp gB, \
         vp gC, vp gD, vp gu, vp gx0, vp buf, ll N, ll M, ll P, ll L, ll K, ll nck, ll Kb) { \
-    launch(grid_x, grid_y, block, smem, [=] { dense_bwd<T>((const T*)A, (const T*)B, (const T*)C, (const T*)D, (const T*)u, \
-        (const ll*)idx, (const T*)ck, (const T*)gy, (const T*)gf, (T*)gA, (T*)gB, (T*)gC, (T*)gD, (T*)gu, \
+    launch(grid_x, grid_y, block, smem, [=] { dense_bwd<T>((const T*)A, (const T*)B, (const T*)C, (const T*)D, \
+        (const T*)u, (const ll*)idx, (const T*)ck, (const T*)gy, (const T*)gf, (T*)gA, (T*)gB, (T*)gC, (T*)gD, (T*)gu, \
         (T*)gx0, (T*)buf, N, M, P, L, K, nck, Kb); }); }
 FWD(float, float, f32_f32)
 FWD(double, double, f64_f64)
@@ -395,9 +397,11 @@ def test_host_run_of_diag_kernels(host_cupy, rng, monkeypatch, min_chunk, R, N, 
 
 @pytest.mark.slow
 def test_host_run_of_diag_kernel_long_l_is_reanchored(host_cupy, rng):
-    """Many l-chunks (1 SM still splits 2 rows) and exact re-anchoring: |A| = 1 keeps the
-    powers on the unit circle, where float32 running products alone drift like sqrt(l) ulp
-    (~1e-5 relative at l = 20000); anchors in double keep every value within ~64 products."""
+    """Many l-chunks (1 SM still splits 2 rows) and exact re-anchoring.
+
+    |A| = 1 keeps the powers on the unit circle, where float32 running products alone drift like sqrt(l) ulp
+    (~1e-5 relative at l = 20000); anchors in double keep every value within ~64 products.
+    """
     R, N, L = 2, 3, 20000
     A = np.exp(1j * rng.uniform(-np.pi, np.pi, (R, N))).astype(np.complex64)
     W = _rand(rng, (R, N), np.complex64)
@@ -527,8 +531,10 @@ def test_control_readout_on_host_arrays(monkeypatch, rng):
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_lti_cu_compiles_with_nvrtc_for_every_instantiation(arch):
-    """Every declared name expression compiles as CuPy would compile it on the GPU machine
-    (CuPy's own NVRTC options; skipped without cuda-bindings and nvidia-cuda-nvrtc)."""
+    """Every declared name expression compiles as CuPy would compile it on the GPU machine.
+
+    (CuPy's own NVRTC options; skipped without cuda-bindings and nvidia-cuda-nvrtc).
+    """
     pytest.importorskip("cupy")
     nvrtc = pytest.importorskip("cuda.bindings.nvrtc")
     from cupy._core.core import assemble_cupy_compiler_options
@@ -560,8 +566,10 @@ def test_lti_cu_compiles_with_nvrtc_for_every_instantiation(arch):
 
 
 def test_lti_ops_declare_cupy_and_their_modes_dependencies():
-    """Every LTI mode runs on CuPy kernels end to end: recurrent on lti.cu's, scan on
-    linear_scan's, convolution on fft_conv's and ssm_kernel_dense's."""
+    """Every LTI mode runs on CuPy kernels end to end.
+
+    Recurrent on lti.cu's, scan on linear_scan's, convolution on fft_conv's and ssm_kernel_dense's.
+    """
     from ssmcore.dispatch import capabilities
 
     caps = capabilities()

@@ -195,7 +195,9 @@ def test_model_backward_matches_reference(rng, dtype, reverse, need_a, C, L, La,
 
 
 def test_model_empty():
-    a = np.ones((2, 1)); arow = np.arange(2); h0 = np.ones(2)
+    a = np.ones((2, 1))
+    arow = np.arange(2)
+    h0 = np.ones(2)
     assert cs._chunked_model_fwd(a, arow, np.ones((2, 0)), h0, False).shape == (2, 0)
     g, ga, gh0 = cs._chunked_model_bwd(a, arow, np.ones((2, 0)), h0, np.ones((2, 0)), np.full(2, 3.0), False)
     assert g.shape == (2, 0) and ga.shape == (2, 1) and not ga.any()
@@ -249,8 +251,10 @@ def test_model_nonfinite_propagates_like_the_loop(rng, reverse, path, chunk, wha
 
 
 def test_model_avoids_inf_times_zero_of_an_identity_start(rng):
-    """The hazard the kernels are built around: h0 = 0 and an inf coefficient after the
-    first step. A scan started from the identity (1, 0) would give NaN here."""
+    """The hazard the kernels are built around: h0 = 0 and an inf coefficient after the first step.
+
+    A scan started from the identity (1, 0) would give NaN here.
+    """
     a = np.array([[0.5, np.inf, 0.5, 0.5] * 64])
     b = np.ones((1, 256))
     want = ref.scan_fwd(a, np.zeros(1, np.intp), b, np.zeros(1), False)
@@ -310,8 +314,10 @@ def emulated_kernels(tmp_path_factory):
 
 @pytest.fixture
 def host_cupy(emulated_kernels, monkeypatch):
-    """Route scan.py's launchers to the host kernels: NumPy stands in for CuPy, 1 SM,
-    and forced chunking uses 128-step chunks (many chunks from short series)."""
+    """Route scan.py's launchers to the host kernels.
+
+    NumPy stands in for CuPy, 1 SM, and forced chunking uses 128-step chunks (many chunks from short series).
+    """
     import sys
     import types
 

@@ -154,8 +154,10 @@ def host_full(full_lib, monkeypatch):
 
 def _case(rng, nb, nd, L, N, rdt, cplx, b_groups, c_groups, D=True, z=True, bias=True, h0=True, seq=False,
           softplus=True, reverse=False, huge=False):
-    """Canonical kernel arguments (as the front door makes them). ``*_groups``: None for a fixed
-    B / C, else the group count G."""
+    """Canonical kernel arguments (as the front door makes them).
+
+    ``*_groups``: None for a fixed B / C, else the group count G.
+    """
     sdt = (np.complex64 if rdt == np.float32 else np.complex128) if cplx else rdt
 
     def st(shape, scale=1.0):
@@ -292,8 +294,11 @@ def test_host_nan_propagates_like_the_reference(host_small, rng):
 
 @pytest.mark.slow
 def test_host_no_allocation_of_batch_d_l_n_size(host_small, rng, monkeypatch):
-    """Memory-lean: every array the launchers allocate is at most the size of u or of B
-    (never batch x D x L x N), and the checkpoints are O(batch D N L / chunk)."""
+    """Memory-lean: no launcher allocation is larger than u or B.
+
+    Every array the launchers allocate is at most the size of u or of B (never batch x D x L x
+    N), and the checkpoints are O(batch D N L / chunk).
+    """
     nb, nd, L, N = 2, 4, 300, 8
     args = _case(rng, nb, nd, L, N, np.float32, False, 1, 2)
     sizes = []

@@ -70,7 +70,7 @@ def test_constants_match_the_kernel_source_and_declarations():
     for k in cssd._KERNELS:
         for t in ("float", "double"):
             assert f"{k}<{t}>" in src.name_expressions
-            assert f"__global__ void" in code and re.search(rf"\b{k}\(", code), k
+            assert "__global__ void" in code and re.search(rf"\b{k}\(", code), k
     assert '#include "common.cuh"' in code
 
 
@@ -256,9 +256,11 @@ def test_emulated_nan_propagates(host_small):
 
 
 def test_launchers_never_allocate_a_per_step_state(host_small, monkeypatch):
-    """No (batch, L, H, P, N)-sized array in either pass, and no per-head (batch, L, H, N)
-    copy of gB / gC: the largest allocations are x-sized and the chunk-entry states (or
-    their cotangents), O(batch H P N L / chunk)."""
+    """No (batch, L, H, P, N)-sized array in either pass.
+
+    No per-head (batch, L, H, N) copy of gB / gC either: the largest allocations are x-sized and
+    the chunk-entry states (or their cotangents), O(batch H P N L / chunk).
+    """
     rng = np.random.default_rng(6)
     nb_, L, H, P, G, N, Q = 1, 64, 4, 2, 1, 5, 16
     sizes = []

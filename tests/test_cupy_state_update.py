@@ -29,7 +29,8 @@ def test_plan_one_thread_per_row():
     assert p.kernel == "state_update_fwd<float, float>"
     assert p.flags == csu.FLAGS["softplus"] | csu.FLAGS["has_D"]
     assert csu.plan_state_update(0, 2, 3, 4, np.float64, np.complex128).blocks == 0
-    assert csu.plan_state_update(1, 1, 1, 1, np.float64, np.complex128).kernel == "state_update_fwd<double, complex<double>>"
+    plan = csu.plan_state_update(1, 1, 1, 1, np.float64, np.complex128)
+    assert plan.kernel == "state_update_fwd<double, complex<double>>"
     with pytest.raises(TypeError, match="no CUDA instantiation for real dtype float32 with state dtype complex128"):
         csu.plan_state_update(1, 1, 1, 4, np.float32, np.complex128)
     with pytest.raises(ValueError, match="unknown option flags"):

@@ -32,7 +32,9 @@ def tc(L, c):
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS)
 def test_linear_scan_time_chunks(rng, reverse, tchunks):
-    a = rng.uniform(0.5, 1.0, (3, 4, 37)); b = rng.standard_normal((3, 4, 37)); h0 = rng.standard_normal((3, 4))
+    a = rng.uniform(0.5, 1.0, (3, 4, 37))
+    b = rng.standard_normal((3, 4, 37))
+    h0 = rng.standard_normal((3, 4))
     ref, rf = ssmcore.linear_scan(a, b, h0, reverse=reverse, return_final_state=True)
     h, hf = sd.linear_scan(chunked(a, 2, 3, tc(37, tchunks)), chunked(b, 2, 3, tc(37, tchunks)), h0,
                            reverse=reverse, return_final_state=True)
@@ -52,7 +54,8 @@ def test_linear_scan_broadcast_constant_complex_float32(rng):
 
 
 def test_linear_scan_is_lazy_and_threads(rng):
-    a = rng.uniform(0.5, 1.0, (4, 64)); b = rng.standard_normal((4, 64))
+    a = rng.uniform(0.5, 1.0, (4, 64))
+    b = rng.standard_normal((4, 64))
     calls = []
     orig = ssmcore.linear_scan
 
@@ -78,7 +81,9 @@ def test_linear_scan_any_chunking(L, data, reverse, const):
     rng = np.random.default_rng(L)
     cuts = sorted(data.draw(st.sets(st.integers(1, max(L - 1, 1)), max_size=6))) if L > 1 else []
     chunks = tuple(np.diff([0, *cuts, L]).tolist())
-    a = rng.uniform(-1.0, 1.0, (3, 1 if const else L)); b = rng.standard_normal((3, L)); h0 = rng.standard_normal(3)
+    a = rng.uniform(-1.0, 1.0, (3, 1 if const else L))
+    b = rng.standard_normal((3, L))
+    h0 = rng.standard_normal(3)
     ref, rf = ssmcore.linear_scan(a, b, h0, reverse=reverse, return_final_state=True)
     h, hf = sd.linear_scan(a, chunked(b, 2, chunks), h0, reverse=reverse, return_final_state=True)
     assert rel(h.compute(), ref) < 1e-12 and rel(hf.compute(), rf) < 1e-12
@@ -89,8 +94,11 @@ def test_linear_scan_any_chunking(L, data, reverse, const):
 def test_lti_simulate_diag_time_chunks(rng, mode, tchunks):
     H, N, L = 3, 4, 37
     A = rng.uniform(0.5, 0.95, (H, N)) * np.exp(1j * rng.uniform(0, 1, (H, N)))
-    B = rng.standard_normal((H, N)) + 0j; C = rng.standard_normal((H, N)) + 1j
-    D = rng.standard_normal(H); u = rng.standard_normal((2, H, L)); x0 = rng.standard_normal((2, H, N)) + 0j
+    B = rng.standard_normal((H, N)) + 0j
+    C = rng.standard_normal((H, N)) + 1j
+    D = rng.standard_normal(H)
+    u = rng.standard_normal((2, H, L))
+    x0 = rng.standard_normal((2, H, N)) + 0j
     ref, rf = ssmcore.lti_simulate_diag(A, B, C, D, u, x0, conj_sym=True, mode=mode, return_final_state=True)
     y, xf = sd.lti_simulate_diag(A, B, C, D, chunked(u, 1, 2, tc(L, tchunks)), x0, conj_sym=True, mode=mode,
                                  return_final_state=True)
@@ -101,8 +109,12 @@ def test_lti_simulate_diag_time_chunks(rng, mode, tchunks):
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS)
 def test_lti_simulate_dense_time_chunks(rng, tchunks):
     N, M, P, L = 3, 2, 2, 37
-    A = rng.standard_normal((2, N, N)) * 0.3; B = rng.standard_normal((N, M)); C = rng.standard_normal((P, N))
-    D = rng.standard_normal((P, M)); u = rng.standard_normal((2, M, L)); x0 = rng.standard_normal((2, N))
+    A = rng.standard_normal((2, N, N)) * 0.3
+    B = rng.standard_normal((N, M))
+    C = rng.standard_normal((P, N))
+    D = rng.standard_normal((P, M))
+    u = rng.standard_normal((2, M, L))
+    x0 = rng.standard_normal((2, N))
     ref, rf = ssmcore.lti_simulate(A, B, C, D, u, x0, return_final_state=True)
     y, xf = sd.lti_simulate(A, B, C, D, chunked(u, 1, M, tc(L, tchunks)), x0, return_final_state=True)
     assert rel(y.compute(), ref) < 1e-12 and rel(xf.compute(), rf) < 1e-12
@@ -111,8 +123,12 @@ def test_lti_simulate_dense_time_chunks(rng, tchunks):
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS)
 def test_dlsim_time_chunks(rng, tchunks):
     n, m, p, L = 3, 2, 2, 37
-    A = rng.standard_normal((n, n)) * 0.3; B = rng.standard_normal((n, m)); C = rng.standard_normal((p, n))
-    D = rng.standard_normal((p, m)); u = rng.standard_normal((L, m)); x0 = rng.standard_normal(n)
+    A = rng.standard_normal((n, n)) * 0.3
+    B = rng.standard_normal((n, m))
+    C = rng.standard_normal((p, n))
+    D = rng.standard_normal((p, m))
+    u = rng.standard_normal((L, m))
+    x0 = rng.standard_normal(n)
     ref = ssmcore.dlsim((A, B, C, D, 0.1), u, x0=x0)
     got = sd.dlsim((A, B, C, D, 0.1), chunked(u, tc(L, tchunks), m), x0=x0)
     assert len(got) == 3
@@ -129,9 +145,11 @@ def test_dlsim_time_chunks(rng, tchunks):
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS)
 def test_selective_scan_time_chunks(rng, reverse, complex_A, tchunks):
     b, d, n, L = 2, 4, 3, 37
-    u = rng.standard_normal((b, d, L)); delta = rng.standard_normal((b, d, L)) * 0.5
+    u = rng.standard_normal((b, d, L))
+    delta = rng.standard_normal((b, d, L)) * 0.5
     A = -rng.uniform(0.5, 2, (d, n)) + (1j * rng.standard_normal((d, n)) if complex_A else 0)
-    Bv = rng.standard_normal((b, 2, n, L)) + (0j if complex_A else 0); Cv = rng.standard_normal((b, n, L))
+    Bv = rng.standard_normal((b, 2, n, L)) + (0j if complex_A else 0)
+    Cv = rng.standard_normal((b, n, L))
     Dv, z, bias = rng.standard_normal(d), rng.standard_normal((b, d, L)), rng.standard_normal(d) * 0.1
     h0 = rng.standard_normal((b, d, n)) + (0j if complex_A else 0)
     ref = ssmcore.selective_scan(u, delta, A, Bv, Cv, Dv, z, bias, True, True, h0=h0, reverse=reverse)
@@ -142,7 +160,8 @@ def test_selective_scan_time_chunks(rng, reverse, complex_A, tchunks):
 
 
 def test_selective_scan_group_chunks_must_align(rng):
-    u = rng.standard_normal((1, 4, 8)); Bv = rng.standard_normal((1, 2, 3, 8))
+    u = rng.standard_normal((1, 4, 8))
+    Bv = rng.standard_normal((1, 2, 3, 8))
     with pytest.raises(ValueError, match="multiples of D / G"):
         sd.selective_scan(chunked(u, 1, 1, 8), u, -np.ones((4, 3)), Bv, Bv)
 
@@ -154,8 +173,12 @@ SEQS = [np.repeat([0, 1, 2], [12, 13, 12]), np.full(37, 3), np.repeat([0, 5, 0, 
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS + [(12, 13, 12)])
 def test_selective_scan_seq_idx_over_time_chunks(rng, reverse, tchunks):
     b, d, n, L = 3, 4, 3, 37
-    u = rng.standard_normal((b, d, L)); delta = rng.standard_normal((b, d, L)) * 0.5; A = -rng.uniform(0.5, 2, (d, n))
-    Bv = rng.standard_normal((b, n, L)); Cv = rng.standard_normal((b, n, L)); h0 = rng.standard_normal((b, d, n))
+    u = rng.standard_normal((b, d, L))
+    delta = rng.standard_normal((b, d, L)) * 0.5
+    A = -rng.uniform(0.5, 2, (d, n))
+    Bv = rng.standard_normal((b, n, L))
+    Cv = rng.standard_normal((b, n, L))
+    h0 = rng.standard_normal((b, d, n))
     seq = np.stack(SEQS)
     ref = ssmcore.selective_scan(u, delta, A, Bv, Cv, None, None, None, True, True, h0=h0, reverse=reverse,
                                  seq_idx=seq)
@@ -167,8 +190,12 @@ def test_selective_scan_seq_idx_over_time_chunks(rng, reverse, tchunks):
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS + [(12, 13, 12)])
 def test_ssd_seq_idx_over_time_chunks(rng, tchunks):
     bb, L, H, P, G, N = 3, 37, 4, 3, 2, 5
-    x = rng.standard_normal((bb, L, H, P)); dt = rng.standard_normal((bb, L, H)); A = -rng.uniform(0.5, 2, H)
-    B = rng.standard_normal((bb, L, G, N)); C = rng.standard_normal((bb, L, G, N)); h0 = rng.standard_normal((bb, H, P, N))
+    x = rng.standard_normal((bb, L, H, P))
+    dt = rng.standard_normal((bb, L, H))
+    A = -rng.uniform(0.5, 2, H)
+    B = rng.standard_normal((bb, L, G, N))
+    C = rng.standard_normal((bb, L, G, N))
+    h0 = rng.standard_normal((bb, H, P, N))
     kw = dict(chunk_size=4, initial_states=h0, seq_idx=np.stack(SEQS), return_final_states=True, dt_softplus=True)
     ref = ssmcore.ssd(x, dt, A, B, C, **kw)
     got = sd.ssd(chunked(x, 1, tc(L, tchunks), H, P), dt, A, B, C, **kw)
@@ -178,9 +205,15 @@ def test_ssd_seq_idx_over_time_chunks(rng, tchunks):
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS)
 def test_ssd_time_chunks(rng, tchunks):
     bb, L, H, P, G, N = 2, 37, 4, 3, 2, 5
-    x = rng.standard_normal((bb, L, H, P)); dt = rng.standard_normal((bb, L, H)); A = -rng.uniform(0.5, 2, H)
-    B = rng.standard_normal((bb, L, G, N)); C = rng.standard_normal((bb, L, G, N)); D = rng.standard_normal(H)
-    z = rng.standard_normal((bb, L, H, P)); bias = rng.standard_normal(H); h0 = rng.standard_normal((bb, H, P, N))
+    x = rng.standard_normal((bb, L, H, P))
+    dt = rng.standard_normal((bb, L, H))
+    A = -rng.uniform(0.5, 2, H)
+    B = rng.standard_normal((bb, L, G, N))
+    C = rng.standard_normal((bb, L, G, N))
+    D = rng.standard_normal(H)
+    z = rng.standard_normal((bb, L, H, P))
+    bias = rng.standard_normal(H)
+    h0 = rng.standard_normal((bb, H, P, N))
     kw = dict(chunk_size=8, D=D, z=z, dt_bias=bias, dt_softplus=True, dt_limit=(0.0, 2.0), initial_states=h0,
               return_final_states=True)
     ref = ssmcore.ssd(x, dt, A, B, C, **kw)
@@ -191,7 +224,8 @@ def test_ssd_time_chunks(rng, tchunks):
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("tchunks", [None, (3, 20, 1, 26), 7])
 def test_fft_conv_time_chunks(rng, bidirectional, tchunks):
-    u = rng.standard_normal((2, 3, 50)); D = rng.standard_normal(3)
+    u = rng.standard_normal((2, 3, 50))
+    D = rng.standard_normal(3)
     K = rng.standard_normal((2, 3, 12)) if bidirectional else rng.standard_normal((3, 12))
     ref = ssmcore.fft_conv(u, K, D, bidirectional=bidirectional)
     got = sd.fft_conv(chunked(u, 1, 2, tc(50, tchunks)), K, D, bidirectional=bidirectional)
@@ -207,7 +241,8 @@ def test_fft_conv_kernel_longer_than_chunks_and_c_out(rng):
 
 
 def test_discretize_blockwise(rng):
-    lam = -rng.uniform(0.1, 1, (4, 5)) + 1j * rng.standard_normal((4, 5)); B = rng.standard_normal((4, 5))
+    lam = -rng.uniform(0.1, 1, (4, 5)) + 1j * rng.standard_normal((4, 5))
+    B = rng.standard_normal((4, 5))
     dt = rng.uniform(0.01, 0.1, 4)
     for m in ("zoh", "bilinear"):
         ref = ssmcore.discretize_diag(lam, B, dt, m)
@@ -216,7 +251,9 @@ def test_discretize_blockwise(rng):
     Bm = rng.standard_normal((4, 5, 2))
     got = sd.discretize_diag(chunked(lam, 2, 5), Bm, 0.1)
     assert got[1].shape == (4, 5, 2) and rel(got[1].compute(), ssmcore.discretize_diag(lam, Bm, 0.1)[1]) == 0
-    A = rng.standard_normal((6, 3, 3)); Bd = rng.standard_normal((6, 3, 2)); dts = rng.uniform(0.01, 0.1, 6)
+    A = rng.standard_normal((6, 3, 3))
+    Bd = rng.standard_normal((6, 3, 2))
+    dts = rng.uniform(0.01, 0.1, 6)
     got = sd.discretize(chunked(A, 2, 3, 3), Bd, dts)
     ref = ssmcore.discretize(A, Bd, dts)
     assert all(rel(g.compute(), r) < 1e-15 for g, r in zip(got, ref))
@@ -229,8 +266,11 @@ def test_discretize_blockwise(rng):
 @pytest.mark.parametrize("const_a", [False, True])
 @pytest.mark.parametrize("tchunks", TIME_CHUNKS)
 def test_vjp_linear_scan(rng, reverse, const_a, tchunks):
-    a = rng.uniform(0.5, 1.0, (4, 1) if const_a else (3, 4, 37)); b = rng.standard_normal((3, 4, 37))
-    h0 = rng.standard_normal(4); gh = rng.standard_normal((3, 4, 37)); gf = rng.standard_normal((3, 4))
+    a = rng.uniform(0.5, 1.0, (4, 1) if const_a else (3, 4, 37))
+    b = rng.standard_normal((3, 4, 37))
+    h0 = rng.standard_normal(4)
+    gh = rng.standard_normal((3, 4, 37))
+    gf = rng.standard_normal((3, 4))
     _, pb = ssmcore.vjp("linear_scan", a, b, h0, reverse=reverse, return_final_state=True)
     ref = pb((gh, gf))
     out, pbd = sd.vjp("linear_scan", a, chunked(b, 2, 3, tc(37, tchunks)), h0, reverse=reverse,
@@ -245,9 +285,13 @@ def test_vjp_linear_scan(rng, reverse, const_a, tchunks):
 def test_vjp_lti_simulate_diag(rng, tchunks):
     H, N, L = 3, 4, 37
     A = rng.uniform(0.5, 0.95, (H, N)) * np.exp(1j * rng.uniform(0, 1, (H, N)))
-    B = rng.standard_normal((H, N)) + 0j; C = rng.standard_normal((H, N)) + 1j
-    D = rng.standard_normal(H); u = rng.standard_normal((2, H, L)); x0 = rng.standard_normal((2, H, N)) + 0j
-    gy = rng.standard_normal((2, H, L)); gx = rng.standard_normal((2, H, N)) + 1j * rng.standard_normal((2, H, N))
+    B = rng.standard_normal((H, N)) + 0j
+    C = rng.standard_normal((H, N)) + 1j
+    D = rng.standard_normal(H)
+    u = rng.standard_normal((2, H, L))
+    x0 = rng.standard_normal((2, H, N)) + 0j
+    gy = rng.standard_normal((2, H, L))
+    gx = rng.standard_normal((2, H, N)) + 1j * rng.standard_normal((2, H, N))
     _, pb = ssmcore.vjp("lti_simulate_diag", A, B, C, D, u, x0, conj_sym=True, return_final_state=True)
     ref = pb((gy, gx))
     _, pbd = sd.vjp("lti_simulate_diag", A, B, C, D, chunked(u, 1, 2, tc(L, tchunks)), x0, conj_sym=True,
@@ -278,7 +322,8 @@ def test_numba_threads_rule(monkeypatch):
     seen = []
     with dask.config.set(num_workers=2):
         t = threading.Thread(target=lambda: seen.append(sd._threads_for_task()))
-        t.start(); t.join()
+        t.start()
+        t.join()
     assert seen == [max(1, numba.config.NUMBA_NUM_THREADS // 2)]
     sd.set_numba_threads(1)
     try:
@@ -290,7 +335,8 @@ def test_numba_threads_rule(monkeypatch):
 
 def test_local_cluster_processes(rng):
     distributed = pytest.importorskip("distributed")
-    a = rng.uniform(0.5, 1.0, (4, 60)); b = rng.standard_normal((4, 60))
+    a = rng.uniform(0.5, 1.0, (4, 60))
+    b = rng.standard_normal((4, 60))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         warm = sd.warm_up(client)
@@ -312,12 +358,14 @@ def test_local_cluster_processes(rng):
 @pytest.mark.gpu
 def test_cupy_chunks_linear_scan_and_diag(rng):
     cp = pytest.importorskip("cupy")
-    a = rng.uniform(0.5, 1.0, (4, 64)); b = rng.standard_normal((4, 64))
+    a = rng.uniform(0.5, 1.0, (4, 64))
+    b = rng.standard_normal((4, 64))
     ref = ssmcore.linear_scan(a, b)
     h = sd.linear_scan(da.from_array(cp.asarray(a), chunks=(2, 16)), da.from_array(cp.asarray(b), chunks=(2, 16)))
     out = h.compute()
     assert isinstance(out, cp.ndarray) and rel(cp.asnumpy(out), ref) < 1e-12
-    A = rng.uniform(0.5, 0.9, (4, 3)); u = rng.standard_normal((2, 4, 64))
+    A = rng.uniform(0.5, 0.9, (4, 3))
+    u = rng.standard_normal((2, 4, 64))
     y = sd.lti_simulate_diag(cp.asarray(A), cp.asarray(A), cp.asarray(A), None,
                              da.from_array(cp.asarray(u), chunks=(1, 4, 16))).compute()
     assert rel(cp.asnumpy(y), ssmcore.lti_simulate_diag(A, A, A, None, u)) < 1e-12
@@ -348,7 +396,8 @@ def test_lti_simulate_diag_any_chunking(L, data, mode):
     H, N = 2, 3
     A = rng.uniform(0.3, 0.95, (H, N)) * np.exp(1j * rng.uniform(0, 3, (H, N)))
     B, C = rng.standard_normal((H, N)) + 0j, rng.standard_normal((H, N)) + 1j
-    u = rng.standard_normal((3, H, L)); x0 = rng.standard_normal((3, H, N)) + 0j
+    u = rng.standard_normal((3, H, L))
+    x0 = rng.standard_normal((3, H, N)) + 0j
     ref, rf = ssmcore.lti_simulate_diag(A, B, C, None, u, x0, conj_sym=True, mode=mode, return_final_state=True)
     bchunks = data.draw(st.sampled_from([3, 1, 2]))
     y, xf = sd.lti_simulate_diag(A, B, C, None, chunked(u, bchunks, 1, _draw_chunks(data, L)), x0, conj_sym=True,
@@ -360,7 +409,8 @@ def test_lti_simulate_diag_any_chunking(L, data, mode):
 def test_fft_conv_any_chunking(L, Lk, data, bidirectional):
     Lk = min(Lk, L)
     rng = np.random.default_rng(L * 100 + Lk)
-    u = rng.standard_normal((2, L)); K = rng.standard_normal((2 if bidirectional else 1, 2, Lk)).reshape(-1, Lk)
+    u = rng.standard_normal((2, L))
+    K = rng.standard_normal((2 if bidirectional else 1, 2, Lk)).reshape(-1, Lk)
     K = K.reshape(2, 2, Lk) if bidirectional else K[:2]
     ref = ssmcore.fft_conv(u, K, 0.5, bidirectional=bidirectional)
     got = sd.fft_conv(chunked(u, 1, _draw_chunks(data, L)), K, 0.5, bidirectional=bidirectional)

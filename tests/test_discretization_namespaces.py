@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from namespaces import assert_close
+
 import ssmcore
 from ssmcore import cont2discrete, discretize, discretize_diag
 from ssmcore.dispatch import capabilities

@@ -1,6 +1,8 @@
-"""GPU tests of the CuPy selective-state update: kernel vs the NumPy reference and Numba,
-the front door and VJP on CuPy arrays, torch CUDA tensors, the current stream, and a
-per-step timing against mamba_ssm's Triton step where that is importable.
+"""GPU tests of the CuPy selective-state update.
+
+Kernel vs the NumPy reference and Numba, the front door and VJP on CuPy arrays, torch CUDA
+tensors, the current stream, and a per-step timing against mamba_ssm's Triton step where that is
+importable.
 
 Every test needs a CUDA device (``@pytest.mark.gpu``; skipped elsewhere by
 ``tests/conftest.py``). The CPU check of the same CUDA source is

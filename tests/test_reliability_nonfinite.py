@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 import ssmcore
-from ssmcore.backends.numba import lti as nb_lti
-from ssmcore.backends.numba import ssd as nb_ssd
+from ssmcore.backends.numba import lti as nb_lti, ssd as nb_ssd
 
 VALUES = [np.inf, -np.inf, np.nan]
 

@@ -1,5 +1,8 @@
-"""selective_state_update (Mamba's decode step): reference vs Numba vs mamba_ssm's maths,
-heads form, groups, state_batch_indices, in-place, VJP, equivalence with selective_scan."""
+"""selective_state_update (Mamba's decode step).
+
+Reference vs Numba vs mamba_ssm's maths, heads form, groups, state_batch_indices, in-place, VJP,
+equivalence with selective_scan.
+"""
 
 from __future__ import annotations
 
@@ -275,8 +278,14 @@ def test_steps_equal_selective_scan(backend):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (dict(state=np.zeros((3, 4, 5, 7))), r"state has shape \(3, 4, 5, 7\); expected \(batch, heads, dim, N\) = \(3, 4, 5, 6\)"),
-        (dict(state=np.zeros((3, 4))), r"state has shape \(3, 4\); expected \(batch, D, N\) or \(batch, heads, dim, N\)"),
+        (
+            dict(state=np.zeros((3, 4, 5, 7))),
+            r"state has shape \(3, 4, 5, 7\); expected \(batch, heads, dim, N\) = \(3, 4, 5, 6\)",
+        ),
+        (
+            dict(state=np.zeros((3, 4))),
+            r"state has shape \(3, 4\); expected \(batch, D, N\) or \(batch, heads, dim, N\)",
+        ),
         (dict(x=np.zeros((3, 20))), r"x has shape \(3, 20\); expected \(batch, heads, dim\)"),
         (dict(dt=np.zeros((3, 4, 4))), r"dt has shape \(3, 4, 4\); expected \(batch, heads, dim\) = \(3, 4, 5\)"),
         (dict(A=np.zeros((4, 6))), r"A has shape \(4, 6\); expected \(heads, dim, N\) with \(heads, dim\)=\(4, 5\)"),
@@ -284,7 +293,10 @@ def test_steps_equal_selective_scan(backend):
         (dict(C=np.zeros((2, 2, 6))), r"C has shape \(2, 2, 6\); expected .*batch=3"),
         (dict(D=np.zeros(4)), r"D has shape \(4,\); expected \(heads, dim\) = \(4, 5\)"),
         (dict(z=np.zeros((3, 4))), r"z has shape \(3, 4\); expected \(batch, heads, dim\) = \(3, 4, 5\)"),
-        (dict(state_batch_indices=np.array([0, 1])), r"state_batch_indices has shape \(2,\); expected \(batch,\) = \(3,\)"),
+        (
+            dict(state_batch_indices=np.array([0, 1])),
+            r"state_batch_indices has shape \(2,\); expected \(batch,\) = \(3,\)",
+        ),
         (dict(state_batch_indices=np.array([0, 1, 3])), r"state_batch_indices has entry 3; expected 0 <= index < 3"),
         (dict(state_batch_indices=np.array([0, -1, 2])), r"state_batch_indices has entry -1"),
     ],

@@ -1,5 +1,7 @@
-"""selective_state_update on every array namespace (the ``ns`` fixture): forward, VJP,
-state_batch_indices, in-place refusal, errors and result placement."""
+"""selective_state_update on every array namespace (the ``ns`` fixture).
+
+Forward, VJP, state_batch_indices, in-place refusal, errors and result placement.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +31,8 @@ def _case(rng, *, heads, cplx=False, cache=None):
 
 
 def _ns(ns, args, kw):
-    return [ns.asarray(a) for a in args], {k: (ns.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    kw = {k: (ns.asarray(v) if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+    return [ns.asarray(a) for a in args], kw
 
 
 @pytest.mark.parametrize("heads", [False, True])

@@ -49,13 +49,17 @@ def test_missing_dim_and_type(signal):
 
 
 def test_lti_simulate_and_diag(rng, signal):
-    A = np.array([[0.5, 0.1], [0.0, 0.3]]); B = np.ones((2, 1)); C = np.array([[1.0, 0.0]])
+    A = np.array([[0.5, 0.1], [0.0, 0.3]])
+    B = np.ones((2, 1))
+    C = np.array([[1.0, 0.0]])
     u = signal.chunk({"time": 9})
     y, xf = sx.lti_simulate(A, B, C, None, u, return_final_state=True)
     assert y.dims == ("sensor", "output", "time") and xf.dims == ("sensor", "state")
     assert isinstance(y.data, da.Array) and y.attrs == {"units": "V"}
     np.testing.assert_allclose(y.values, ssmcore.lti_simulate(A, B, C, None, signal.values[:, None]), rtol=1e-12)
-    Ad = rng.uniform(0.5, 0.9, (3, 4)); Bd = np.ones((3, 4)); Cd = rng.standard_normal((3, 4))
+    Ad = rng.uniform(0.5, 0.9, (3, 4))
+    Bd = np.ones((3, 4))
+    Cd = rng.standard_normal((3, 4))
     uc = signal.rename(sensor="channel")
     yd = sx.lti_simulate_diag(Ad, Bd, Cd, None, uc.chunk({"time": 11}))
     assert yd.dims == ("channel", "time") and list(yd.channel.values) == ["a", "b", "c"]
@@ -63,7 +67,10 @@ def test_lti_simulate_and_diag(rng, signal):
 
 
 def test_dlsim_and_fft_conv(rng, signal):
-    A = np.array([[0.5, 0.1], [0.0, 0.3]]); B = np.ones((2, 1)); C = np.array([[1.0, 0.0]]); D = np.zeros((1, 1))
+    A = np.array([[0.5, 0.1], [0.0, 0.3]])
+    B = np.ones((2, 1))
+    C = np.array([[1.0, 0.0]])
+    D = np.zeros((1, 1))
     yo, xo = sx.dlsim((A, B, C, D, 0.1), signal.isel(sensor=0).chunk({"time": 6}))
     assert yo.dims == ("time", "output") and xo.dims == ("time", "state") and np.allclose(yo.time, signal.time)
     _, yr, xr_ = ssmcore.dlsim((A, B, C, D, 0.1), signal.values[0])

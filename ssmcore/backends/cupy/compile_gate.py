@@ -91,6 +91,7 @@ class CompileResult:
     unresolved: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        """One report line: status, source, architecture, instantiation count, compile time."""
         status = "ok" if self.ok else "FAILED"
         n = len(self.lowered)
         return f"{status:6s} {self.file} [{self.arch}] {n} name expression(s), {self.seconds * 1e3:.0f} ms"
@@ -324,7 +325,10 @@ def run_gate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ssmcore.backends.cupy.compile_gate", description=__doc__.splitlines()[0])
+    """Command line: compile every source for each architecture; exit status 1 on any failure."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ssmcore.backends.cupy.compile_gate", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--arch", action="append", help=f"target architecture (repeatable; default {' '.join(ARCHS)})")
     args = parser.parse_args(argv)
     return run_gate(archs=tuple(args.arch) if args.arch else ARCHS)

@@ -143,7 +143,7 @@ def _sm_count() -> int:
 
 
 def _spectrum(xp: Any, K: Any, K_anti: Any, n: int) -> Any:
-    """rfft of the circular kernel: K at lags 0..Lk-1 and K_anti at lags -1..-Lk (indices n-1-j)."""
+    """Rfft of the circular kernel: K at lags 0..Lk-1 and K_anti at lags -1..-Lk (indices n-1-j)."""
     Kf = xp.fft.rfft(K, n=n, axis=-1)
     if K_anti is not None:
         f = xp.arange(n // 2 + 1, dtype=xp.float64)

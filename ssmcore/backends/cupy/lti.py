@@ -96,8 +96,11 @@ _PAIRS = tuple((t, t) for t in _TYPES) + (("complex<float>", "float"), ("complex
 
 
 def _options() -> tuple[str, ...]:
-    """The kernel folder for ``#include "common.cuh"`` and the header's digest (CuPy's
-    binary cache keys on source and options only, not on included files)."""
+    """The kernel folder for ``#include "common.cuh"`` and the header's digest.
+
+    The digest is an option because CuPy's binary cache keys on source and options only,
+    not on included files.
+    """
     digest = hashlib.sha1((KERNEL_DIR / "common.cuh").read_bytes()).hexdigest()[:16]
     return (f"-I{KERNEL_DIR}", f"-DSSMCORE_COMMON_CUH_SHA1=0x{digest}")
 
@@ -115,8 +118,11 @@ LTI = declare(
 
 @dataclass(frozen=True)
 class DiagPlan:
-    """Work split of a diagonal kernel: ``G`` lanes per row, ``groups`` state groups
-    of ``G * spl`` states each, a grid of ``blocks`` x ``threads``."""
+    """Work split of a diagonal kernel.
+
+    ``G`` lanes per row, ``groups`` state groups of ``G * spl`` states each, a grid of
+    ``blocks`` x ``threads``.
+    """
 
     G: int
     groups: int
@@ -136,7 +142,9 @@ def plan_diag(R: int, N: int, spl: int, threads: int = DIAG_THREADS) -> DiagPlan
     readout is then ``D u``).
     """
     if R < 0 or N < 0 or spl <= 0 or threads % LANES:
-        raise ValueError(f"plan_diag: expected R, N >= 0, spl > 0, threads a multiple of 32; got {(R, N, spl, threads)}")
+        raise ValueError(
+            f"plan_diag: expected R, N >= 0, spl > 0, threads a multiple of 32; got {(R, N, spl, threads)}"
+        )
     G = min(LANES, _next_pow2(max(1, -(-N // spl))))
     groups = max(1, -(-N // (G * spl)))
     blocks = -(-(R * G) // threads)
@@ -405,8 +413,10 @@ def _checkpoints(L: int, K: int | None) -> int:
 
 def simulate_recurrent(A: Any, B: Any, C: Any, D: Any, u: Any, x0: Any, idx: Any, keep_checkpoints: bool = False,
                        K: int | None = None) -> tuple[Any, Any, Any, Any]:
-    """The dense recurrence, one block per batch element: ``(y, x_final, ck, K)``
-    (``ck``, ``K`` None without ``keep_checkpoints``; ``K=None`` chooses ``max(16, isqrt(L))``)."""
+    """The dense recurrence, one block per batch element: ``(y, x_final, ck, K)``.
+
+    ``ck``, ``K`` are None without ``keep_checkpoints``; ``K=None`` chooses ``max(16, isqrt(L))``.
+    """
     L = u.shape[2]
     Kc = _checkpoints(L, K) if keep_checkpoints else None
     y, x_final, ck = _dense_forward(A, B, C, D, u, x0, idx, Kc)
@@ -459,7 +469,7 @@ def simulate_backward(A: Any, B: Any, C: Any, D: Any, u: Any, idx: Any, K: int, 
 
 
 def control_readout(x: Any, u: Any, C: Any, D: Any) -> Any:
-    """dlsim's output equation ``y[k] = C x[k] + D u[k]``, time-first: ``x`` (L, N), ``u`` (L, M) -> ``y`` (L, P)."""
+    """Dlsim's output equation ``y[k] = C x[k] + D u[k]``, time-first: ``x`` (L, N), ``u`` (L, M) -> ``y`` (L, P)."""
     import cupy as cp
 
     dt = cp.result_type(x, u, C, D)

@@ -66,8 +66,11 @@ _CXX = {"float32": "float", "float64": "double", "complex64": "complex<float>", 
 
 @dataclass(frozen=True)
 class SelectiveScanPlan:
-    """Launch configuration of one selective scan: ``blocks`` x ``threads``, ``nchunk``
-    chunks of ``chunk`` steps, the kernels' name expressions and option flags."""
+    """Launch configuration of one selective scan.
+
+    ``blocks`` x ``threads``, ``nchunk`` chunks of ``chunk`` steps, the kernels' name
+    expressions and option flags.
+    """
 
     blocks: int
     threads: int
@@ -118,8 +121,10 @@ def _i64(x: int) -> np.int64:
 
 
 def _layout_bc(cp: Any, X: Any, var: bool) -> tuple[Any, int]:
-    """Kernel layout of a canonical B / C and its group count: (batch, G, N, L) if
-    variable, (D, N) if fixed (the count is then unused)."""
+    """Kernel layout of a canonical B / C and its group count.
+
+    (batch, G, N, L) if variable, (D, N) if fixed (the count is then unused).
+    """
     if var:
         return cp.ascontiguousarray(cp.transpose(X, (0, 1, 3, 2))), int(X.shape[1])  # no copy for mamba's layout
     return cp.ascontiguousarray(X.reshape(X.shape[1], X.shape[3])), int(X.shape[1])
