@@ -341,29 +341,44 @@ def selective_state_update(
 ) -> tuple[Any, Any]:
     r"""One decoding step of the selective scan (mamba_ssm's ``selective_state_update``).
 
-    ::
+    .. math::
 
-        delta = softplus(dt + dt_bias)            (softplus only if dt_softplus; linear above 20)
-        new   = exp(delta A) * s + delta B x      per (batch, channel, state); s = the state row read
-        out   = (sum_n C[n] new[n] + D x) * silu(z)   (2 Re(sum ...) for complex A)
+        \delta = \operatorname{softplus}(dt + dt_{bias}), \qquad
+        s' = e^{\delta A} \odot s + \delta\, B\, x, \qquad
+        out = \Big(\sum_n C_n s'_n + D x\Big) \cdot \operatorname{silu}(z)
 
-    Looping this over t reproduces :func:`selective_scan` (with ``h0`` = the initial
-    state and ``return_last_state``). Differentiable (op ``"selective_state_update"``,
-    gradients for every array input, both outputs carry cotangents).
+    per (batch, channel, state), with ``softplus`` applied only if ``dt_softplus``
+    (and linear above 20, as in mamba_ssm) and :math:`2\,\mathrm{Re}(\sum_n \dots)`
+    for complex ``A``. Looping this over t reproduces :func:`selective_scan` (with
+    ``h0`` the initial state and ``return_last_state``). Differentiable: op
+    ``"selective_state_update"`` of :func:`ssmcore.vjp`, gradients for every array
+    input, both outputs carry cotangents.
 
     Parameters
     ----------
     state : array, shape (batch, D, N) or (batch, heads, dim, N)
         The state; real, or complex for complex A. With ``state_batch_indices`` the
         first axis is a cache of any size and the step reads/writes the rows named.
-    x, dt : array, shape (batch, D) or (batch, heads, dim)
+    x : array, shape (batch, D) or (batch, heads, dim)
+        The input of this step.
+    dt : array, shape of x
+        The step sizes before ``dt_bias`` and ``softplus``.
     A : array, shape (D, N) or (heads, dim, N)
-    B, C : array, shape (batch, N) or (batch, G, N)
-        G groups divide D (plain form: channel d uses group ``d // (D / G)``) or heads
-        (heads form: head h uses group ``h // (heads / G)``), as in mamba_ssm.
-    D, dt_bias : array, shape (D,) or (heads, dim), optional
+        The continuous-time diagonal state matrix (negative real parts for a stable step).
+    B : array, shape (batch, N) or (batch, G, N)
+        The input projection of this step. G groups divide D (plain form: channel d
+        uses group ``d // (D / G)``) or heads (heads form: head h uses group
+        ``h // (heads / G)``), as in mamba_ssm.
+    C : array, shape (batch, N) or (batch, G, N)
+        The readout of this step, grouped as ``B``.
+    D : array, shape (D,) or (heads, dim), optional
+        The skip connection; none by default.
     z : array, shape of x, optional
-    dt_softplus : bool
+        The gate: the output is multiplied by ``silu(z)``; no gate by default.
+    dt_bias : array, shape (D,) or (heads, dim), optional
+        Added to ``dt`` before ``softplus``; none by default.
+    dt_softplus : bool, default False
+        Apply ``softplus`` to ``dt + dt_bias``.
     state_batch_indices : integer array, shape (batch,), optional
         Batch entry i uses ``state[state_batch_indices[i]]``. Repeated entries all read
         the old row; the last one writes it. Entries equal to ``pad_slot_id`` are
@@ -371,7 +386,8 @@ def selective_state_update(
         range-checked for NumPy input (not on devices: a host sync per step).
     pad_slot_id : int, optional
         The padding marker of ``state_batch_indices`` (vLLM uses -1); default none.
-    backend : {None, "numba", "numpy"}, optional
+    backend : {None, "numba", "numpy", "cupy"}, optional
+        Force a backend; by default Numba for NumPy arrays, CUDA for CuPy arrays.
     inplace : bool, default False
         NumPy arrays only: write the new state into ``state`` (mamba_ssm's behaviour;
         cast to ``state``'s dtype) and return ``state`` as the new state. Not part of
@@ -380,9 +396,26 @@ def selective_state_update(
     Returns
     -------
     out : array, shape of x, dtype of x
+        The output of this step.
     new_state : array, shape of ``state``
         In the compute dtype (float32/float64, complex64/complex128 for complex A); with
         ``inplace=True``, ``state`` itself.
+
+    Raises
+    ------
+    ValueError
+        For a shape that does not match (the message names the argument, the expected
+        and the actual shape), an out-of-range ``state_batch_indices`` entry, or
+        ``inplace=True`` on a read-only state.
+    TypeError
+        For a complex state, B or C with a real ``A``, a non-integer
+        ``state_batch_indices`` or ``pad_slot_id``, or ``inplace=True`` on a state that
+        is not a NumPy array or cannot hold the complex result.
+
+    See Also
+    --------
+    selective_scan : The whole sequence at once (training and prefill).
+    vjp : The step's pullback, ``vjp("selective_state_update", ...)``.
 
     Examples
     --------

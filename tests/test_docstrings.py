@@ -32,9 +32,7 @@ PUBLIC = [name for name in ssmcore.__all__ if callable(getattr(ssmcore, name))]
 
 # Functions whose docstrings are still incomplete; the test still runs for them and reports
 # it (xfail, not strict). Remove a name once its docstring passes.
-PENDING: set[str] = {
-    "selective_state_update",  # being reworked on another branch
-}
+PENDING: set[str] = set()
 
 
 def problems(name: str) -> list[str]:
