@@ -23,6 +23,10 @@ Sections
    (S4's ``krylov``: [B, AB, A^2 B, ...] by repeated squaring).
 3. fft_conv, batch 8, H=256, L=4096, float32 with D: ssmcore vs
    scipy.signal.fftconvolve, scipy.signal.oaconvolve and torch.fft (if installed).
+4. A fixed kernel's spectrum (``fft_conv_spectrum``), H=256, L=4096, float32, one
+   input, with 1 and 2 FFT workers: ssmcore with and without a precomputed spectrum
+   vs the scipy.fft recipe with a precomputed spectrum; then forward + pullback /
+   forward at (16, 1024, 4096) float32 (the pullback reuses the forward's spectrum).
 """
 
 from __future__ import annotations
@@ -234,16 +238,56 @@ def bench_conv(quick: bool, repeats: int) -> None:
     table("fft_conv forward + pullback", interleaved(vc, max(3, repeats // 2)), "ssmcore fft_conv VJP")
 
 
+# --------------------------------------------------------------------------- 4. spectrum reuse
+
+
+def bench_spectrum(quick: bool, repeats: int) -> None:
+    from scipy import fft
+
+    H, L = (64, 1024) if quick else (256, 4096)
+    rng = np.random.default_rng(3)
+    u = rng.normal(size=(H, L)).astype(np.float32)
+    K = (rng.normal(size=(H, L)) * np.exp(-np.arange(L) / 500.0)).astype(np.float32)
+    for workers in (1, 2):
+        S = ssmcore.fft_conv_spectrum(K, L, workers=workers)
+        n, Kf = S.n, S.Kf
+
+        def recipe(w=workers, n=n, Kf=Kf):  # the hand-written scipy.fft convolution, spectrum made once
+            return fft.irfft(fft.rfft(u, n, axis=-1, workers=w) * Kf, n, axis=-1, workers=w)[..., :L]
+
+        cands = {
+            "ssmcore fft_conv(u, spectrum)": lambda S=S, w=workers: fft_conv(u, S, workers=w),
+            "scipy.fft recipe, spectrum made once": recipe,
+            "ssmcore fft_conv(u, K)": lambda w=workers: fft_conv(u, K, workers=w),
+        }
+        err = np.abs(cands["ssmcore fft_conv(u, spectrum)"]() - recipe()).max() / np.abs(recipe()).max()
+        table(f"fixed kernel, H={H}, L={L}, float32, workers={workers} (max rel. diff {err:.1e})",
+              interleaved(cands, repeats), "ssmcore fft_conv(u, spectrum)")  # fmt: skip
+
+    Bt, H, L = (4, 64, 1024) if quick else (16, 1024, 4096)
+    u = rng.normal(size=(Bt, H, L)).astype(np.float32)
+    K = (rng.normal(size=(H, L)) * np.exp(-np.arange(L) / 500.0)).astype(np.float32)
+    G = rng.normal(size=u.shape).astype(np.float32)
+
+    def fwd_bwd():
+        _, pb = ssmcore.vjp("fft_conv", u, K)
+        return pb(G)
+
+    med = interleaved({"forward": lambda: fft_conv(u, K), "forward + pullback": fwd_bwd}, max(3, repeats // 3))
+    table(f"fft_conv ({Bt}, {H}, {L}) float32: forward + pullback / forward = "
+          f"{med['forward + pullback'] / med['forward']:.2f}", med, "forward")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
     ap.add_argument("--repeats", type=int, default=None, help="rounds (default 15, quick 3; slow sections a third)")
-    ap.add_argument("--only", choices=["diag", "dplr", "conv"], default=None)
+    ap.add_argument("--only", choices=["diag", "dplr", "conv", "spectrum"], default=None)
     args = ap.parse_args()
     repeats = args.repeats or (3 if args.quick else 15)
     print(f"# ssmcore convolution benchmarks ({'quick' if args.quick else 'full'}; {os.cpu_count()} CPUs, "
           f"Numba threads {numba_threads()}, torch {'absent' if torch is None else torch.__version__})")  # fmt: skip
-    for name, fn in (("diag", bench_diag), ("dplr", bench_dplr), ("conv", bench_conv)):
+    for name, fn in (("diag", bench_diag), ("dplr", bench_dplr), ("conv", bench_conv), ("spectrum", bench_spectrum)):
         if args.only in (None, name):
             fn(args.quick, repeats)
 

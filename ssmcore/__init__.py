@@ -19,7 +19,15 @@ import importlib
 __version__ = "0.1.0"
 
 # Importing an area registers its ops; none of these imports SciPy or Numba.
-from ._convolution import dplr_c_tilde, fft_conv, ssm_kernel_dense, ssm_kernel_diag, ssm_kernel_dplr
+from ._convolution import (
+    ConvSpectrum as ConvSpectrum,  # the type fft_conv_spectrum returns (__all__ lists the functions)
+    dplr_c_tilde,
+    fft_conv,
+    fft_conv_spectrum,
+    ssm_kernel_dense,
+    ssm_kernel_diag,
+    ssm_kernel_dplr,
+)
 from ._discretization import cont2discrete, discretize, discretize_diag
 from ._hippo import (
     dplr,
@@ -97,6 +105,7 @@ __all__ = [
     # convolution mode
     "dplr_c_tilde",
     "fft_conv",
+    "fft_conv_spectrum",
     "ssm_kernel_dense",
     "ssm_kernel_diag",
     "ssm_kernel_dplr",

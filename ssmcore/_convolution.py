@@ -36,12 +36,15 @@ import numpy as np
 
 from . import _xp
 from ._discretization import _bcast, _check_dt, _cplx
-from .dispatch import Target, array_kind, select
+from .dispatch import Target, array_kind, declare_backends, select
 from .reference.discretization import phi_functions
 from .registry import register_op
-from .validation import as_float_array, check_choice, check_int, shape_error, sum_to_shape
+from .validation import as_float_array, check_bool, check_choice, check_int, shape_error, sum_to_shape
 
-__all__ = ["dplr_c_tilde", "fft_conv", "ssm_kernel_dense", "ssm_kernel_diag", "ssm_kernel_dplr"]
+__all__ = [
+    "ConvSpectrum", "dplr_c_tilde", "fft_conv", "fft_conv_spectrum", "ssm_kernel_dense", "ssm_kernel_diag",
+    "ssm_kernel_dplr",
+]
 
 DIAG_METHODS = ("zoh", "bilinear", "zoh_euler")
 
@@ -796,24 +799,74 @@ def ssm_kernel_dense(A: Any, B: Any, C: Any, L: int, *, backend: str | None = No
 # --------------------------------------------------------------------------- FFT convolution
 
 
-def _conv_prepare(fn, t, u, K, D, bidirectional, workers):
+class ConvSpectrum:
+    """A kernel's FFT, made once by :func:`fft_conv_spectrum` and passed to :func:`fft_conv` as ``K``.
+
+    Holds the validated kernel ``K`` (what the gradient of ``fft_conv`` with respect
+    to ``K`` refers to), ``bidirectional``, the longest input length ``L`` it
+    serves, and the backend's transform (``Kf``, of length ``n``) with the backend
+    and dtype it was made for. Treat it as immutable.
+    """
+
+    __slots__ = ("K", "L", "Kf", "n", "bidirectional", "backend", "dtype")
+
+    def __init__(self, K: Any, L: int, Kf: Any, n: int, bidirectional: bool, backend: str, dtype: Any) -> None:
+        self.K, self.L, self.Kf, self.n = K, L, Kf, n
+        self.bidirectional, self.backend, self.dtype = bidirectional, backend, dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of the kernel ``K``."""
+        return tuple(self.K.shape)
+
+    def __repr__(self) -> str:
+        kind = "bidirectional" if self.bidirectional else "causal"
+        return (f"ConvSpectrum(K shape {self.shape}, {kind}, L <= {self.L}, n={self.n}, "
+                f"{_xp.dtype_name(self.dtype)}, backend {self.backend!r})")
+
+
+def _conv_kernel(fn: str, t: Target, K: Any, bidirectional: bool) -> tuple[Any, Any, int]:
+    """The validated kernel, as (K, K3 (C2, H, L_k), C_out)."""
     xp = t.xp
-    u = as_float_array(fn, "u", u, complex_ok=False, min_ndim=1, expected="(..., H, L)", target=t)
     K = as_float_array(
         fn, "K", K, complex_ok=False, min_ndim=1, max_ndim=3, expected="(L_k,), (H, L_k) or (C_out, H, L_k)",
         target=t,
     )
+    if bidirectional:
+        if K.ndim != 3 or K.shape[0] % 2:
+            raise shape_error(
+                fn, "K", K.shape, "(2 C_out, H, L_k) with bidirectional=True (C_out causal, then C_out anti-causal)"
+            )
+    K3 = xp.reshape(K, (1,) * (3 - K.ndim) + tuple(K.shape))
+    return K, K3, (K3.shape[0] // 2 if bidirectional else K3.shape[0])
+
+
+def _check_workers(fn: str, workers: Any) -> int | None:
+    # validated here, interpreted by the launcher (None: its default thread count)
+    if workers is not None:
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
+            raise TypeError(f"{fn}: workers must be an int or None; got {type(workers).__name__}")
+        workers = int(workers)
+    return workers
+
+
+def _conv_prepare(fn, t, u, K, D, bidirectional, workers):
+    xp = t.xp
+    spectrum = K if isinstance(K, ConvSpectrum) else None
+    if spectrum is not None:
+        if bidirectional and not spectrum.bidirectional:
+            raise ValueError(f"{fn}: bidirectional=True but K is the spectrum of a causal kernel; "
+                             "make it with fft_conv_spectrum(K, L, bidirectional=True)")
+        bidirectional = spectrum.bidirectional
+        K = spectrum.K
+    u = as_float_array(fn, "u", u, complex_ok=False, min_ndim=1, expected="(..., H, L)", target=t)
+    K, K3, Co = _conv_kernel(fn, t, K, bidirectional)
     Dn = None
     if D is not None:
         Dn = as_float_array(fn, "D", D, complex_ok=False, target=t)
     dtype = xp.result_type(u.dtype, K.dtype)  # D is cast to it (a float64 D keeps float32 activations float32)
     L = u.shape[-1]
     Lk = K.shape[-1]
-    if bidirectional:
-        if K.ndim != 3 or K.shape[0] % 2:
-            raise shape_error(
-                fn, "K", K.shape, "(2 C_out, H, L_k) with bidirectional=True (C_out causal, then C_out anti-causal)"
-            )
     hless = K.ndim == 1
     if hless:
         H = 1
@@ -825,9 +878,15 @@ def _conv_prepare(fn, t, u, K, D, bidirectional, workers):
         uu = xp.reshape(u, (_xp.prod(u.shape[:-2]), H, L))
     if Lk > L:
         raise ValueError(f"{fn}: K has length L_k={Lk} (shape {tuple(K.shape)}) but u has L={L}; expected L_k <= L")
-    K3 = xp.reshape(K, (1,) * (3 - K.ndim) + tuple(K.shape))
-    C2 = K3.shape[0]
-    Co = C2 // 2 if bidirectional else C2
+    Kf = n = None
+    if spectrum is not None:
+        if L > spectrum.L:
+            raise ValueError(f"{fn}: u has L={L} but K is a spectrum for inputs of up to L={spectrum.L} steps; "
+                             "make it with fft_conv_spectrum(K, L) for the longest input")
+        # Used where it was made for this call's backend and dtype; otherwise (e.g. float64 inputs
+        # with a float32 kernel's spectrum) the kernel is transformed again, exactly as without it.
+        if spectrum.backend == t.backend and spectrum.dtype == dtype:
+            Kf, n = spectrum.Kf, spectrum.n
     Dc = None
     if Dn is not None:
         bad = shape_error(fn, "D", Dn.shape, f"a scalar, (H,) or (C_out, H) with C_out={Co}, H={H}")
@@ -840,11 +899,7 @@ def _conv_prepare(fn, t, u, K, D, bidirectional, workers):
         except ValueError:
             raise bad from None
         Dc = xp.astype(xp.broadcast_to(xp.reshape(Dn, Dshape), (Co, H)), dtype)
-    # validated here, interpreted by the launcher (None: its default thread count)
-    if workers is not None:
-        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)):
-            raise TypeError(f"{fn}: workers must be an int or None; got {type(workers).__name__}")
-        workers = int(workers)
+    workers = _check_workers(fn, workers)
     if hless:
         out_shape = tuple(u.shape)
     else:
@@ -855,15 +910,20 @@ def _conv_prepare(fn, t, u, K, D, bidirectional, workers):
         k0=xp.astype(K3[:Co, ...], dtype, copy=False),
         k1=xp.astype(K3[Co:, ...], dtype, copy=False) if bidirectional else None,
         Dc=Dc, dtype=dtype, L=L, Lk=Lk, H=H, Co=Co, out_shape=out_shape, workers=workers, target=t,
+        Kf=Kf, n=n,
     )  # fmt: skip
 
 
 def _fft_conv_fwd(u, K, D=None, *, bidirectional=False, workers=None, backend=None):
     fn = "fft_conv"
-    t = select(fn, u, K, D, backend=backend)
+    t = select(fn, u, K.K if isinstance(K, ConvSpectrum) else K, D, backend=backend)
     xp = t.xp
     p = _conv_prepare(fn, t, u, K, D, bidirectional, workers)
-    y = t.kernels("convolution").causal_conv(p["uu"], p["k0"], p["k1"], p["Dc"], p["workers"])
+    k = t.kernels("convolution")
+    if p["Kf"] is None and t.backend != "numpy" and p["L"] and p["Lk"] and p["uu"].shape[0]:
+        # transformed once here and kept: the pullback's u-gradient multiplies by the same spectrum
+        p["Kf"], p["n"] = k.conv_spectrum(p["k0"], p["k1"], p["L"], p["workers"])
+    y = k.causal_conv(p["uu"], p["k0"], p["k1"], p["Dc"], p["workers"], p["Kf"], p["n"])
     return xp.reshape(xp.astype(y, p["dtype"], copy=False), p["out_shape"]), p
 
 
@@ -877,7 +937,7 @@ def _fft_conv_bwd(p, ct, needs=(True, True, True)):
         ct = xp.real(ct)
     G = xp.astype(xp.reshape(ct, (Bt, Co, H, L)), p["dtype"], copy=False)
     u_bar, K_bar, Ka_bar, D_bar = t.kernels("convolution").causal_conv_bwd(
-        p["uu"], p["k0"], p["k1"], p["Dc"], G, p["workers"], need_u, need_k, need_d
+        p["uu"], p["k0"], p["k1"], p["Dc"], G, p["workers"], need_u, need_k, need_d, p["Kf"], p["n"]
     )
     if Ka_bar is not None and K_bar is not None:
         K_bar = xp.concat([K_bar, Ka_bar], axis=0)
@@ -917,16 +977,20 @@ def fft_conv(
     ----------
     u : array_like, real, (..., H, L)
         Inputs, time last; any leading batch axes. With a 1-D kernel, (..., L).
-    K : array_like, real, (L_k,), (H, L_k) or (C_out, H, L_k)
+    K : array_like, real, (L_k,), (H, L_k) or (C_out, H, L_k), or ConvSpectrum
         Kernels with L_k <= L (shorter kernels are zero beyond L_k);
-        ``(2 C_out, H, L_k)`` when bidirectional.
+        ``(2 C_out, H, L_k)`` when bidirectional. A :class:`ConvSpectrum` from
+        :func:`fft_conv_spectrum` saves transforming the kernel on every call (a fixed
+        kernel applied to many inputs); gradients "with respect to K" are then those of
+        the kernel it was made from.
     D : array_like, optional, scalar, (H,) or (C_out, H)
         Skip (feed-through) weights.
     bidirectional : bool
-        Two-sided kernel as above.
+        Two-sided kernel as above. With a :class:`ConvSpectrum` the spectrum's own
+        setting applies.
     workers : int, optional
         Threads for scipy.fft; None uses all cores (-1), 1 is single-threaded.
-    backend : {None, "numba", "numpy"}
+    backend : {None, "numba", "numpy", "cupy"}
         ``"numpy"`` uses the direct O(L L_k) reference convolution.
 
     Returns
@@ -938,14 +1002,15 @@ def fft_conv(
     ------
     ValueError
         If u's channel axis differs from K's H, K is longer than u, a
-        bidirectional K is not (2 C_out, H, L_k), or D does not broadcast to
-        (C_out, H).
+        bidirectional K is not (2 C_out, H, L_k), D does not broadcast to
+        (C_out, H), or u is longer than a spectrum's ``L``.
     TypeError
         If u, K or D is complex, an integer, boolean or non-numeric NumPy array,
         or ``workers`` is not an int or None.
 
     See Also
     --------
+    fft_conv_spectrum : A kernel's transform, made once for many calls.
     ssm_kernel_diag : Kernels of diagonal SSMs (S4D).
     ssm_kernel_dplr : Kernels of S4's DPLR SSMs.
     ssm_kernel_dense : Kernels of dense discrete systems.
@@ -954,6 +1019,7 @@ def fft_conv(
     -----
     Op ``"fft_conv"`` with inputs (u, K, D): the pullback is two FFT correlations,
     u_bar = sum_c corr(G, K), K_bar = sum_batch corr(G, u), and D_bar = sum G u.
+    The pullback reuses the forward's kernel spectrum.
 
     Examples
     --------
@@ -966,3 +1032,87 @@ def fft_conv(
     True
     """
     return _fft_conv_fwd(u, K, D, bidirectional=bidirectional, workers=workers, backend=backend)[0]
+
+
+declare_backends("fft_conv_spectrum", (*_BACKENDS, "cupy"))
+
+
+def fft_conv_spectrum(
+    K: Any, L: int, *, bidirectional: bool = False, workers: int | None = None, backend: str | None = None
+) -> ConvSpectrum:
+    r"""The FFT of a convolution kernel, made once and reused by :func:`fft_conv`.
+
+    A fixed kernel applied to many inputs (inference, a filter bank, several
+    batches per step) need not be transformed on every call: ``fft_conv(u, S, D)``
+    with ``S = fft_conv_spectrum(K, L)`` gives ``fft_conv(u, K, D)`` for any u of up
+    to ``L`` steps, with one FFT fewer per call. The spectrum is
+
+    .. math:: \hat k_f = \sum_{m=0}^{n-1} k_m e^{-2 \pi i f m / n}, \qquad
+              k_m = K_m \ (m < L_k), \quad k_{n-1-j} = K^{anti}_j,
+
+    the transform of the length-n circular two-sided kernel (no anti-causal part
+    unless bidirectional), with the backend's fast length ``n >= L + L_k`` (so
+    nothing wraps around).
+
+    Parameters
+    ----------
+    K : array_like, real, (L_k,), (H, L_k) or (C_out, H, L_k)
+        The kernel, as for :func:`fft_conv` (``(2 C_out, H, L_k)`` when bidirectional).
+    L : int
+        The longest input (number of steps) the spectrum will serve; ``L >= L_k``.
+    bidirectional : bool, default False
+        Two-sided kernel, S4's layout (see :func:`fft_conv`).
+    workers : int, optional
+        Threads for scipy.fft; None uses all cores (-1), 1 is single-threaded.
+    backend : {None, "numba", "numpy", "cupy"}, optional
+        The backend it is made for (by default the one of K's array type). It is used
+        by calls on that backend whose common dtype of u and K is K's (float32 inputs
+        with a float32 kernel); other calls transform the kernel again, with the same
+        result as without it.
+
+    Returns
+    -------
+    spectrum : ConvSpectrum
+        Pass it to :func:`fft_conv` as ``K``, also through :func:`ssmcore.vjp`
+        (``"fft_conv"``): the gradient for K is that of the kernel it was made from.
+
+    Raises
+    ------
+    ValueError
+        If K's shape is not a kernel's (as in :func:`fft_conv`) or ``L < L_k``.
+    TypeError
+        If K is complex, an integer or non-numeric array, or L or ``workers`` is not an
+        int.
+
+    See Also
+    --------
+    fft_conv : The convolution that uses it.
+    ssm_kernel_diag : Kernels of diagonal SSMs (S4D).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from ssmcore import fft_conv, fft_conv_spectrum
+    >>> K = np.array([[1.0, 0.5]]); S = fft_conv_spectrum(K, 8)
+    >>> u = np.array([[1.0, 2.0, 3.0, 4.0]])
+    >>> np.allclose(fft_conv(u, S), fft_conv(u, K))
+    True
+    >>> S.shape, S.L
+    ((1, 2), 8)
+    """
+    fn = "fft_conv_spectrum"
+    bidirectional = check_bool(fn, "bidirectional", bidirectional)
+    t = select(fn, K, backend=backend)
+    L = check_int(fn, "L", L, minimum=0)
+    K, K3, Co = _conv_kernel(fn, t, K, bidirectional)
+    Lk = K.shape[-1]
+    if L < Lk:
+        raise ValueError(f"{fn}: L={L} is shorter than the kernel (L_k={Lk}, K shape {tuple(K.shape)}); "
+                         "expected L >= L_k")
+    workers = _check_workers(fn, workers)
+    k0 = K3[:Co, ...]
+    k1 = K3[Co:, ...] if bidirectional else None
+    Kf, n = None, None
+    if t.backend != "numpy" and Lk:
+        Kf, n = t.kernels("convolution").conv_spectrum(k0, k1, L, workers)
+    return ConvSpectrum(K, L, Kf, n, bidirectional, t.backend, K.dtype)

@@ -645,6 +645,102 @@ def test_fft_conv_bad_input(rng):
         fft_conv(u, np.ones((3, 5)), workers=1.5)
 
 
+# --------------------------------------------------------------------------- kernel spectrum
+
+
+@pytest.mark.op("fft_conv_spectrum")
+@pytest.mark.parametrize(
+    "Kshape, bidirectional",
+    [((5,), False), ((3, 5), False), ((2, 3, 5), False), ((4, 3, 5), True), ((3, 1), False), ((3, 0), False)],
+)
+def test_fft_conv_with_a_spectrum_equals_with_the_kernel(rng, backend, Kshape, bidirectional):
+    K = rng.normal(size=Kshape)
+    S = ssmcore.fft_conv_spectrum(K, 40, bidirectional=bidirectional, backend=backend)
+    assert isinstance(S, ssmcore.ConvSpectrum) and S.shape == Kshape and S.L == 40 and "ConvSpectrum" in repr(S)
+    for L in (max(5, Kshape[-1]), 23, 40):  # any input up to S.L, including shorter FFT lengths
+        u = rng.normal(size=(2, 3, L) if len(Kshape) > 1 else (2, L))
+        D = rng.normal(size=3) if len(Kshape) > 1 else 0.3
+        want = fft_conv(u, K, D, bidirectional=bidirectional, backend=backend)
+        np.testing.assert_allclose(fft_conv(u, S, D, backend=backend), want, rtol=1e-12, atol=1e-12)
+
+
+def test_fft_conv_spectrum_is_not_transformed_again(rng, monkeypatch):
+    """With a spectrum neither the forward nor the pullback transforms the kernel.
+
+    Without one, the pullback reuses the forward's transform (one kernel FFT per forward + backward).
+    """
+    import ssmcore.backends.numba.convolution as nc
+
+    calls = []
+    real = nc._kernel_spectrum
+    monkeypatch.setattr(nc, "_kernel_spectrum", lambda *a: calls.append(1) or real(*a))
+    u = rng.normal(size=(4, 3, 64)).astype(np.float32)
+    K = rng.normal(size=(2, 3, 16)).astype(np.float32)
+    S = ssmcore.fft_conv_spectrum(K, 64)
+    assert len(calls) == 1 and S.Kf.dtype == np.complex64
+    y, pullback = ssmcore.vjp("fft_conv", u, S, np.ones(3, np.float32))
+    gu, gK, gD = pullback(np.ones_like(y))
+    assert len(calls) == 1
+    y2, pullback2 = ssmcore.vjp("fft_conv", u, K, np.ones(3, np.float32))
+    g2 = pullback2(np.ones_like(y2))
+    assert len(calls) == 2
+    np.testing.assert_allclose(y, y2, rtol=1e-6, atol=1e-5)
+    for a, b in zip((gu, gK, gD), g2):
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fft_conv_vjp_through_a_spectrum_is_the_kernels(rng, bidirectional):
+    u = rng.normal(size=(2, 3, 30))
+    K = rng.normal(size=(4 if bidirectional else 2, 3, 9))
+    D = rng.normal(size=(2, 3))
+    ct = rng.normal(size=(2, 6, 30))
+    S = ssmcore.fft_conv_spectrum(K, 30, bidirectional=bidirectional)
+    _, pb = ssmcore.vjp("fft_conv", u, S, D)
+    _, pb_k = ssmcore.vjp("fft_conv", u, K, D, bidirectional=bidirectional)
+    for a, b in zip(pb(ct), pb_k(ct)):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
+    assert pb(ct, needs=(True, False, False))[1:] == (None, None)
+    check_vjp("fft_conv", (u, K, D), dict(bidirectional=bidirectional), rng=rng)
+
+
+def test_fft_conv_spectrum_of_another_dtype_or_backend_is_transformed_again(rng):
+    u = rng.normal(size=(2, 3, 32))
+    K = rng.normal(size=(3, 8))
+    S32 = ssmcore.fft_conv_spectrum(K.astype(np.float32), 32)
+    # float64 input with a float32 kernel: the kernel (cast to float64) is transformed again
+    np.testing.assert_allclose(fft_conv(u, S32), fft_conv(u, K.astype(np.float32)), rtol=1e-12, atol=1e-12)
+    Sref = ssmcore.fft_conv_spectrum(K, 32, backend="numpy")
+    assert Sref.Kf is None and Sref.backend == "numpy"
+    np.testing.assert_allclose(fft_conv(u, Sref), fft_conv(u, K), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(fft_conv(u, ssmcore.fft_conv_spectrum(K, 32), backend="numpy"), fft_conv(u, K),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_fft_conv_spectrum_errors(rng):
+    K = rng.normal(size=(3, 8))
+    with pytest.raises(ValueError, match=r"fft_conv_spectrum: L=4 is shorter than the kernel \(L_k=8"):
+        ssmcore.fft_conv_spectrum(K, 4)
+    with pytest.raises(TypeError, match="fft_conv_spectrum: L must be an integer"):
+        ssmcore.fft_conv_spectrum(K, 8.0)
+    with pytest.raises(ValueError, match="fft_conv_spectrum: K has shape .*bidirectional=True"):
+        ssmcore.fft_conv_spectrum(K, 8, bidirectional=True)
+    with pytest.raises(TypeError, match="fft_conv_spectrum: K has dtype complex128"):
+        ssmcore.fft_conv_spectrum(K + 1j, 8)
+    with pytest.raises(TypeError, match="fft_conv_spectrum: workers must be an int"):
+        ssmcore.fft_conv_spectrum(K, 8, workers="all")
+    with pytest.raises(TypeError, match="fft_conv_spectrum: bidirectional must be"):
+        ssmcore.fft_conv_spectrum(K, 8, bidirectional="yes")
+    S = ssmcore.fft_conv_spectrum(K, 16)
+    with pytest.raises(ValueError, match=r"fft_conv: u has L=17 but K is a spectrum for inputs of up to L=16"):
+        fft_conv(rng.normal(size=(3, 17)), S)
+    with pytest.raises(ValueError, match="fft_conv: bidirectional=True but K is the spectrum of a causal kernel"):
+        fft_conv(rng.normal(size=(3, 16)), S, bidirectional=True)
+    with pytest.raises(ValueError, match=r"fft_conv: u has shape \(2, 16\); expected \(\.\.\., H, L\) with H=3"):
+        fft_conv(rng.normal(size=(2, 16)), S)
+
+
 # --------------------------------------------------------------------------- LTI equivalence
 
 

@@ -167,6 +167,21 @@ def test_fft_conv_namespaces(ns, rng, bidirectional):
               needs=(False, True, True))
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_fft_conv_spectrum_namespaces(ns, rng, bidirectional):
+    """A spectrum made from ns arrays serves fft_conv and its pullback on ns arrays."""
+    _need_cupy_kernels(ns, "fft_conv", "fft_conv_spectrum")
+    u = rng.standard_normal((2, 3, 25))
+    K = rng.standard_normal((4 if bidirectional else 2, 3, 7))
+    D = rng.standard_normal((2, 3))
+    ct = rng.standard_normal((2, 6, 25))
+    y, pb = ssmcore.vjp("fft_conv", u, K, D, bidirectional=bidirectional)
+    S = ssmcore.fft_conv_spectrum(ns.asarray(K), 40, bidirectional=bidirectional)
+    ys, pbs = ssmcore.vjp("fft_conv", ns.asarray(u), S, ns.asarray(D))
+    assert_close(ns.to_numpy(ys), y, 1e-10, 1e-12)
+    assert_close(ns.to_numpy(pbs(ns.asarray(ct))), pb(ct), 1e-10, 1e-12)
+
+
 def test_fft_conv_single_precision_1d_kernel_and_empty(ns, rng):
     _need_cupy_kernels(ns, "fft_conv")
     u = rng.standard_normal((2, 3, 16)).astype(np.float32)

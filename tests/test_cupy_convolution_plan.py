@@ -100,6 +100,24 @@ def test_fft_conv_forward_matches_the_direct_reference(case):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_fft_conv_with_a_precomputed_spectrum_matches_the_reference(case):
+    """conv_spectrum's (Kf, n) for a longer input length: same results, forward and backward."""
+    rng = np.random.default_rng(3)
+    u, K, Ka, D = _conv_case(rng, *case)
+    if 0 in u.shape or K.shape[-1] == 0:
+        pytest.skip("empty cases never get a spectrum")
+    n = cc.fft_length(2 * u.shape[-1], K.shape[-1])
+    Kf = cc._spectrum(np, K, Ka, n)
+    np.testing.assert_allclose(cc._causal_conv(np, u, K, Ka, D, Kf, n), ref.causal_conv(u, K, Ka, D),
+                               rtol=1e-10, atol=1e-12)
+    G = rng.standard_normal((u.shape[0], K.shape[0], u.shape[1], u.shape[2]))
+    got = cc._causal_conv_bwd(np, u, K, Ka, D, G, True, True, True, Kf, n)
+    for g, w in zip(got, ref.causal_conv_bwd(u, K, Ka, D, G)):
+        if w is not None:
+            np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-11)
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_fft_conv_backward_matches_the_direct_reference(case):
     rng = np.random.default_rng(2)
     u, K, Ka, D = _conv_case(rng, *case)

@@ -118,11 +118,12 @@ def _square(x, scale=1.0):
 @pytest.fixture(autouse=True, scope="module")
 def _toy_op():
     """Register a toy op for this module only (other tests iterate over every real op)."""
-    from ssmcore import registry
+    from ssmcore import dispatch, registry
 
     register_op("_test_square", fwd=_square_fwd, bwd=_square_bwd, inputs=("x",))(_square)
     yield
     del registry._REGISTRY["_test_square"]
+    dispatch._CAPABILITIES.pop("_test_square", None)  # registering declared its backends too
 
 
 def test_vjp_by_name_and_function():

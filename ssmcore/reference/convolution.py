@@ -20,6 +20,7 @@ __all__ = [
     "cauchy_sums_bwd",
     "causal_conv",
     "causal_conv_bwd",
+    "conv_spectrum",
     "dense_kernel",
     "dense_kernel_bwd",
     "vandermonde_kernel",
@@ -184,17 +185,45 @@ def _empty_conv_bwd(u, K, K_anti, D, G, need_u=True, need_k=True, need_d=True):
     return u_bar, K_bar, Ka_bar, D_bar
 
 
+def conv_spectrum(
+    K: np.ndarray, K_anti: np.ndarray | None, L: int, workers: int | None = None
+) -> tuple[np.ndarray, int]:
+    """The spectrum of a kernel for inputs of up to ``L`` steps: ``(Kf, n)``.
+
+    ``Kf`` (C, H, n // 2 + 1) is the real FFT of the length-n circular two-sided
+    kernel k[m] = K[..., m] for m < Lk and k[n - 1 - j] = K_anti[..., j]; any
+    ``n >= L + Lk`` leaves no wrap-around, and each backend picks its own fast n
+    (here ``L + Lk``, at least 1). A backend's :func:`causal_conv` and
+    :func:`causal_conv_bwd` accept its own ``(Kf, n)`` in place of transforming K
+    on every call. ``workers`` is ignored.
+    """
+    C, H, Lk = K.shape
+    n = max(1, int(L) + Lk)
+    full = np.zeros((C, H, n))
+    full[..., :Lk] = K
+    if K_anti is not None and Lk:
+        full[..., n - Lk :] = K_anti[..., ::-1]
+    return np.fft.rfft(full, axis=-1), n
+
+
 def causal_conv(
-    u: np.ndarray, K: np.ndarray, K_anti: np.ndarray | None, D: np.ndarray | None, workers: int | None = None
+    u: np.ndarray,
+    K: np.ndarray,
+    K_anti: np.ndarray | None,
+    D: np.ndarray | None,
+    workers: int | None = None,
+    Kf: np.ndarray | None = None,
+    n: int | None = None,
 ) -> np.ndarray:
     """Direct (non-FFT) convolution, the specification of the FFT path.
 
     y[b, c, h, t] = sum_j K[c, h, j] u[b, h, t - j]
                     + sum_j K_anti[c, h, j] u[b, h, t + 1 + j]   (if K_anti given)
                     + D[c, h] u[b, h, t]                          (if D given)
-    u (Bt, H, L) real; K, K_anti (C, H, Lk); D (C, H). ``workers`` is ignored.
-    Returns (Bt, C, H, L) float64. Any of L, Lk, Bt may be 0 (the launcher handles
-    it: only the skip term remains).
+    u (Bt, H, L) real; K, K_anti (C, H, Lk); D (C, H). ``workers`` is ignored, and so
+    are ``Kf``, ``n`` (:func:`conv_spectrum`'s result, which FFT backends use instead
+    of transforming K; K is always given too). Returns (Bt, C, H, L) float64. Any of
+    L, Lk, Bt may be 0 (the launcher handles it: only the skip term remains).
     """
     Bt, H, L = u.shape
     C, _, Lk = K.shape
@@ -224,8 +253,12 @@ def causal_conv_bwd(
     need_u: bool = True,
     need_k: bool = True,
     need_d: bool = True,
+    Kf: np.ndarray | None = None,
+    n: int | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Pullback of :func:`causal_conv` for cotangent G (Bt, C, H, L); ``need_*`` False -> that gradient is None.
+
+    ``Kf``, ``n``: as in :func:`causal_conv` (ignored here).
 
     Correlations: u_bar[b, h, s] = sum_{c, j} K[c, h, j] G[b, c, h, s + j]
     (+ K_anti[c, h, j] G[b, c, h, s - 1 - j] + D[c, h] G[b, c, h, s]);

@@ -53,13 +53,14 @@ import numpy as np
 
 from ._rawmodule import KERNEL_DIR, declare, dtype_name
 
-__all__ = ["ANCHOR", "PROVIDES", "cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "dense_kernel",
+__all__ = ["ANCHOR", "PROVIDES", "cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "conv_spectrum",
+           "dense_kernel",
            "dense_kernel_bwd", "dense_threads", "fft_length", "plan_vandermonde_bwd",
            "vandermonde_kernel", "vandermonde_kernel_bwd"]
 
 #: The kernel-contract functions of ``reference/convolution.py`` this module implements.
-PROVIDES = ("cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "dense_kernel", "dense_kernel_bwd",
-            "vandermonde_kernel", "vandermonde_kernel_bwd")
+PROVIDES = ("cauchy_sums", "cauchy_sums_bwd", "causal_conv", "causal_conv_bwd", "conv_spectrum", "dense_kernel",
+            "dense_kernel_bwd", "vandermonde_kernel", "vandermonde_kernel_bwd")
 
 THREADS = 128  # threads per block of vandermonde_bwd (= its __launch_bounds__)
 ANCHOR = 64  # re-anchoring interval: must match SSM_CONV_ANCHOR in convolution.cu
@@ -161,15 +162,16 @@ def _empty_conv(xp: Any, u: Any, K: Any, D: Any) -> Any:
     return y
 
 
-def _causal_conv(xp: Any, u: Any, K: Any, K_anti: Any, D: Any) -> Any:
+def _causal_conv(xp: Any, u: Any, K: Any, K_anti: Any, D: Any, Kf: Any = None, n: int | None = None) -> Any:
     """:func:`causal_conv` in namespace ``xp`` (CuPy on the GPU, NumPy in the CPU tests)."""
     Bt, H, L = u.shape
     C, _, Lk = K.shape
     if L == 0 or Lk == 0 or Bt == 0:
         return _empty_conv(xp, u, K, D)
-    n = fft_length(L, Lk)
+    if Kf is None:
+        n = fft_length(L, Lk)
+        Kf = _spectrum(xp, K, K_anti, n)  # (C, H, F)
     Uf = xp.fft.rfft(u, n=n, axis=-1)  # (Bt, H, F)
-    Kf = _spectrum(xp, K, K_anti, n)  # (C, H, F)
     y = xp.fft.irfft(Uf[:, None] * Kf[None], n=n, axis=-1)[..., :L]
     if D is not None:
         y = y + D[None, :, :, None] * u[:, None]
@@ -177,7 +179,7 @@ def _causal_conv(xp: Any, u: Any, K: Any, K_anti: Any, D: Any) -> Any:
 
 
 def _causal_conv_bwd(xp: Any, u: Any, K: Any, K_anti: Any, D: Any, G: Any, need_u: bool, need_k: bool,
-                     need_d: bool) -> tuple[Any, Any, Any, Any]:
+                     need_d: bool, Kf: Any = None, n: int | None = None) -> tuple[Any, Any, Any, Any]:
     Bt, H, L = u.shape
     C, _, Lk = K.shape
     if L == 0 or Lk == 0 or Bt == 0:
@@ -192,12 +194,14 @@ def _causal_conv_bwd(xp: Any, u: Any, K: Any, K_anti: Any, D: Any, G: Any, need_
         if D is not None and need_d:
             D_bar = xp.sum(G * u[:, None], axis=(0, 3))
         return u_bar, K_bar, Ka_bar, D_bar
-    n = fft_length(L, Lk)
+    if Kf is None:
+        n = fft_length(L, Lk)
     Gf = xp.fft.rfft(G, n=n, axis=-1)  # (Bt, C, H, F)
     u_bar = K_bar = Ka_bar = D_bar = None
     if need_u:
         # adjoint of multiplying by the spectrum: its conjugate (a correlation), summed over c
-        Kf = _spectrum(xp, K, K_anti, n)
+        if Kf is None:
+            Kf = _spectrum(xp, K, K_anti, n)
         u_bar = xp.fft.irfft(xp.sum(Gf * xp.conj(Kf)[None], axis=1), n=n, axis=-1)[..., :L]
         if D is not None:
             u_bar = u_bar + xp.sum(D[None, :, :, None] * G, axis=1)
@@ -213,19 +217,29 @@ def _causal_conv_bwd(xp: Any, u: Any, K: Any, K_anti: Any, D: Any, G: Any, need_
     return u_bar, K_bar, Ka_bar, D_bar
 
 
-def causal_conv(u: Any, K: Any, K_anti: Any, D: Any, workers: int | None = None) -> Any:
+def conv_spectrum(K: Any, K_anti: Any, L: int, workers: int | None = None) -> tuple[Any, int]:
+    """``(Kf, n)`` of ``reference.convolution.conv_spectrum``, n = :func:`fft_length` (``workers`` ignored)."""
+    import cupy as cp
+
+    n = fft_length(int(L), K.shape[-1])
+    return _spectrum(cp, K, K_anti, n), n
+
+
+def causal_conv(u: Any, K: Any, K_anti: Any, D: Any, workers: int | None = None, Kf: Any = None,
+                n: int | None = None) -> Any:
     """``y (Bt, C, H, L)`` of ``reference.convolution.causal_conv`` by cuFFT, in u's dtype (``workers`` ignored)."""
     import cupy as cp
 
-    return _causal_conv(cp, u, K, K_anti, D)
+    return _causal_conv(cp, u, K, K_anti, D, Kf, n)
 
 
 def causal_conv_bwd(u: Any, K: Any, K_anti: Any, D: Any, G: Any, workers: int | None = None, need_u: bool = True,
-                    need_k: bool = True, need_d: bool = True) -> tuple[Any, Any, Any, Any]:
+                    need_k: bool = True, need_d: bool = True, Kf: Any = None,
+                    n: int | None = None) -> tuple[Any, Any, Any, Any]:
     """``(u_bar, K_bar, Ka_bar, D_bar)`` of ``reference.convolution.causal_conv_bwd`` by cuFFT."""
     import cupy as cp
 
-    return _causal_conv_bwd(cp, u, K, K_anti, D, G, need_u, need_k, need_d)
+    return _causal_conv_bwd(cp, u, K, K_anti, D, G, need_u, need_k, need_d, Kf, n)
 
 
 # --------------------------------------------------------------------------- Vandermonde (S4D)

@@ -28,6 +28,7 @@ __all__ = [
     "cauchy_sums_bwd",
     "causal_conv",
     "causal_conv_bwd",
+    "conv_spectrum",
     "dense_kernel",
     "dense_kernel_bwd",
     "vandermonde_kernel",
@@ -547,21 +548,42 @@ def _kernel_spectrum(K, K_anti, n, workers):
     return fft.rfft(full, axis=-1, workers=workers)
 
 
+def conv_spectrum(
+    K: np.ndarray, K_anti: np.ndarray | None, L: int, workers: int | None = None
+) -> tuple[np.ndarray, int]:
+    """``(Kf, n)`` for inputs of up to L steps (see the reference); n = scipy's next fast real length."""
+    C, H, Lk = K.shape
+    n = _fft_len(int(L), Lk)
+    K = np.ascontiguousarray(K)
+    return _kernel_spectrum(K, K_anti, n, _fft_workers(workers, max(C, 1) * H * n)), n
+
+
 def causal_conv(
-    u: np.ndarray, K: np.ndarray, K_anti: np.ndarray | None, D: np.ndarray | None, workers: int | None = None
+    u: np.ndarray,
+    K: np.ndarray,
+    K_anti: np.ndarray | None,
+    D: np.ndarray | None,
+    workers: int | None = None,
+    Kf: np.ndarray | None = None,
+    n: int | None = None,
 ) -> np.ndarray:
-    """FFT convolution with the semantics of the reference (output (Bt, C, H, L), u's dtype)."""
+    """FFT convolution with the semantics of the reference (output (Bt, C, H, L), u's dtype).
+
+    With ``Kf``, ``n`` from :func:`conv_spectrum` the kernel is not transformed again.
+    """
     from scipy import fft
 
     Bt, H, L = u.shape
     C, _, Lk = K.shape
     if L == 0 or Lk == 0 or Bt == 0:
         return _empty_conv(u, K, D)
-    u, K = np.ascontiguousarray(u), np.ascontiguousarray(K)
-    n = _fft_len(L, Lk)
+    u = np.ascontiguousarray(u)
+    if Kf is None:
+        n = _fft_len(L, Lk)
     workers = _fft_workers(workers, Bt * max(C, 1) * H * n)
     Uf = fft.rfft(u, n, axis=-1, workers=workers)  # (Bt, H, F)
-    Kf = _kernel_spectrum(K, K_anti, n, workers)  # (C, H, F)
+    if Kf is None:
+        Kf = _kernel_spectrum(np.ascontiguousarray(K), K_anti, n, workers)  # (C, H, F)
     if C == 1:
         Uf *= Kf  # in place: saves a (Bt, H, F) complex temporary
         Yf = Uf[:, None]
@@ -584,8 +606,13 @@ def causal_conv_bwd(
     need_u: bool = True,
     need_k: bool = True,
     need_d: bool = True,
+    Kf: np.ndarray | None = None,
+    n: int | None = None,
 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Pullback of :func:`causal_conv`: correlations by FFT (same length n, no wrap).
+
+    With ``Kf``, ``n`` (the forward's, from :func:`conv_spectrum`) the kernel is not
+    transformed again.
 
     ``need_*`` False skips that gradient (returned as None): without ``u``'s
     gradient (a first layer's input) neither the kernel spectrum nor the
@@ -599,12 +626,14 @@ def causal_conv_bwd(
     if L == 0 or Lk == 0 or Bt == 0:
         return _empty_conv_bwd(u, K, K_anti, D, G, need_u, need_k, need_d)
     u, K, G = np.ascontiguousarray(u), np.ascontiguousarray(K), np.ascontiguousarray(G)
-    n = _fft_len(L, Lk)
+    if Kf is None:
+        n = _fft_len(L, Lk)
     workers = _fft_workers(workers, Bt * max(C, 1) * H * n)
     Gf = fft.rfft(G, n, axis=-1, workers=workers) if (need_u or need_k) else None  # (Bt, C, H, F)
     u_bar = None
     if need_u:
-        Kf = _kernel_spectrum(K, K_anti, n, workers)  # (C, H, F)
+        if Kf is None:
+            Kf = _kernel_spectrum(K, K_anti, n, workers)  # (C, H, F)
         # u_bar = sum_c corr(G, k): multiply by conj(Kf) and sum the output channels in frequency space.
         Ubf = np.einsum("bchf,chf->bhf", Gf, np.conj(Kf)) if C > 1 else Gf[:, 0] * np.conj(Kf[0])
         u_bar = fft.irfft(Ubf, n, axis=-1, workers=workers, overwrite_x=True)[..., :L]
