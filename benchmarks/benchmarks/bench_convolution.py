@@ -119,3 +119,26 @@ class FFTConv:
 
     def peakmem_forward(self, L, bidirectional):
         fft_conv(self.u, self.K, self.D, bidirectional=bidirectional)
+
+
+class FFTConvSpectrum:
+    """fft_conv of one (256, 4096) float32 input with a fixed kernel: spectrum made once vs K."""
+
+    params = [1, 2]
+    param_names = ["workers"]
+
+    def setup(self, workers):
+        rng = np.random.default_rng(5)
+        self.u = rng.normal(size=(256, 4096)).astype(np.float32)
+        self.K = rng.normal(size=(256, 4096)).astype(np.float32)
+        self.S = ssmcore.fft_conv_spectrum(self.K, 4096, workers=workers)
+        fft_conv(self.u, self.S, workers=workers)
+
+    def time_with_spectrum(self, workers):
+        fft_conv(self.u, self.S, workers=workers)
+
+    def time_with_kernel(self, workers):
+        fft_conv(self.u, self.K, workers=workers)
+
+    def time_make_spectrum(self, workers):
+        ssmcore.fft_conv_spectrum(self.K, 4096, workers=workers)
