@@ -29,7 +29,10 @@ Conventions
   core's pullback, so ``gradcheck`` passes on complex inputs.
 * float16/bfloat16 (and complex32) tensors are upcast to float32 (complex64)
   for the kernels; float results are cast back when the inputs' promoted dtype
-  is a half type.
+  is a half type. The Mamba ops follow mamba_ssm instead: the output of
+  ``selective_scan`` has ``u``'s dtype, those of ``ssd`` and
+  ``selective_state_update`` have ``x``'s (states stay float32), whatever the
+  dtype of ``A``, ``D`` or ``dt_bias``.
 * Python scalars, strings, booleans and None pass through unchanged, as
   constants; they get no gradient. NumPy arrays are converted to tensors.
 * **CUDA tensors** run on the CuPy backend (see docs/gpu.md): inputs
@@ -108,6 +111,9 @@ _NP_OF = {
 }
 _TORCH_OF = {v: k for k, v in _NP_OF.items()}
 _UPCAST = {_torch.float16: _torch.float32, _torch.bfloat16: _torch.float32, _torch.complex32: _torch.complex64}
+# Ops whose first output takes one input's (half) dtype, as mamba_ssm's do: out = empty_like(u or x),
+# whatever the (float32) dtype of A, D or dt_bias; their states stay float32.
+_OUTPUT_LIKE = {"selective_scan": "u", "ssd": "x", "selective_state_update": "x"}
 _TENSOR = _torch.Tensor
 _CPU_PROBE = _torch.empty(0)  # stands for a CPU tensor in device checks
 _PARAMETER = _torch.nn.Parameter  # with _TENSOR: the plain types that may take the eager path
@@ -810,10 +816,16 @@ def _call(rec: _Record, values: tuple) -> Any:
             grad = True
     promoted = None  # torch's promotion of the floating inputs, to cast half-precision results back
     if half:  # without a half type among the inputs the promotion cannot be one: skip it
+        like = _OUTPUT_LIKE.get(rec.name)
+        if like is not None and isinstance(vals[rec.names.index(like)], _TENSOR):
+            dt = vals[rec.names.index(like)].dtype
+            if dt in _UPCAST:
+                promoted = (dt,)  # the first output only (see _cast_back)
         for i in where:
             dt = vals[i].dtype
-            if dt.is_floating_point or dt.is_complex:
+            if (dt.is_floating_point or dt.is_complex) and not isinstance(promoted, tuple):
                 promoted = dt if promoted is None else _torch.promote_types(promoted, dt)
+            if dt.is_floating_point or dt.is_complex:
                 if dt in _UPCAST:
                     vals[i] = vals[i].to(_UPCAST[dt])
     if not plain or _torch.compiler.is_compiling() or _functorch_active():
@@ -840,13 +852,20 @@ def _call(rec: _Record, values: tuple) -> Any:
         out = _call_in_order(rec.opdef.fn, rec.names, rec.n_pos_fn, vals)
         flat, _ = _flatten_output(out, rec.name)
         outs = _outputs_to_torch(flat, [vals[i] for i in where])
-    if promoted in _UPCAST:
-        outs = [o.to(promoted) if o.dtype == _UPCAST[promoted] else o for o in outs]
-    return _unflatten_output(outs)
+    return _finish(outs, promoted)
 
 
 def _finish(outs: list, promoted: Any) -> Any:
-    """The tail of :func:`_call` for the CUDA path."""
-    if promoted in _UPCAST:
+    """Cast half-precision results back and restore the output structure.
+
+    ``promoted`` is the inputs' promoted dtype (every float32/complex64 result goes back to
+    it when it is a half type), or a 1-tuple ``(dtype,)`` for the ops of
+    :data:`_OUTPUT_LIKE` (only the first output goes back to that input's dtype).
+    """
+    if isinstance(promoted, tuple):
+        (dt,) = promoted
+        if outs and outs[0].dtype == _UPCAST[dt]:
+            outs = [outs[0].to(dt), *outs[1:]]
+    elif promoted in _UPCAST:
         outs = [o.to(promoted) if o.dtype == _UPCAST[promoted] else o for o in outs]
     return _unflatten_output(outs)

@@ -331,6 +331,43 @@ def test_toy_half_precision_upcast_and_cast_back(toy, low):
     assert toy(x.detach(), y.float()).dtype == torch.float32
 
 
+@pytest.mark.parametrize("low", ["float16", "bfloat16"])
+def test_mamba_ops_return_the_inputs_half_dtype_like_mamba_ssm(low):
+    """The Mamba ops' outputs take u's / x's half dtype, as mamba_ssm's (out = empty_like(u)).
+
+    selective_scan's output has u's dtype, ssd's and selective_state_update's x's, with float32
+    A / D / dt_bias; states stay float32; gradients keep the inputs' dtypes.
+    """
+    import ssmcore.torch as st
+
+    dt_ = getattr(torch, low)
+    g = torch.Generator().manual_seed(0)
+    b, d, L, n = 2, 4, 9, 3
+    u = torch.randn(b, d, L, generator=g).to(dt_).requires_grad_(True)
+    delta = (0.5 * torch.rand(b, d, L, generator=g)).to(dt_)
+    A = -torch.rand(d, n, generator=g)
+    B, C = (torch.randn(b, n, L, generator=g).to(dt_) for _ in range(2))
+    y, last = st.selective_scan(u, delta, A, B, C, D=torch.ones(d), return_last_state=True)
+    assert y.dtype == dt_ and last.dtype == torch.float32
+    want = st.selective_scan(u.detach().float(), delta.float(), A, B.float(), C.float(), D=torch.ones(d))
+    torch.testing.assert_close(y.float(), want.to(dt_).float())
+    y.float().sum().backward()
+    assert u.grad.dtype == dt_
+    with torch.no_grad():
+        assert st.selective_scan(u, delta, A, B, C).dtype == dt_
+    x = torch.randn(1, 16, 2, 4, generator=g).to(dt_)
+    dts = torch.rand(1, 16, 2, generator=g).to(dt_)
+    Bm = torch.randn(1, 16, 1, 3, generator=g).to(dt_)
+    out, final = st.ssd(x, dts, -torch.rand(2, generator=g), Bm, Bm, chunk_size=8, D=torch.ones(2),
+                        return_final_states=True)
+    assert out.dtype == dt_ and final.dtype == torch.float32
+    state = torch.zeros(2, d, n)
+    o, new = st.selective_state_update(state, u[:, :, 0].detach(), delta[:, :, 0], A, B[:, :, 0], C[:, :, 0])
+    assert o.dtype == dt_ and new.dtype == torch.float32
+    # every input half: the generic rule (cast back to the promoted half type) still holds
+    assert st.selective_scan(u.detach(), delta, A.to(dt_), B, C).dtype == dt_
+
+
 def test_toy_outputs_never_alias_inputs(toy):
     x = torch.randn(4, dtype=torch.float64)
     out = toy(x, mode="identity")
