@@ -158,7 +158,7 @@ def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, i
     )
 
 
-def _ssd_fwd(x, dt, A, B, C, *, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
+def _ssd_fwd(x, dt, A, B, C, chunk_size=64, *, D=None, z=None, dt_bias=None, dt_softplus=False,
              dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, return_final_states=False,
              backend=None):
     """Forward of op ``"ssd"``: ``(out, residuals)``."""
@@ -223,8 +223,8 @@ def ssd(
     A: np.ndarray,
     B: np.ndarray,
     C: np.ndarray,
-    *,
     chunk_size: int = 64,
+    *,
     D: np.ndarray | None = None,
     z: np.ndarray | None = None,
     dt_bias: np.ndarray | None = None,
@@ -267,7 +267,8 @@ def ssd(
         Input and output projections, G groups with ``H % G == 0``.
     chunk_size : int, default 64
         Chunk length Q of the chunked algorithm (>= 1). Also the granularity of
-        the states kept for the backward pass.
+        the states kept for the backward pass. May be passed positionally, as in
+        ``mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, ...)``.
     D : ndarray, shape (H,) or (H, P), optional
         Skip connection.
     z : ndarray, shape (batch, L, H, P), optional

@@ -299,6 +299,19 @@ def test_chunk_size_does_not_change_result(rng):
         assert_outputs_close(ssd(x, dt, A, B, C, chunk_size=q, **kw), base, rtol=1e-12, atol=1e-12)
 
 
+def test_chunk_size_may_be_positional_as_in_mamba_chunk_scan_combined(rng):
+    x, dt, A, B, C = make_inputs(rng, L=20)
+    np.testing.assert_array_equal(ssd(x, dt, A, B, C, 4), ssd(x, dt, A, B, C, chunk_size=4))
+    out, pullback = ssmcore.vjp("ssd", x, dt, A, B, C, 4, return_final_states=True)
+    out_kw, pullback_kw = ssmcore.vjp("ssd", x, dt, A, B, C, chunk_size=4, return_final_states=True)
+    for a, b in zip(pullback(out), pullback_kw(out_kw)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(TypeError, match="ssd: chunk_size must be an integer"):
+        ssd(x, dt, A, B, C, np.ones(3))
+
+
 def test_dt_processing_bias_softplus_limit(rng):
     x, dt, A, B, C = make_inputs(rng, L=9)
     dt = dt * 30  # reach the linear (> 20) branch of softplus and both clamp bounds
