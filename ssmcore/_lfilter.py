@@ -11,7 +11,10 @@ the operands into the kernels' layout (:mod:`ssmcore.reference.lfilter`):
 * ``zi`` (scipy's DF-II-transposed state) is moved to ``(C, K - 1)``.
 
 All glue is written against the array API (``xp = target.xp``), so it runs on
-NumPy, CuPy and array-api-strict arrays alike.
+NumPy, CuPy and array-api-strict arrays alike. On CuPy arrays the kernels are
+``backends/cupy/lfilter.py``'s and the operands stay on the device; the one host
+synchronisation is scipy's ``a[0] == 0`` error for IIR filters (a single boolean
+read back: the error contract needs the answer before filtering).
 """
 
 from __future__ import annotations
@@ -351,7 +354,8 @@ def _lfilter_bwd(res: Any, cotangent: Any, needs: tuple[bool, ...] = (True, True
     return grad_b, grad_a, grad_x, grad_zi
 
 
-@register_op("lfilter", fwd=_lfilter_fwd, bwd=_lfilter_bwd, inputs=("b", "a", "x", "zi"), backends=("numpy", "numba"))
+@register_op("lfilter", fwd=_lfilter_fwd, bwd=_lfilter_bwd, inputs=("b", "a", "x", "zi"),
+             backends=("numpy", "numba", "cupy"))
 def lfilter(
     b: Any, a: Any, x: Any, axis: int = -1, zi: Any = None, *, backend: str | None = None
 ) -> Any:
@@ -384,8 +388,10 @@ def lfilter(
         Initial state in scipy's convention (:func:`scipy.signal.lfilter_zi`
         gives the steady state): the output's shape with the time axis of length
         ``K - 1``; other axes may be 1 (expanded, as scipy does).
-    backend : {None, "numba", "numpy"}, optional
-        Force a backend; by default NumPy arrays run on the Numba kernels.
+    backend : {None, "numba", "numpy", "cupy"}, optional
+        Force a backend; by default NumPy arrays run on the Numba kernels and
+        CuPy arrays on the CuPy kernels (one thread per channel: the GPU pays
+        off for thousands of channels).
 
     Returns
     -------
