@@ -29,10 +29,12 @@ from ssmcore.reference import lfilter as ref
 
 
 def test_plan_buckets_and_blocks():
-    for K, kcap in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 8), (9, 16), (16, 16), (17, 32), (32, 32)):
+    for K, kcap in ((1, 2), (2, 2), (3, 4), (4, 4), (5, 8), (9, 16), (16, 16)):
         p = clf.plan_lfilter(300, K, np.float32)
         assert (p.blocks, p.threads, p.kcap) == (3, clf.THREADS, kcap)
         assert p.kernel == f"lfilter_fwd_reg<float, {kcap}>"
+    for K in (17, 32, 1000):
+        assert clf.plan_lfilter(300, K, np.float32).kernel == "lfilter_fwd_gen<float>"
     p = clf.plan_lfilter(1, 33, np.complex128, backward=True)
     assert (p.blocks, p.kcap, p.kernel) == (1, None, "lfilter_bwd_gen<complex<double>>")
     assert clf.plan_lfilter(0, 3, np.float64).blocks == 0
@@ -90,7 +92,7 @@ extern "C" void lfilter_bwd_reg_##tag##_##KC(unsigned g, unsigned bl, cv b, cv b
         (const T*)x, (const T*)y, (const T*)gy, (const T*)gzf, (T*)gx, (A*)gb, (A*)ga, (T*)gzi, C, L, K, Ka, \
         need); }); }
 #define LF_INST(T, A, tag) \
-LF_REG(T, A, tag, 2) LF_REG(T, A, tag, 4) LF_REG(T, A, tag, 8) LF_REG(T, A, tag, 16) LF_REG(T, A, tag, 32) \
+LF_REG(T, A, tag, 2) LF_REG(T, A, tag, 4) LF_REG(T, A, tag, 8) LF_REG(T, A, tag, 16) \
 extern "C" void lfilter_fwd_gen_##tag(unsigned g, unsigned bl, cv bt, cv at, cv x, cv zi, void* ws, void* y, \
         void* zf, ll C, ll L, int K, int Ka) { \
     launch(g, bl, [=] { lfilter_fwd_gen<T>((const T*)bt, (const T*)at, (const T*)x, (const T*)zi, (T*)ws, \
@@ -174,7 +176,7 @@ def _same(got, want, dt, exact=True):
 
 
 _DTYPES = [np.float32, np.float64, np.complex64, np.complex128]
-_KS = [1, 2, 3, 5, 9, 17, 32, 33, 40]  # every bucket (2, 4, 8, 16, 32) and the generic kernel
+_KS = [1, 2, 3, 5, 9, 16, 17, 33]  # every bucket (2, 4, 8, 16) and the generic kernel
 
 
 @pytest.mark.parametrize("dt", _DTYPES)
@@ -215,7 +217,7 @@ def test_backward_matches_reference(host, dt, K, fir):
         _same(gzi, want[3], dt)
 
 
-@pytest.mark.parametrize("K", [3, 33])
+@pytest.mark.parametrize("K", [3, 20])
 @pytest.mark.parametrize("L", [0, 1])
 def test_empty_and_single_step(host, K, L):
     rng = np.random.default_rng(7)
@@ -233,7 +235,7 @@ def test_empty_and_single_step(host, K, L):
     assert y.shape == (0, 4) and zf.shape == (0, K - 1)
 
 
-@pytest.mark.parametrize("K", [2, 4, 33])
+@pytest.mark.parametrize("K", [2, 4, 20])
 @pytest.mark.parametrize("fir", [False, True])
 def test_nonfinite_propagate_as_scipy(host, K, fir):
     rng = np.random.default_rng(11)

@@ -9,7 +9,7 @@ dtypes: float32, float64, complex64, complex128 (long double is NumPy-only).
 
 The CUDA C is ``kernels/lfilter.cu``: one thread per channel, time sequential, the
 ``(C, L)`` rows loaded and stored through a shared-memory tile (coalesced), the state in
-registers for ``K <= 32`` (template buckets, :data:`KCAPS`) and in a ``[i * C + c]``
+registers for ``K <= 16`` (template buckets, :data:`KCAPS`) and in a ``[i * C + c]``
 global workspace for longer filters (:func:`plan_lfilter` chooses). It is compiled with
 ``--fmad=false``: scipy's operations in scipy's order without FMA contraction, so real
 results are bit-identical to scipy's and the Numba backend's. Coefficient gradients
@@ -37,7 +37,9 @@ from .scan import _options
 __all__ = ["KCAPS", "THREADS", "LfilterPlan", "lfilter_bwd", "lfilter_fwd", "plan_lfilter", "tile_steps"]
 
 THREADS = 128  # channels per block: SSM_LF_THREADS in lfilter.cu
-KCAPS = (2, 4, 8, 16, 32)  # register buckets: filters with K <= KCAP coefficients
+# Register buckets (filters with K <= KCAP coefficients). No 32 bucket: its backward holds
+# 5 x 32 values per thread (spilled in any case) and doubled the source's NVRTC time.
+KCAPS = (2, 4, 8, 16)
 FWD_ROW_BYTES = 128  # SSM_LF_FWD_ROW_BYTES: bytes of one forward tile row (one tile)
 BWD_ROW_BYTES = 64  # SSM_LF_BWD_ROW_BYTES: backward tile rows (three tiles: gy/gx, x, y)
 

@@ -22,14 +22,15 @@
 // only its own row); the backward holds gy (gx overwrites it), x and y, so its tiles are
 // half as long to stay under the 48 KiB of static shared memory for every dtype.
 //
-// State: for K <= KCAP (a template bucket, KCAP in {2, 4, 8, 16, 32}) the K - 1 states,
+// State: for K <= KCAP (a template bucket, KCAP in {2, 4, 8, 16}) the K - 1 states,
 // the coefficients (and, backward, the gradient sums) live in registers: every loop over
 // them is fully unrolled with compile-time indices and guarded by the runtime K, so no
-// array is indexed at run time (which would put it in local memory). The large buckets
-// of the wide dtypes may still spill (the compiler decides; spills go to per-thread local
-// memory, cached). Longer filters run the generic kernels: state (and backward, the
-// gradient sums) in a global workspace laid out [i * C + c], so a warp's accesses to
-// state i are one contiguous segment; coefficients are transposed by the launcher to
+// array is indexed at run time (which would put it in local memory). The 16 bucket of
+// the wide dtypes' backward may still spill (the compiler decides; spills go to
+// per-thread local memory, cached); a 32 bucket (160 values per thread backward) would
+// spill and doubled the compile time, so longer filters (K > 16) run the generic kernels:
+// state (and backward, the gradient sums) in a global workspace laid out [i * C + c], so
+// a warp's accesses to state i are one contiguous segment; coefficients are transposed by the launcher to
 // (K, C) for the same reason.
 //
 // Arithmetic: scipy's operations in scipy's order ((z1 + x b1) - y a1). The source is
@@ -43,6 +44,9 @@
 // bytes of one tile row: forward (one tile) and backward (three tiles)
 #define SSM_LF_FWD_ROW_BYTES 128
 #define SSM_LF_BWD_ROW_BYTES 64
+// The time loop of a tile is one dependency chain: unrolling it buys no parallelism and
+// multiplied NVRTC's time for this source, so it stays a loop.
+#define SSM_LF_SERIAL _Pragma("unroll 1")
 
 namespace lf {
 
@@ -132,9 +136,9 @@ lfilter_fwd_reg(const T* __restrict__ b, const long long* __restrict__ brow, con
         if (active) {
             T* row = tl + threadIdx.x * TL::stride;
             if (fir) {
-                for (int j = 0; j < steps; ++j) row[j] = lf::fwd_step<T, KCAP, true>(z, bc, ac, row[j], K);
+                SSM_LF_SERIAL for (int j = 0; j < steps; ++j) row[j] = lf::fwd_step<T, KCAP, true>(z, bc, ac, row[j], K);
             } else {
-                for (int j = 0; j < steps; ++j) row[j] = lf::fwd_step<T, KCAP, false>(z, bc, ac, row[j], K);
+                SSM_LF_SERIAL for (int j = 0; j < steps; ++j) row[j] = lf::fwd_step<T, KCAP, false>(z, bc, ac, row[j], K);
             }
         }
         __syncthreads();
@@ -172,7 +176,7 @@ lfilter_fwd_gen(const T* __restrict__ bt, const T* __restrict__ at, const T* __r
         if (active) {
             T* row = tl + threadIdx.x * TL::stride;
             const T b0 = bt[c];
-            for (int j = 0; j < steps; ++j) {
+            SSM_LF_SERIAL for (int j = 0; j < steps; ++j) {
                 const T xn = row[j];
                 const T yn = ws[c] + b0 * xn;
                 if (fir) {
@@ -247,7 +251,7 @@ lfilter_bwd_reg(const T* __restrict__ b, const long long* __restrict__ brow, con
         __syncthreads();
         if (active) {
             const int o = threadIdx.x * TL::stride;
-            for (int j = steps - 1; j >= 0; --j) {
+            SSM_LF_SERIAL for (int j = steps - 1; j >= 0; --j) {
 #pragma unroll
                 for (int k = KCAP - 1; k >= 1; --k)
                     if (k < K) w[k] = w[k - 1];
@@ -332,7 +336,7 @@ lfilter_bwd_gen(const T* __restrict__ bt, const T* __restrict__ at, const T* __r
         __syncthreads();
         if (active) {
             const int o = threadIdx.x * TL::stride;
-            for (int j = steps - 1; j >= 0; --j) {
+            SSM_LF_SERIAL for (int j = steps - 1; j >= 0; --j) {
                 h = h == 0 ? K - 1 : h - 1;  // shift: w_k <- w_{k-1}; slot h (the old w_{K-1}) takes mu_n
                 T m = g[o + j];
                 int s_k = h + 1;
