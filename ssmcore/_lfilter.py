@@ -13,8 +13,9 @@ the operands into the kernels' layout (:mod:`ssmcore.reference.lfilter`):
 All glue is written against the array API (``xp = target.xp``), so it runs on
 NumPy, CuPy and array-api-strict arrays alike. On CuPy arrays the kernels are
 ``backends/cupy/lfilter.py``'s and the operands stay on the device; the one host
-synchronisation is scipy's ``a[0] == 0`` error for IIR filters (a single boolean
-read back: the error contract needs the answer before filtering).
+synchronisation is scipy's ``a[0] == 0`` error for IIR filters given ``a`` as a CuPy
+array (a single boolean read back: the error contract needs the answer before
+filtering); ``a`` given as a list or NumPy array is checked on the host, no sync.
 """
 
 from __future__ import annotations
@@ -104,6 +105,11 @@ def _any_zero(v: Any, t: Target) -> bool:
     if t.kind == "numpy":
         return bool((v == 0).any())  # xp.any costs ~6 us on NumPy
     return bool(t.xp.any(v == 0))
+
+
+def _host_a0_zero(a: Any, dtype: Any) -> bool:
+    """Whether host coefficients (a list or NumPy array) have a[..., 0] == 0 in the compute dtype (no sync)."""
+    return bool((np.atleast_1d(np.asarray(a)).astype(np.dtype(dtype))[..., 0] == 0).any())
 
 
 def _atleast_1d(x: Any, xp: Any) -> Any:
@@ -201,7 +207,8 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
     a_rows = xp.reshape(_astype(a_arr, dtype, xp), (Ra, na))
     b_rows = xp.reshape(_astype(b_arr, dtype, xp), (Rb, nb))
     a0_rows = a_rows[:, 0]
-    if na > 1 and _any_zero(a0_rows, t):
+    if na > 1 and (_host_a0_zero(a, dtype) if t.kind == "cupy" and array_kind(a) in (None, "numpy")
+                   else _any_zero(a0_rows, t)):
         # scipy's IIR path refuses a[0] == 0 (its FIR path divides and returns inf/nan, as here).
         raise ValueError(
             f"{_FN}: a[..., 0] == 0 for some filter; filter coefficient a[0] == 0 not supported (as in scipy)"
