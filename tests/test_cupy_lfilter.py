@@ -260,3 +260,12 @@ def test_nonfinite_propagate_as_scipy(host, K, fir):
         want = ref.lfilter_bwd(b, brow, a, arow, x, y0, gy, gzf, True)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_host_coefficients_are_checked_on_the_host():
+    """CuPy calls with a as a list or NumPy array check a[0] == 0 without a device round trip."""
+    from ssmcore._lfilter import _host_a0_zero
+
+    assert _host_a0_zero([0.0, 1.0], np.float64)
+    assert not _host_a0_zero(np.array([[1.0, 0.5], [2.0, 0.0]]), np.float32)
+    assert _host_a0_zero([1e-50, 1.0], np.float32)  # zero in the compute dtype, as the device check sees it
