@@ -11,7 +11,11 @@ the operands into the kernels' layout (:mod:`ssmcore.reference.lfilter`):
 * ``zi`` (scipy's DF-II-transposed state) is moved to ``(C, K - 1)``.
 
 All glue is written against the array API (``xp = target.xp``), so it runs on
-NumPy, CuPy and array-api-strict arrays alike.
+NumPy, CuPy and array-api-strict arrays alike. On CuPy arrays the kernels are
+``backends/cupy/lfilter.py``'s and the operands stay on the device; the one host
+synchronisation is scipy's ``a[0] == 0`` error for IIR filters given ``a`` as a CuPy
+array (a single boolean read back: the error contract needs the answer before
+filtering); ``a`` given as a list or NumPy array is checked on the host, no sync.
 """
 
 from __future__ import annotations
@@ -101,6 +105,11 @@ def _any_zero(v: Any, t: Target) -> bool:
     if t.kind == "numpy":
         return bool((v == 0).any())  # xp.any costs ~6 us on NumPy
     return bool(t.xp.any(v == 0))
+
+
+def _host_a0_zero(a: Any, dtype: Any) -> bool:
+    """Whether host coefficients (a list or NumPy array) have a[..., 0] == 0 in the compute dtype (no sync)."""
+    return bool((np.atleast_1d(np.asarray(a)).astype(np.dtype(dtype))[..., 0] == 0).any())
 
 
 def _atleast_1d(x: Any, xp: Any) -> Any:
@@ -198,7 +207,8 @@ def _prepare(b: Any, a: Any, x: Any, axis: Any, zi: Any, t: Target) -> _Prepared
     a_rows = xp.reshape(_astype(a_arr, dtype, xp), (Ra, na))
     b_rows = xp.reshape(_astype(b_arr, dtype, xp), (Rb, nb))
     a0_rows = a_rows[:, 0]
-    if na > 1 and _any_zero(a0_rows, t):
+    if na > 1 and (_host_a0_zero(a, dtype) if t.kind == "cupy" and array_kind(a) in (None, "numpy")
+                   else _any_zero(a0_rows, t)):
         # scipy's IIR path refuses a[0] == 0 (its FIR path divides and returns inf/nan, as here).
         raise ValueError(
             f"{_FN}: a[..., 0] == 0 for some filter; filter coefficient a[0] == 0 not supported (as in scipy)"
@@ -351,7 +361,8 @@ def _lfilter_bwd(res: Any, cotangent: Any, needs: tuple[bool, ...] = (True, True
     return grad_b, grad_a, grad_x, grad_zi
 
 
-@register_op("lfilter", fwd=_lfilter_fwd, bwd=_lfilter_bwd, inputs=("b", "a", "x", "zi"), backends=("numpy", "numba"))
+@register_op("lfilter", fwd=_lfilter_fwd, bwd=_lfilter_bwd, inputs=("b", "a", "x", "zi"),
+             backends=("numpy", "numba", "cupy"))
 def lfilter(
     b: Any, a: Any, x: Any, axis: int = -1, zi: Any = None, *, backend: str | None = None
 ) -> Any:
@@ -384,8 +395,10 @@ def lfilter(
         Initial state in scipy's convention (:func:`scipy.signal.lfilter_zi`
         gives the steady state): the output's shape with the time axis of length
         ``K - 1``; other axes may be 1 (expanded, as scipy does).
-    backend : {None, "numba", "numpy"}, optional
-        Force a backend; by default NumPy arrays run on the Numba kernels.
+    backend : {None, "numba", "numpy", "cupy"}, optional
+        Force a backend; by default NumPy arrays run on the Numba kernels and
+        CuPy arrays on the CuPy kernels (one thread per channel: the GPU pays
+        off for thousands of channels).
 
     Returns
     -------

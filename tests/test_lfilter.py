@@ -284,10 +284,10 @@ def test_vjp_needs_and_float32(rng):
     np.testing.assert_allclose(full[2], want, rtol=1e-4, atol=1e-4)
 
 
-def test_registered_for_numpy_and_numba():
+def test_registered_for_numpy_numba_and_cupy():
     from ssmcore.dispatch import capabilities
 
-    assert capabilities()["lfilter"] == ("numpy", "numba")
+    assert capabilities()["lfilter"] == ("numpy", "numba", "cupy")
 
 
 # ----------------------------------------------------------------------------- adapters (generated from the registry)

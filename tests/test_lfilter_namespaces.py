@@ -1,9 +1,8 @@
 """lfilter on every array namespace (numpy; array-api-strict on a non-CPU device; CuPy on a GPU).
 
 The strict namespace runs the device-neutral front door and backward glue
-without a GPU (any NumPy-only call in them raises); the ``cupy`` parameter is
-the GPU oracle once a CuPy kernel exists (until then it checks the uniform
-UnsupportedBackendError).
+without a GPU (any NumPy-only call in them raises); the ``cupy`` parameter
+(marked ``gpu``) runs the same checks on the CuPy kernels.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import pytest
 
 import ssmcore
 from ssmcore._lfilter import lfilter  # registers op "lfilter"
-from ssmcore.dispatch import UnsupportedBackendError
 
 CASES = [
     # (b shape, a shape, x shape, axis, with zi, dtype)
@@ -52,10 +50,6 @@ def test_forward_and_vjp_match_numpy(ns, rng, case):
     a = _coeffs(rng, a_shape, dtype, True)
     x = rng.standard_normal(x_shape).astype(dtype)
     zi = rng.standard_normal(_zi_shape(b_shape, a_shape, x_shape, axis)).astype(dtype) if with_zi else None
-    if ns.name == "cupy":
-        with pytest.raises(UnsupportedBackendError, match="lfilter: no CuPy kernel yet"):
-            lfilter(ns.asarray(b), ns.asarray(a), ns.asarray(x), axis, ns.asarray(zi))
-        return
     out_ref, pb_ref = ssmcore.vjp("lfilter", b, a, x, axis, zi)
     out, pb = ssmcore.vjp("lfilter", ns.asarray(b), ns.asarray(a), ns.asarray(x), axis, ns.asarray(zi))
     got = ns.to_numpy(out)
@@ -75,8 +69,6 @@ def test_forward_and_vjp_match_numpy(ns, rng, case):
 
 
 def test_validation_errors_same_messages(ns):
-    if ns.name == "cupy":
-        pytest.skip("no CuPy kernel yet: the dispatcher refuses before validation")
     x = ns.asarray(np.ones((2, 5)))
     msgs = []
     for name in ("numpy", ns.name):

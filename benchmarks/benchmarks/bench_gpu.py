@@ -160,3 +160,16 @@ class DiscretizeDenseGPU(_OpGPU):
         A = rng.standard_normal((100_000, 4, 4)) - 2 * np.eye(4)
         B = rng.standard_normal((100_000, 4, 1))
         return (A, B, 0.01), {"method": "zoh"}
+
+
+class LfilterGPU(_OpGPU):
+    """lfilter: Butterworth order 4, float32, x (4096, 2^16) (one thread per channel: bandwidth-bound)."""
+
+    op = "lfilter"
+
+    def inputs(self, rng):
+        from scipy import signal
+
+        b, a = signal.butter(4, 0.1)
+        x = rng.standard_normal((4096, 1 << 16), dtype=np.float32)
+        return (b.astype(np.float32), a.astype(np.float32), x), {}
