@@ -77,12 +77,33 @@ def _seq_array(t: Any, x: Any) -> Any:
     return seq
 
 
-def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx, backend):
+def _cu_seqlens_array(t: Any, cu: Any, nb: int, L: int) -> Any:
+    """cu_seqlens as an integer array (S + 1,) of the call's namespace; values checked for NumPy input."""
+    if t.kind == "numpy":
+        cu = np.asarray(cu)
+    else:
+        cu = cu if hasattr(cu, "__array_namespace__") else t.asarray(cu)
+    if not t.xp.isdtype(cu.dtype, "integral"):
+        raise TypeError(f"{_FN}: cu_seqlens has dtype {dtype_name(cu.dtype)}; expected an integer dtype")
+    if cu.ndim != 1 or cu.shape[0] < 2:
+        raise shape_error(_FN, "cu_seqlens", cu.shape, "(num_sequences + 1,) with at least one sequence")
+    if nb != 1:
+        raise ValueError(f"{_FN}: cu_seqlens needs batch 1 (the sequences packed along L, as in mamba_ssm); "
+                         f"x has batch {nb}")
+    if t.kind == "numpy":  # on devices the values are the caller's contract (a check would sync)
+        if cu[0] < 0 or cu[-1] > L or np.any(np.diff(cu) <= 0):
+            raise ValueError(f"{_FN}: cu_seqlens must increase strictly within [0, L={L}] (every sequence "
+                             f"non-empty); got {cu.tolist()}")
+    return cu
+
+
+def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, seq_idx, backend,
+             cu_seqlens=None):
     """Validate and normalise every argument once; return what the kernels need."""
     chunk_size = check_int(_FN, "chunk_size", chunk_size, minimum=1)
     dt_softplus = check_bool(_FN, "dt_softplus", dt_softplus)
     lo, hi = _check_dt_limit(dt_limit)
-    t = select(_FN, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, backend=backend)
+    t = select(_FN, x, dt, A, B, C, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, backend=backend)
     xp = t.xp
     x = as_float_array(_FN, "x", x, complex_ok=False, target=t)
     if x.ndim != 4:
@@ -129,6 +150,7 @@ def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, i
         # the state is replaced wherever the index changes; the initial state belongs to index 0
         first = xp.zeros((nb, 1), dtype=seq.dtype, device=t.device)
         reset = seq != xp.concat([first, seq[:, :-1]], axis=1)
+    cu = None if cu_seqlens is None else _cu_seqlens_array(t, cu_seqlens, nb, L)
 
     # Compute in the data's precision (float32 or float64); parameters follow it.
     dtype = xp.result_type(*(a.dtype for a in (x, dt, B, C, z, initial_states) if a is not None))
@@ -153,18 +175,71 @@ def _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, i
     return SimpleNamespace(
         target=t, chunk_size=chunk_size, lo=lo, hi=hi, softplus=bool(dt_softplus), dtype=dtype,
         x=cast(x), dt=dt_eff, A=cast(A), B=cast(B), C=cast(C), D=D2, h0=cast(initial_states), reset=reset,
-        z=cast(z), pre=pre, soft=soft, shape=(nb, H, P, N),
+        z=cast(z), pre=pre, soft=soft, shape=(nb, H, P, N), cu_seqlens=cu,
         inputs=dict(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states),
     )
 
 
+def _varlen_states(r: Any) -> Any:
+    """The state at the last step of every packed sequence, (S, H, P, N), from the chunk states.
+
+    For sequence s ending at step e (exclusive), in chunk c = (e - 1) // Q starting at q = c Q:
+    h = [no restart in q..e-1] exp(sum_{q..e-1} a) states[c] + sum_{t=r..e-1} exp(sum_{t<i<=e-1} a_i) dt_t x_t B_t^T,
+    r the last restart in the chunk up to e - 1 (a seq_idx change, or sequence s's own start
+    unless it is step 0), else q. Decays are within-chunk cumulative sums (no long cumsum differences), as in
+    mamba_ssm's ``chunk_state_varlen``; all array-API code on the call's namespace.
+    """
+    xp = r.target.xp
+    dev = r.target.device
+    nb, L, H, P = r.x.shape
+    N = r.B.shape[3]
+    G = r.B.shape[2]
+    Q = min(r.chunk_size, L)
+    cu = xp.astype(r.cu_seqlens, xp.int64)
+    S = cu.shape[0] - 1
+    starts, last = cu[:-1], cu[1:] - 1
+    q0 = (last // r.chunk_size) * r.chunk_size  # (S,) first step of the chunk holding the last step
+    k = xp.arange(Q, dtype=xp.int64, device=dev)
+    pos = q0[:, None] + k[None, :]  # (S, Q)
+    inwin = pos <= last[:, None]
+    flat = xp.reshape(xp.minimum(pos, L - 1), (-1,))
+    restart = (pos == starts[:, None]) & (starts[:, None] > 0)  # a start at 0 keeps initial_states
+    if r.reset is not None:
+        restart = restart | xp.reshape(xp.take(r.reset[0, ...], flat, axis=0), (S, Q))
+    kr = xp.max(xp.where(restart & inwin, k[None, :], -1), axis=1)  # (S,) -1: no restart in the window
+    use = inwin & (k[None, :] >= kr[:, None])
+    dtw = xp.reshape(xp.take(r.dt[0, ...], flat, axis=0), (S, Q, H))
+    a = xp.where(inwin[:, :, None], dtw * r.A, 0.0)
+    acs = xp.cumulative_sum(a, axis=1)
+    ke = last - q0
+    acs_e = xp.sum(xp.where((k[None, :] == ke[:, None])[:, :, None], acs, 0.0), axis=1)  # (S, H)
+    w = xp.where(use[:, :, None], xp.exp(acs_e[:, None, :] - acs) * dtw, 0.0)  # (S, Q, H)
+    xw = xp.reshape(xp.take(r.x[0, ...], flat, axis=0), (S, Q, H, P)) * w[..., None]
+    Bw = xp.reshape(xp.take(r.B[0, ...], flat, axis=0), (S, Q, G, N))
+    if G != H:
+        group = xp.arange(H, dtype=xp.int64, device=dev) // (H // G)
+        Bw = xp.take(Bw, group, axis=2)
+    h = xp.matmul(xp.permute_dims(xw, (0, 2, 3, 1)), xp.permute_dims(Bw, (0, 2, 1, 3)))  # (S, H, P, N)
+    chunk = q0 // r.chunk_size
+    entering = xp.permute_dims(xp.take(r.states[0, ...], chunk, axis=1), (1, 0, 2, 3))  # (S, H, P, N)
+    keep = xp.astype(kr < 0, h.dtype)[:, None]  # the chunk's entering state, unless a restart cut it
+    return h + (keep * xp.astype(xp.exp(acs_e), h.dtype))[:, :, None, None] * entering
+
+
 def _ssd_fwd(x, dt, A, B, C, chunk_size=64, *, D=None, z=None, dt_bias=None, dt_softplus=False,
-             dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, return_final_states=False,
-             backend=None):
+             dt_limit=(0.0, math.inf), initial_states=None, seq_idx=None, cu_seqlens=None,
+             return_final_states=False, return_varlen_states=False, backend=None):
     """Forward of op ``"ssd"``: ``(out, residuals)``."""
     return_final_states = check_bool(_FN, "return_final_states", return_final_states)
+    return_varlen_states = check_bool(_FN, "return_varlen_states", return_varlen_states)
+    if return_varlen_states and cu_seqlens is None:
+        raise ValueError(f"{_FN}: return_varlen_states=True needs cu_seqlens (the sequences' boundaries)")
+    if return_varlen_states and seq_idx is None:
+        # the chunk states must restart where the sequences do; mamba_ssm silently mixes them without it
+        raise ValueError(f"{_FN}: return_varlen_states=True needs seq_idx marking the sequences of cu_seqlens, "
+                         "e.g. seq_idx = np.repeat(np.arange(len(cu_seqlens) - 1), np.diff(cu_seqlens))[None]")
     r = _prepare(x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states,
-                 seq_idx, backend)
+                 seq_idx, backend, cu_seqlens)
     xp = r.target.xp
     k = r.target.kernels("ssd")
     y, states = k.ssd_forward(r.x, r.dt, r.A, r.B, r.C, r.D, r.h0, r.reset, r.chunk_size)
@@ -173,16 +248,24 @@ def _ssd_fwd(x, dt, A, B, C, chunk_size=64, *, D=None, z=None, dt_bias=None, dt_
     r.y = y
     r.states = states
     r.return_final_states = bool(return_final_states)
-    return ((out, final) if return_final_states else out), r
+    r.return_varlen_states = bool(return_varlen_states)
+    res = (out, final) if return_final_states else (out,)
+    if return_varlen_states:
+        res = (*res, _varlen_states(r) if r.x.shape[1] else xp.zeros(
+            (r.cu_seqlens.shape[0] - 1, *r.shape[1:]), dtype=final.dtype, device=r.target.device))
+    return (res if len(res) > 1 else res[0]), r
 
 
 def _ssd_bwd(r, cotangent):
     """Backward of op ``"ssd"``: gradients for (x, dt, A, B, C, D, z, dt_bias, initial_states)."""
     xp = r.target.xp
-    if r.return_final_states:
-        gout, gfinal = cotangent
-    else:
-        gout, gfinal = cotangent, None
+    parts = cotangent if isinstance(cotangent, tuple) else (cotangent,)
+    gout = parts[0]
+    gfinal = parts[1] if r.return_final_states else None
+    if r.return_varlen_states and bool(xp.any(parts[-1] != 0)):  # one bool read back on devices
+        raise NotImplementedError(
+            f"{_FN}: no gradient through varlen_states (return_varlen_states=True; mamba_ssm has none "
+            "either); use seq_idx with a cotangent on out, or call ssd per sequence for state gradients")
     astype = _astype(r.target)
     gout = astype(gout, r.dtype)
     gfinal = None if gfinal is None else astype(gfinal, r.dtype)  # None: zeros
@@ -232,9 +315,11 @@ def ssd(
     dt_limit: tuple[float, float] = (0.0, math.inf),
     initial_states: np.ndarray | None = None,
     seq_idx: np.ndarray | None = None,
+    cu_seqlens: np.ndarray | None = None,
     return_final_states: bool = False,
+    return_varlen_states: bool = False,
     backend: str | None = None,
-) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+) -> np.ndarray | tuple[np.ndarray, ...]:
     r"""Mamba-2 SSD scan (``mamba_chunk_scan_combined`` semantics).
 
     Per batch b and head h (group g = h // (H / G)), with a (P, N) state::
@@ -287,10 +372,23 @@ def ssd(
         index 0, so ``initial_states`` reaches only a leading run of index 0.
         For non-decreasing ``seq_idx`` (the packed-sequence case) this is
         exactly mamba's behaviour.
+    cu_seqlens : ndarray of int, shape (S + 1,), optional
+        Boundaries of S sequences packed along L (batch 1): sequence s covers
+        steps ``cu_seqlens[s] <= t < cu_seqlens[s + 1]``. Used only for
+        ``return_varlen_states`` (as in mamba_ssm); the resets come from
+        ``seq_idx``, which must then be given and mark the same sequences. Values are checked for
+        NumPy input (strictly increasing within [0, L]), not on devices.
     return_final_states : bool, default False
         Also return the state after the last step.
-    backend : {None, "numba", "numpy"}, optional
-        Kernel choice; default by array type (NumPy arrays -> Numba).
+    return_varlen_states : bool, default False
+        Also return the state after the last step of every sequence of
+        ``cu_seqlens`` (mamba_ssm's ``varlen_states``). Each sequence restarts at
+        its own start; one starting at step 0 starts from ``initial_states`` where
+        ``seq_idx`` gives it index 0 (mamba_ssm drops them when that sequence ends
+        inside the first chunk). Not differentiable: the pullback refuses a non-zero
+        cotangent for it (mamba_ssm has no backward for it at all).
+    backend : {None, "numba", "numpy", "cupy"}, optional
+        Kernel choice; default by array type (NumPy arrays -> Numba, CuPy -> CUDA).
 
     Returns
     -------
@@ -299,18 +397,23 @@ def ssd(
         initial_states (A, D and dt_bias are cast to it).
     final_states : ndarray, shape (batch, H, P, N)
         Only with ``return_final_states=True``.
+    varlen_states : ndarray, shape (S, H, P, N)
+        Only with ``return_varlen_states=True``; after ``final_states`` when both
+        are asked for (mamba_ssm's order).
 
     Raises
     ------
     ValueError
         If an array's shape does not fit x's (batch, L, heads, headdim) and B's
         (groups, N) (the message gives the expected shape), the groups do not
-        divide the heads, ``chunk_size`` is below 1, or ``dt_limit`` does not
-        satisfy min <= max.
+        divide the heads, ``chunk_size`` is below 1, ``dt_limit`` does not
+        satisfy min <= max, ``return_varlen_states`` is asked for without
+        ``cu_seqlens``, or ``cu_seqlens`` is not increasing within [0, L] or comes
+        with a batch other than 1.
     TypeError
         If ``chunk_size`` is not an integer, ``dt_limit`` is not a pair of
-        floats, ``seq_idx`` is not an integer array, or an array is an integer,
-        boolean or non-numeric NumPy array.
+        floats, ``seq_idx`` or ``cu_seqlens`` is not an integer array, or an array
+        is an integer, boolean or non-numeric NumPy array.
 
     See Also
     --------
@@ -344,5 +447,6 @@ def ssd(
     """
     out, _ = _ssd_fwd(x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias,
                       dt_softplus=dt_softplus, dt_limit=dt_limit, initial_states=initial_states,
-                      seq_idx=seq_idx, return_final_states=return_final_states, backend=backend)
+                      seq_idx=seq_idx, cu_seqlens=cu_seqlens, return_final_states=return_final_states,
+                      return_varlen_states=return_varlen_states, backend=backend)
     return out

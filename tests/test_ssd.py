@@ -377,6 +377,88 @@ def test_seq_idx_equals_separate_sequences(rng):
             np.testing.assert_allclose(final[b:b + 1], f, rtol=1e-12, atol=1e-12)
 
 
+# ----------------------------------------------------------------------------- cu_seqlens / varlen states
+
+CU = np.array([0, 3, 4, 11, 20, 23])  # five packed sequences, lengths 3, 1, 7, 9, 3
+
+
+def _packed(rng, L=23):
+    x, dt, A, B, C = make_inputs(rng, nb=1, L=L)
+    return x, np.abs(dt), A, B, C
+
+
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+@pytest.mark.parametrize("chunk_size", [1, 2, 4, 7, 64])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_varlen_states_are_each_sequences_final_state(rng, backend, chunk_size, with_h0):
+    """varlen_states[s] == ssd on sequence s alone (from initial_states for sequence 0)."""
+    x, dt, A, B, C = _packed(rng)
+    h0 = rng.standard_normal((1, 4, 3, 5)) if with_h0 else None
+    seq = np.repeat(np.arange(5), np.diff(CU))[None]
+    out, final, var = ssd(x, dt, A, B, C, chunk_size, initial_states=h0, seq_idx=seq, cu_seqlens=CU,
+                          return_final_states=True, return_varlen_states=True, backend=backend)
+    assert var.shape == (5, 4, 3, 5) and var.dtype == final.dtype
+    for s in range(5):
+        a, b = CU[s], CU[s + 1]
+        o, f = ssd(x[:, a:b], dt[:, a:b], A, B[:, a:b], C[:, a:b], initial_states=h0 if s == 0 else None,
+                   return_final_states=True)
+        np.testing.assert_allclose(var[s], f[0], rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(out[:, a:b], o, rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(var[-1], final[0], rtol=1e-12, atol=1e-12)
+    # (out, varlen_states) without final states, mamba_ssm's order
+    out2, var2 = ssd(x, dt, A, B, C, chunk_size, initial_states=h0, seq_idx=seq, cu_seqlens=CU,
+                     return_varlen_states=True, backend=backend)
+    np.testing.assert_array_equal(out2, out)
+    np.testing.assert_array_equal(var2, var)
+
+
+def test_cu_seqlens_without_varlen_states_is_ignored_and_a_late_first_sequence_restarts(rng):
+    x, dt, A, B, C = _packed(rng)
+    np.testing.assert_array_equal(ssd(x, dt, A, B, C, 4, cu_seqlens=CU), ssd(x, dt, A, B, C, 4))
+    seq = np.repeat(np.arange(5), np.diff(CU))[None]
+    _, var = ssd(x, dt, A, B, C, 4, seq_idx=seq, cu_seqlens=CU[2:], return_varlen_states=True)  # from step 4
+    for s, (a, b) in enumerate(zip(CU[2:-1], CU[3:])):
+        _, f = ssd(x[:, a:b], dt[:, a:b], A, B[:, a:b], C[:, a:b], return_final_states=True)
+        np.testing.assert_allclose(var[s], f[0], rtol=1e-11, atol=1e-11)
+
+
+def test_varlen_states_get_no_gradient(rng):
+    x, dt, A, B, C = _packed(rng)
+    seq = np.repeat(np.arange(5), np.diff(CU))[None]
+    (out, var), pullback = ssmcore.vjp("ssd", x, dt, A, B, C, 4, seq_idx=seq, cu_seqlens=CU,
+                                       return_varlen_states=True)
+    gy = rng.standard_normal(out.shape)
+    _, plain = ssmcore.vjp("ssd", x, dt, A, B, C, 4, seq_idx=seq)
+    for a, b in zip(pullback((gy, None)), plain(gy)):
+        assert (a is None) == (b is None)
+        if a is not None:
+            np.testing.assert_array_equal(a, b)
+    pullback((gy, np.zeros_like(var)))
+    with pytest.raises(NotImplementedError, match="ssd: no gradient through varlen_states"):
+        pullback((gy, np.ones_like(var)))
+
+
+def test_cu_seqlens_errors(rng):
+    x, dt, A, B, C = _packed(rng)
+    with pytest.raises(ValueError, match="ssd: return_varlen_states=True needs cu_seqlens"):
+        ssd(x, dt, A, B, C, return_varlen_states=True)
+    with pytest.raises(ValueError, match="ssd: return_varlen_states=True needs seq_idx marking the sequences"):
+        ssd(x, dt, A, B, C, cu_seqlens=CU, return_varlen_states=True)
+    seq = np.zeros((1, 23), np.int64)
+    for bad in ([0, 5, 5, 23], [0, 30], [-1, 23], [3, 1]):
+        with pytest.raises(ValueError, match=r"ssd: cu_seqlens must increase strictly within \[0, L=23\]"):
+            ssd(x, dt, A, B, C, seq_idx=seq, cu_seqlens=np.array(bad), return_varlen_states=True)
+    with pytest.raises(TypeError, match="ssd: cu_seqlens has dtype float64; expected an integer dtype"):
+        ssd(x, dt, A, B, C, seq_idx=seq, cu_seqlens=np.array([0.0, 23.0]), return_varlen_states=True)
+    with pytest.raises(ValueError, match=r"ssd: cu_seqlens has shape \(1,\); expected \(num_sequences \+ 1,\)"):
+        ssd(x, dt, A, B, C, seq_idx=seq, cu_seqlens=np.array([0]), return_varlen_states=True)
+    x2, dt2, A2, B2, C2 = make_inputs(rng, nb=2, L=23)
+    with pytest.raises(ValueError, match="ssd: cu_seqlens needs batch 1"):
+        ssd(x2, dt2, A2, B2, C2, seq_idx=np.zeros((2, 23), np.int64), cu_seqlens=CU, return_varlen_states=True)
+    with pytest.raises(TypeError, match="ssd: return_varlen_states must be"):
+        ssd(x, dt, A, B, C, seq_idx=seq, cu_seqlens=CU, return_varlen_states="yes")
+
+
 @pytest.mark.parametrize("chunk_size", [2, 4, 5])
 def test_seq_idx_matches_mamba_chunk_rules_for_sorted_index(rng, chunk_size):
     x, dt, A, B, C = make_inputs(rng, nb=2, L=15)

@@ -109,6 +109,23 @@ def test_vjp_without_options(ns, rng):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.parametrize("chunk_size", [3, 64])
+def test_varlen_states_match_numpy(ns, rng, chunk_size):
+    """cu_seqlens / return_varlen_states: gathers and chunk-state reads stay in the namespace."""
+    args, _ = _inputs(rng, b=1, L=17, full=False)
+    cu = np.array([0, 5, 6, 13, 17])
+    kw = dict(seq_idx=np.repeat(np.arange(4), np.diff(cu))[None], cu_seqlens=cu,
+              initial_states=rng.standard_normal((1, 4, 3, 5)))
+    opts = dict(dt_softplus=True, return_final_states=True, return_varlen_states=True)
+    want = ssmcore.ssd(*args, chunk_size, **kw, **opts)
+    if not _on_device(ns):
+        return
+    nargs, nkw = _to(ns, args, kw)
+    got = ssmcore.ssd(*nargs, chunk_size, **nkw, **opts)
+    for g, w in zip(ns.to_numpy(got), want):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
 def test_validation_messages(ns, rng):
     args, _ = _inputs(rng, full=False)
     nargs = [ns.asarray(a) for a in args]

@@ -256,13 +256,16 @@ COMPLEX_OK.add("lti_simulate_diag")
 
 # ----------------------------------------------------------------------------- ssd (Mamba-2)
 @rule("ssd")
-def _ssd(x, dt, A, B, C, *, z=None, initial_states=None, return_final_states=False, **_):
+def _ssd(x, dt, A, B, C, chunk_size=64, *, z=None, initial_states=None, cu_seqlens=None, return_final_states=False,
+         return_varlen_states=False, **_):
     cdt = result_dtype(x, dt, B, C, z, initial_states)
-    out = ArraySpec(tuple(x.shape), cdt)
-    if not return_final_states:
-        return out
+    out = [ArraySpec(tuple(x.shape), cdt)]
     b, _, h, p = x.shape
-    return out, ArraySpec((b, h, p, B.shape[-1]), cdt)
+    if return_final_states:
+        out.append(ArraySpec((b, h, p, B.shape[-1]), cdt))
+    if return_varlen_states:
+        out.append(ArraySpec((cu_seqlens.shape[0] - 1, h, p, B.shape[-1]), cdt))
+    return tuple(out) if len(out) > 1 else out[0]
 
 
 def _ssd_case(rng, dtype, full):
