@@ -630,23 +630,37 @@ def causal_conv_bwd(
         n = _fft_len(L, Lk)
     workers = _fft_workers(workers, Bt * max(C, 1) * H * n)
     Gf = fft.rfft(G, n, axis=-1, workers=workers) if (need_u or need_k) else None  # (Bt, C, H, F)
+    # The spectra are as large as the batch: products are formed in place (no conj() copies, no
+    # einsum temporaries of that size), the kernel gradient first, since u's reuses Gf's memory.
+    K_bar = Ka_bar = None
+    if need_k:
+        Uf = fft.rfft(u, n, axis=-1, workers=workers)  # (Bt, H, F)
+        np.conjugate(Uf, out=Uf)
+        # K_bar = sum_b corr(G, u): lags 0..Lk-1 are causal taps, lags -1..-Lk the anti-causal ones.
+        if C == 1:
+            Uf *= Gf[:, 0]
+            Qf = Uf.sum(axis=0)[None]
+        else:
+            Qf = np.einsum("bchf,bhf->chf", Gf, Uf)
+        del Uf
+        q = fft.irfft(Qf, n, axis=-1, workers=workers, overwrite_x=True)
+        K_bar = np.ascontiguousarray(q[..., :Lk])
+        if K_anti is not None:
+            Ka_bar = np.ascontiguousarray(q[..., n - Lk :][..., ::-1]) if Lk else np.zeros_like(K)
     u_bar = None
     if need_u:
         if Kf is None:
             Kf = _kernel_spectrum(K, K_anti, n, workers)  # (C, H, F)
         # u_bar = sum_c corr(G, k): multiply by conj(Kf) and sum the output channels in frequency space.
-        Ubf = np.einsum("bchf,chf->bhf", Gf, np.conj(Kf)) if C > 1 else Gf[:, 0] * np.conj(Kf[0])
+        if C == 1:
+            Ubf = Gf[:, 0]
+            Ubf *= np.conj(Kf[0])  # in place: Gf is not needed any more
+        else:
+            Ubf = np.einsum("bchf,chf->bhf", Gf, np.conj(Kf))
+        del Gf
         u_bar = fft.irfft(Ubf, n, axis=-1, workers=workers, overwrite_x=True)[..., :L]
         if D is not None:
             u_bar = u_bar + np.einsum("ch,bcht->bht", D, G)
         u_bar = np.ascontiguousarray(u_bar)
-    K_bar = Ka_bar = None
-    if need_k:
-        Uf = fft.rfft(u, n, axis=-1, workers=workers)  # (Bt, H, F)
-        # K_bar = sum_b corr(G, u): lags 0..Lk-1 are causal taps, lags -1..-Lk the anti-causal ones.
-        q = fft.irfft(np.einsum("bchf,bhf->chf", Gf, np.conj(Uf)), n, axis=-1, workers=workers, overwrite_x=True)
-        K_bar = np.ascontiguousarray(q[..., :Lk])
-        if K_anti is not None:
-            Ka_bar = np.ascontiguousarray(q[..., n - Lk :][..., ::-1]) if Lk else np.zeros_like(K)
     D_bar = None if (D is None or not need_d) else np.einsum("bcht,bht->ch", G, u)
     return u_bar, K_bar, Ka_bar, D_bar
