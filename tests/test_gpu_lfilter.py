@@ -19,6 +19,7 @@ import scipy.signal as sps
 
 import ssmcore
 from ssmcore.reference import lfilter as ref
+from test_cupy_lfilter import _case  # the same operands as the host-emulation tests
 
 pytestmark = pytest.mark.gpu
 
@@ -41,24 +42,6 @@ def _close(got, want, dtype):
     tol = TOL[np.dtype(dtype).type]
     scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale)
-
-
-def _case(rng, dt, K, C, L, *, fir=False, shared=True):
-    cplx = np.dtype(dt).kind == "c"
-
-    def r(*s):
-        v = rng.standard_normal(s)
-        return (v + 1j * rng.standard_normal(s) if cplx else v).astype(dt)
-
-    R = 1 if shared else C
-    b = r(R, K)
-    if fir:
-        a = np.ones((R, 1), dt)
-    else:
-        a = r(R, K) * (0.5 / K)  # small feedback: stable filters
-        a[:, 0] = 1
-    rows = np.zeros(C, np.int64) if shared else np.arange(C, dtype=np.int64)
-    return b, rows, a, rows.copy(), r(C, L), r(C, K - 1), r(C, L), r(C, K - 1)
 
 
 def _d(*xs):
