@@ -16,10 +16,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.signal as sps
+from test_cupy_lfilter import _case  # the same operands as the host-emulation tests
 
 import ssmcore
 from ssmcore.reference import lfilter as ref
-from test_cupy_lfilter import _case  # the same operands as the host-emulation tests
 
 pytestmark = pytest.mark.gpu
 
