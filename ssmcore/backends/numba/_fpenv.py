@@ -1,0 +1,253 @@
+"""Flush subnormals to zero inside ssmcore's Numba kernels, and only there.
+
+Why: with round-to-nearest, ``x * a`` for the smallest subnormal ``x`` and any
+``a > 0.5`` rounds back to ``x``, so a state, product or gradient that decays by
+more than 0.5 per step never reaches zero once it is subnormal. Intel cores take
+a microcode assist (about 100 cycles) for every operation on a subnormal, which
+slows ssmcore's kernels down 3-70x on realistic inputs (measured, PLATFORM.md
+section 7). AMD Zen cores do not stall; arm64 cores vary.
+
+Mechanism: two Numba intrinsics, called by the kernels themselves.
+
+* :func:`fp_enter` reads the floating-point control register of the thread it
+  runs on, sets the flush bits (x86-64: MXCSR.FTZ, bit 15, and MXCSR.DAZ, bit 6;
+  arm64: FPCR.FZ, bit 24, which flushes inputs and results) when flushing is on,
+  and returns the old value.
+* :func:`fp_exit` puts the flush bits back as they were in that old value
+  (status bits, such as the sticky inexact/overflow flags, are left as the
+  kernel's arithmetic set them, as without this module). Both write the register
+  only when its value changes.
+
+Every kernel that Python calls brackets its work with them, and every ``prange``
+body does too, so each OpenMP/TBB worker thread sets and restores its *own*
+register per unit of work: worker threads are persistent, and NumPy, SciPy or
+PyTorch code that later runs on them (or on the calling thread) sees the flags it
+had before. Nothing is set process-wide and nothing at import. One unit of work
+is a channel, a block of channels or a time chunk (micro- to milliseconds), so the
+two register accesses (tens of cycles) are not measurable.
+
+Other architectures: both intrinsics compile to nothing (no flushing).
+
+The switch: flushing is on unless ``SSMCORE_FLUSH_SUBNORMALS=0`` (read when this
+module is imported), and :func:`set_flush_subnormals` / :func:`flush_subnormals`
+change it at run time. The setting lives in a C global (``_ssmcore_fpenv_mask``)
+that the compiled kernels load at every call, resolved by symbol when a kernel is
+compiled *or loaded from Numba's on-disk cache*, so ``cache=True`` never freezes
+it. It is process-wide (one setting for all Python threads).
+
+What flushing changes: results whose magnitude would be below the smallest
+normal number (``np.finfo(dtype).tiny``: about 1.2e-38 in float32/complex64,
+2.2e-308 in float64/complex128) become zero (FTZ), and subnormal inputs are read
+as zero (DAZ), inside ssmcore's Numba kernels only. The sign of such a zero
+follows the sign of the exact result. NaN and infinity are unchanged (they are
+not subnormal). Everything at or above ``tiny`` is bit-for-bit what it was.
+Arithmetic that LLVM places outside the bracket (a few scalar operations before
+the first or after the last store of a kernel) keeps gradual underflow, so a
+result is either flushed or exact-IEEE, never anything else.
+
+Exceptions: no bracket holds a ``raise`` (ssmcore validates in Python before
+calling a kernel) and the large allocations of a kernel come before its bracket,
+so the restore always runs. Should a small allocation inside a bracket fail
+(``MemoryError`` raised from jitted code), that thread keeps the flush bits;
+:func:`reset_thread` clears them on the calling thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import platform
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
+
+__all__ = [
+    "FLUSH_BITS",
+    "MASK_SYMBOL",
+    "flush_subnormals",
+    "flush_subnormals_enabled",
+    "fp_enter",
+    "fp_exit",
+    "fp_read",
+    "read_thread",
+    "reset_thread",
+    "set_flush_subnormals",
+]
+
+MASK_SYMBOL = "_ssmcore_fpenv_mask"
+
+_MACHINE = platform.machine().lower()
+if _MACHINE in ("x86_64", "amd64"):
+    _ARCH = "x86_64"
+    FLUSH_BITS = (1 << 15) | (1 << 6)  # MXCSR.FTZ | MXCSR.DAZ
+elif _MACHINE in ("aarch64", "arm64"):
+    _ARCH = "aarch64"
+    FLUSH_BITS = 1 << 24  # FPCR.FZ
+else:
+    _ARCH = "other"
+    FLUSH_BITS = 0
+
+
+def _env_default() -> bool:
+    value = os.environ.get("SSMCORE_FLUSH_SUBNORMALS", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+# The C global the kernels read (int64: the bits to set; 0 = flushing off). Kept
+# alive for the life of the process; registered before any kernel is compiled or
+# loaded from the cache, because the kernel modules import this module first.
+_MASK = ctypes.c_int64(FLUSH_BITS if _env_default() else 0)
+llvm.add_symbol(MASK_SYMBOL, ctypes.addressof(_MASK))
+
+
+def set_flush_subnormals(enabled: bool) -> bool:
+    """Turn flushing in ssmcore's Numba kernels on or off; return the previous setting.
+
+    Process-wide, effective from the next kernel call (a call in progress keeps the
+    setting it started with on threads that already entered).
+    """
+    previous = bool(_MASK.value)
+    _MASK.value = FLUSH_BITS if enabled else 0
+    return previous
+
+
+def flush_subnormals_enabled() -> bool:
+    """Whether ssmcore's Numba kernels flush subnormals (False also on architectures without support)."""
+    return bool(_MASK.value)
+
+
+@contextlib.contextmanager
+def flush_subnormals(enabled: bool):
+    """Context manager: ``with flush_subnormals(False): ...`` runs the block with gradual underflow."""
+    previous = set_flush_subnormals(enabled)
+    try:
+        yield
+    finally:
+        set_flush_subnormals(previous)
+
+
+# ----------------------------------------------------------------------------- LLVM IR
+_I8P = ir.IntType(8).as_pointer()
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+
+
+def _mask_value(builder):
+    module = builder.module
+    gv = module.globals.get(MASK_SYMBOL)
+    if gv is None:
+        gv = ir.GlobalVariable(module, _I64, MASK_SYMBOL)  # external declaration
+        gv.linkage = "external"
+    return builder.load(gv)
+
+
+def _read_register(builder):
+    """The control register of the current thread, zero-extended to i64 (x86-64, arm64)."""
+    module = builder.module
+    if _ARCH == "x86_64":
+        slot = builder.alloca(_I32)
+        fn = module.globals.get("llvm.x86.sse.stmxcsr") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [_I8P]), "llvm.x86.sse.stmxcsr")
+        builder.call(fn, [builder.bitcast(slot, _I8P)])
+        return builder.zext(builder.load(slot), _I64)
+    fn = module.globals.get("llvm.aarch64.get.fpcr") or ir.Function(
+        module, ir.FunctionType(_I64, []), "llvm.aarch64.get.fpcr")
+    return builder.call(fn, [])
+
+
+def _write_register(builder, value):
+    module = builder.module
+    if _ARCH == "x86_64":
+        slot = builder.alloca(_I32)
+        builder.store(builder.trunc(value, _I32), slot)
+        fn = module.globals.get("llvm.x86.sse.ldmxcsr") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [_I8P]), "llvm.x86.sse.ldmxcsr")
+        builder.call(fn, [builder.bitcast(slot, _I8P)])
+    else:
+        fn = module.globals.get("llvm.aarch64.set.fpcr") or ir.Function(
+            module, ir.FunctionType(ir.VoidType(), [_I64]), "llvm.aarch64.set.fpcr")
+        builder.call(fn, [value])
+
+
+def _write_if_changed(builder, old, new):
+    with builder.if_then(builder.icmp_unsigned("!=", old, new), likely=False):
+        _write_register(builder, new)
+
+
+@intrinsic
+def fp_enter(typingctx):
+    """Set the flush bits (when flushing is on) on this thread; return the register's old value."""
+
+    def codegen(context, builder, signature, args):
+        if _ARCH == "other":
+            return ir.Constant(_I64, 0)
+        old = _read_register(builder)
+        _write_if_changed(builder, old, builder.or_(old, _mask_value(builder)))
+        return old
+
+    return types.int64(), codegen
+
+
+@intrinsic
+def fp_exit(typingctx, old):
+    """Put the flush bits of this thread back to their value in ``old`` (from :func:`fp_enter`)."""
+    if not isinstance(old, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        if _ARCH != "other":
+            saved = context.cast(builder, args[0], signature.args[0], types.int64)
+            bits = ir.Constant(_I64, FLUSH_BITS)
+            cur = _read_register(builder)
+            new = builder.or_(builder.and_(cur, ir.Constant(_I64, ~FLUSH_BITS)), builder.and_(saved, bits))
+            _write_if_changed(builder, cur, new)
+        return context.get_dummy_value()
+
+    return types.none(old), codegen
+
+
+@intrinsic
+def fp_read(typingctx):
+    """The control register of this thread (MXCSR or FPCR; 0 elsewhere): for tests and diagnostics."""
+
+    def codegen(context, builder, signature, args):
+        if _ARCH == "other":
+            return ir.Constant(_I64, 0)
+        return _read_register(builder)
+
+    return types.int64(), codegen
+
+
+# ----------------------------------------------------------------------------- Python helpers
+_HELPERS: dict = {}
+
+
+def _helpers():
+    """Tiny uncached njit functions that run the intrinsics on the calling thread (Python-side use)."""
+    if not _HELPERS:
+        import numba
+
+        @numba.njit(cache=False)
+        def _read():
+            return fp_read()
+
+        @numba.njit(cache=False)
+        def _clear(bits):
+            fp_exit(fp_read() & ~bits)
+
+        _HELPERS.update(read=_read, clear=_clear)
+    return _HELPERS
+
+
+def read_thread() -> int:
+    """Return the calling thread's MXCSR (x86-64) or FPCR (arm64); 0 on other architectures."""
+    return int(_helpers()["read"]())
+
+
+def reset_thread() -> None:
+    """Clear the flush bits on the calling thread (recovery after a kernel raised inside its bracket)."""
+    if FLUSH_BITS:
+        _helpers()["clear"](FLUSH_BITS)
