@@ -21,6 +21,7 @@ from numba import prange
 
 from ssmcore.reference.convolution import _empty_conv, _empty_conv_bwd
 
+from ._fpenv import fp_enter, fp_exit
 from ._jit import jit
 
 __all__ = [
@@ -82,9 +83,11 @@ def _vandermonde_fwd(ar, ai, tr, ti, xr, xi, wr, wi, out):
     steps, so the relative error of a power stays ~(_T + _ANCHOR / _T) eps instead
     of growing like l eps (which matters for slowly decaying modes, |Ad| ~ 1).
     """
+    fp0 = fp_enter()
     C, H, N = wr.shape
     L = out.shape[2]
     for h in prange(H):
+        fp1 = fp_enter()
         tab = np.empty((N, 2 * _T))
         zr = np.empty(N)
         zi = np.empty(N)
@@ -126,6 +129,8 @@ def _vandermonde_fwd(ar, ai, tr, ti, xr, xi, wr, wi, out):
                 z_r = zr[n]
                 zr[n] = z_r * tr[h, n] - zi[n] * ti[h, n]
                 zi[n] = z_r * ti[h, n] + zi[n] * tr[h, n]
+        fp_exit(fp1)
+    fp_exit(fp0)
     return out
 
 
@@ -160,9 +165,11 @@ def _vandermonde_bwd(ar, ai, wr, wi, G, wbr, wbi, abr, abi):
     t = sum_l g_l l Ad^(l-1) (its derivative in Ad). Vectorised over the modes n;
     O(N) state per channel.
     """
+    fp0 = fp_enter()
     C, H, N = wr.shape
     L = G.shape[2]
     for h in prange(H):
+        fp1 = fp_enter()
         sr = np.empty(N)
         si = np.empty(N)
         qr = np.empty(N)
@@ -196,6 +203,8 @@ def _vandermonde_bwd(ar, ai, wr, wi, G, wbr, wbi, abr, abi):
                 w_i = wi[c, h, n]
                 abr[h, n] += w_r * qr[n] - w_i * qi[n]
                 abi[h, n] += w_r * qi[n] + w_i * qr[n]
+        fp_exit(fp1)
+    fp_exit(fp0)
 
 
 def vandermonde_kernel_bwd(log_ad: np.ndarray, W: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -234,10 +243,12 @@ def _cauchy_fwd(nr, ni, mr, mi, amr, ami, apr, api, out):
     prange over (channel, frequency block); modes outer, frequencies inner so the
     inner loop vectorises over frequencies without a cross-lane reduction.
     """
+    fp0 = fp_enter()
     H, M, N = nr.shape
     F = amr.shape[0]
     nblk = (F + _FB - 1) // _FB
     for idx in prange(H * nblk):
+        fp1 = fp_enter()
         h = idx // nblk
         k0 = (idx % nblk) * _FB
         kn = min(_FB, F - k0)
@@ -277,6 +288,8 @@ def _cauchy_fwd(nr, ni, mr, mi, amr, ami, apr, api, out):
         for m in range(M):
             for k in range(kn):
                 out[h, m, k0 + k] = complex(accr[m, k], acci[m, k])
+        fp_exit(fp1)
+    fp_exit(fp0)
 
 
 def cauchy_sums(num: np.ndarray, mu: np.ndarray, one_minus_w: np.ndarray, one_plus_w: np.ndarray) -> np.ndarray:
@@ -308,9 +321,11 @@ def _cauchy_bwd(nr, ni, mr, mi, amr, ami, apr, api, sb, gnr, gni, gmr, gmi):
     num_bar[m, i] = sum_k Sb/d + conj(Sb/dc);
     Y[m, i] = sum_k Sb b/d^2 + conj(Sb b/dc^2);  mu_bar[i] = sum_m num[m, i] Y[m, i].
     """
+    fp0 = fp_enter()
     H, M, N = nr.shape
     F = amr.shape[0]
     for h in prange(H):
+        fp1 = fp_enter()
         xr = np.zeros((M, N))
         xi = np.zeros((M, N))
         yr = np.zeros((M, N))
@@ -359,6 +374,8 @@ def _cauchy_bwd(nr, ni, mr, mi, amr, ami, apr, api, sb, gnr, gni, gmr, gmi):
                 x_i = ni[h, m, i]
                 gmr[h, i] += x_r * yr[m, i] - x_i * yi[m, i]
                 gmi[h, i] += x_r * yi[m, i] + x_i * yr[m, i]
+        fp_exit(fp1)
+    fp_exit(fp0)
 
 
 def cauchy_sums_bwd(
@@ -386,9 +403,11 @@ def cauchy_sums_bwd(
 @jit(parallel=True)
 def _dense_fwd(At, B, C, out):
     """K[s, l] = C x_l, x_{l+1} = A x_l, x_0 = B; At = A^T so the mat-vec is column axpys."""
+    fp0 = fp_enter()
     S, N = B.shape
     L = out.shape[1]
     for s in prange(S):
+        fp1 = fp_enter()
         x = B[s].copy()
         y = np.empty_like(x)
         for l in range(L):
@@ -403,6 +422,8 @@ def _dense_fwd(At, B, C, out):
                 for i in range(N):
                     y[i] += At[s, j, i] * xj
             x, y = y, x
+        fp_exit(fp1)
+    fp_exit(fp0)
     return out
 
 
@@ -426,10 +447,12 @@ def _dense_bwd(A, At, B, C, G, seg, A_bar, B_bar, C_bar):
     Forward states are saved every ``seg`` steps, recomputed segment by segment
     from the end, and consumed by the adjoint recursion lam_l = C G_l + A^T lam_{l+1}.
     """
+    fp0 = fp_enter()
     S, N = B.shape
     L = G.shape[1]
     nseg = (L + seg - 1) // seg
     for s in prange(S):
+        fp1 = fp_enter()
         ck = np.empty((nseg, N), dtype=B.dtype)
         X = np.empty((seg, N), dtype=B.dtype)
         x = B[s].copy()
@@ -482,6 +505,8 @@ def _dense_bwd(A, At, B, C, G, seg, A_bar, B_bar, C_bar):
                 lam, nl = nl, lam
         for i in range(N):
             B_bar[s, i] = lam[i]
+        fp_exit(fp1)
+    fp_exit(fp0)
 
 
 def dense_kernel_bwd(A: np.ndarray, B: np.ndarray, C: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, ...]:

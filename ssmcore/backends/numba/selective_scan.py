@@ -58,6 +58,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from ._fpenv import fp_enter, fp_exit
 from ._jit import FASTMATH, jit
 
 __all__ = ["fast_exp", "fast_sigmoid", "fast_softplus", "math_arrays", "selective_scan_bwd", "selective_scan_fwd"]
@@ -310,7 +311,9 @@ def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     out = np.empty((nb, nd, L), u.dtype)
     last = np.empty((nb, nd, N), A.dtype)
     ckpt = np.empty((nb, nd, nck if save else 0, N), A.dtype)
+    fp0 = fp_enter()  # after the output allocations (see _fpenv: no MemoryError inside a bracket)
     for i in prange(nb * nd):
+        fp1 = fp_enter()
         b = i // nd
         d = i - b * nd
         bb = b if b_var else 0
@@ -372,6 +375,8 @@ def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
                     o *= zb[s - s0]
                 out[b, d, t] = o
         last[b, d, :] = x
+        fp_exit(fp1)
+    fp_exit(fp0)
     return out, last, ckpt
 
 
@@ -450,7 +455,9 @@ def _bwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     dz = np.zeros((nb, nd, L) if has_z else (1, 1, 1), u.dtype)
     dh0 = np.empty((nb, nd, N), A.dtype)
 
+    fp0 = fp_enter()  # after the output allocations (see _fpenv: no MemoryError inside a bracket)
     for task in prange(nb * ng * nsub):
+        fp1 = fp_enter()
         b = task // (ng * nsub)
         rest = task - b * ng * nsub
         g = rest // nsub
@@ -613,6 +620,7 @@ def _bwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
             dAp[b, d, :] = dAacc
             dDp[b, d] = dDacc
             dbp[b, d] = dbacc
+        fp_exit(fp1)
 
     dA = np.zeros((nd, N), A.dtype)
     dD = np.zeros(nd, u.dtype)
@@ -637,4 +645,5 @@ def _bwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
         dC = np.zeros((1, nd, 1, N), A.dtype)
         for b in range(nb):
             dC[0, :, 0, :] += dCf[b]
+    fp_exit(fp0)
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0
