@@ -18,13 +18,21 @@ Mechanism: two Numba intrinsics, called by the kernels themselves.
   kernel's arithmetic set them, as without this module). Both write the register
   only when its value changes.
 
-Every kernel that Python calls brackets its work with them, and every ``prange``
-body does too, so each OpenMP/TBB worker thread sets and restores its *own*
-register per unit of work: worker threads are persistent, and NumPy, SciPy or
-PyTorch code that later runs on them (or on the calling thread) sees the flags it
-had before. Nothing is set process-wide and nothing at import. One unit of work
+Every serial kernel that Python calls brackets its work with them, and every
+``prange`` body does too, so each OpenMP/TBB worker thread sets and restores its
+*own* register per unit of work: worker threads are persistent, and NumPy, SciPy
+or PyTorch code that later runs on them (or on the calling thread) sees the flags
+it had before. Nothing is set process-wide and nothing at import. One unit of work
 is a channel, a block of channels or a time chunk (micro- to milliseconds), so the
 two register accesses (tens of cycles) are not measurable.
+
+A parallel kernel never holds the calling thread's bracket open across a
+``prange``: threads created when a parallel region starts inherit the creator's
+MXCSR (Linux threads copy it; libgomp makes its team at the first region of each
+calling thread) and TBB copies the launching thread's FP settings into its tasks,
+so a team started while flushed would keep the flags after ssmcore returns (seen
+in testing). The calling thread's serial work between two ``prange`` loops, where
+it matters, has its own bracket closed before the next loop.
 
 Other architectures: both intrinsics compile to nothing (no flushing).
 
@@ -40,16 +48,18 @@ normal number (``np.finfo(dtype).tiny``: about 1.2e-38 in float32/complex64,
 2.2e-308 in float64/complex128) become zero (FTZ), and subnormal inputs are read
 as zero (DAZ), inside ssmcore's Numba kernels only. The sign of such a zero
 follows the sign of the exact result. NaN and infinity are unchanged (they are
-not subnormal). Everything at or above ``tiny`` is bit-for-bit what it was.
+not subnormal). A result whose computation never meets a subnormal is bit-for-bit
+what it was; one whose inputs or intermediates are subnormal differs from the IEEE
+result by less than ``tiny`` in absolute terms (sums) or is 0 where a subnormal
+factor was read as 0 (products).
 Arithmetic that LLVM places outside the bracket (a few scalar operations before
 the first or after the last store of a kernel) keeps gradual underflow, so a
 result is either flushed or exact-IEEE, never anything else.
 
 Exceptions: no bracket holds a ``raise`` (ssmcore validates in Python before
-calling a kernel) and the large allocations of a kernel come before its bracket,
-so the restore always runs. Should a small allocation inside a bracket fail
-(``MemoryError`` raised from jitted code), that thread keeps the flush bits;
-:func:`reset_thread` clears them on the calling thread.
+calling a kernel), so the restore always runs. Should an allocation inside a
+bracket fail (``MemoryError`` raised from jitted code), that thread keeps the flush
+bits; :func:`reset_thread` clears them on the calling thread.
 """
 
 from __future__ import annotations

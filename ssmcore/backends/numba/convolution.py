@@ -83,7 +83,6 @@ def _vandermonde_fwd(ar, ai, tr, ti, xr, xi, wr, wi, out):
     steps, so the relative error of a power stays ~(_T + _ANCHOR / _T) eps instead
     of growing like l eps (which matters for slowly decaying modes, |Ad| ~ 1).
     """
-    fp0 = fp_enter()
     C, H, N = wr.shape
     L = out.shape[2]
     for h in prange(H):
@@ -130,7 +129,6 @@ def _vandermonde_fwd(ar, ai, tr, ti, xr, xi, wr, wi, out):
                 zr[n] = z_r * tr[h, n] - zi[n] * ti[h, n]
                 zi[n] = z_r * ti[h, n] + zi[n] * tr[h, n]
         fp_exit(fp1)
-    fp_exit(fp0)
     return out
 
 
@@ -165,7 +163,6 @@ def _vandermonde_bwd(ar, ai, wr, wi, G, wbr, wbi, abr, abi):
     t = sum_l g_l l Ad^(l-1) (its derivative in Ad). Vectorised over the modes n;
     O(N) state per channel.
     """
-    fp0 = fp_enter()
     C, H, N = wr.shape
     L = G.shape[2]
     for h in prange(H):
@@ -204,7 +201,6 @@ def _vandermonde_bwd(ar, ai, wr, wi, G, wbr, wbi, abr, abi):
                 abr[h, n] += w_r * qr[n] - w_i * qi[n]
                 abi[h, n] += w_r * qi[n] + w_i * qr[n]
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def vandermonde_kernel_bwd(log_ad: np.ndarray, W: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -243,7 +239,6 @@ def _cauchy_fwd(nr, ni, mr, mi, amr, ami, apr, api, out):
     prange over (channel, frequency block); modes outer, frequencies inner so the
     inner loop vectorises over frequencies without a cross-lane reduction.
     """
-    fp0 = fp_enter()
     H, M, N = nr.shape
     F = amr.shape[0]
     nblk = (F + _FB - 1) // _FB
@@ -289,7 +284,6 @@ def _cauchy_fwd(nr, ni, mr, mi, amr, ami, apr, api, out):
             for k in range(kn):
                 out[h, m, k0 + k] = complex(accr[m, k], acci[m, k])
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def cauchy_sums(num: np.ndarray, mu: np.ndarray, one_minus_w: np.ndarray, one_plus_w: np.ndarray) -> np.ndarray:
@@ -321,7 +315,6 @@ def _cauchy_bwd(nr, ni, mr, mi, amr, ami, apr, api, sb, gnr, gni, gmr, gmi):
     num_bar[m, i] = sum_k Sb/d + conj(Sb/dc);
     Y[m, i] = sum_k Sb b/d^2 + conj(Sb b/dc^2);  mu_bar[i] = sum_m num[m, i] Y[m, i].
     """
-    fp0 = fp_enter()
     H, M, N = nr.shape
     F = amr.shape[0]
     for h in prange(H):
@@ -375,7 +368,6 @@ def _cauchy_bwd(nr, ni, mr, mi, amr, ami, apr, api, sb, gnr, gni, gmr, gmi):
                 gmr[h, i] += x_r * yr[m, i] - x_i * yi[m, i]
                 gmi[h, i] += x_r * yi[m, i] + x_i * yr[m, i]
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def cauchy_sums_bwd(
@@ -403,7 +395,6 @@ def cauchy_sums_bwd(
 @jit(parallel=True)
 def _dense_fwd(At, B, C, out):
     """K[s, l] = C x_l, x_{l+1} = A x_l, x_0 = B; At = A^T so the mat-vec is column axpys."""
-    fp0 = fp_enter()
     S, N = B.shape
     L = out.shape[1]
     for s in prange(S):
@@ -423,7 +414,6 @@ def _dense_fwd(At, B, C, out):
                     y[i] += At[s, j, i] * xj
             x, y = y, x
         fp_exit(fp1)
-    fp_exit(fp0)
     return out
 
 
@@ -447,7 +437,6 @@ def _dense_bwd(A, At, B, C, G, seg, A_bar, B_bar, C_bar):
     Forward states are saved every ``seg`` steps, recomputed segment by segment
     from the end, and consumed by the adjoint recursion lam_l = C G_l + A^T lam_{l+1}.
     """
-    fp0 = fp_enter()
     S, N = B.shape
     L = G.shape[1]
     nseg = (L + seg - 1) // seg
@@ -506,7 +495,6 @@ def _dense_bwd(A, At, B, C, G, seg, A_bar, B_bar, C_bar):
         for i in range(N):
             B_bar[s, i] = lam[i]
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def dense_kernel_bwd(A: np.ndarray, B: np.ndarray, C: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, ...]:

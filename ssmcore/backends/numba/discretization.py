@@ -142,12 +142,10 @@ def _diag_fwd_seq(A, dt, B, method, alpha, Ad, Bd):
 
 @jit(parallel=True)
 def _diag_fwd_par(A, dt, B, method, alpha, Ad, Bd):
-    fp0 = fp_enter()
     for r in prange(A.shape[0]):
         fp1 = fp_enter()
         _diag_fwd_row(A, dt, B, method, alpha, Ad, Bd, r)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit
@@ -160,12 +158,10 @@ def _diag_bwd_seq(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB):
 
 @jit(parallel=True)
 def _diag_bwd_par(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB):
-    fp0 = fp_enter()
     for r in prange(A.shape[0]):
         fp1 = fp_enter()
         _diag_bwd_row(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB, r)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def _parallel(work: int) -> bool:
@@ -370,7 +366,6 @@ def _expm_seq(Z, out):
 
 @jit(parallel=True)
 def _expm_par(Z, out, nchunks):
-    fp0 = fp_enter()
     K, n = Z.shape[0], Z.shape[1]
     per = (K + nchunks - 1) // nchunks
     for c in prange(nchunks):
@@ -379,7 +374,6 @@ def _expm_par(Z, out, nchunks):
         for k in range(c * per, min(K, (c + 1) * per)):
             _expm_one(Z[k], out[k], w)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def expm(Z: np.ndarray) -> np.ndarray:

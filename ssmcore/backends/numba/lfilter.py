@@ -217,13 +217,11 @@ def _fwd_serial(b, brow, a, arow, x, zf, y, paired):
 
 @jit(parallel=True, fastmath=False)
 def _fwd_parallel(b, brow, a, arow, x, zf, y, paired):
-    fp0 = fp_enter()
     n = (x.shape[0] + 1) // 2 if paired else x.shape[0]
     for i in prange(n):
         fp1 = fp_enter()
         _fwd_item(b, brow, a, arow, x, zf, y, i, paired)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def _parallel(C: int, L: int, K: int) -> bool:
@@ -285,12 +283,10 @@ def _bwd_serial(b, brow, a, arow, x, y, gy, w, gx, gb, ga, need_coeffs):
 
 @jit(parallel=True, fastmath=False)
 def _bwd_parallel(b, brow, a, arow, x, y, gy, w, gx, gb, ga, need_coeffs):
-    fp0 = fp_enter()
     for c in prange(x.shape[0]):
         fp1 = fp_enter()
         _adjoint_channel(b[brow[c]], a[arow[c]], x[c], y[c], gy[c], w[c], gx[c], gb[c], ga[c], need_coeffs)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def lfilter_bwd(

@@ -223,12 +223,10 @@ def _recurrent_serial(A, B, C, D, u, x0, idx, K, y, x_final, ck):
 
 @jit(parallel=True)
 def _recurrent_parallel(A, B, C, D, u, x0, idx, K, y, x_final, ck):
-    fp0 = fp_enter()
     for b in prange(idx.shape[0]):
         fp1 = fp_enter()
         _recurrent_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, b)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def _recurrent_into(A, B, C, D, u, x0, idx, K, y, x_final, ck):
@@ -370,7 +368,6 @@ def _scan_serial(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks)
 
 @jit(parallel=True)
 def _scan_parallel(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks):
-    fp0 = fp_enter()
     nb = idx.shape[0]
     inner = n_chunks - 1
     for job in prange(nb * inner):
@@ -379,15 +376,16 @@ def _scan_parallel(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunk
         fp_exit(fp1)
     if n_chunks > 2:
         # serial: O(n_chunks N^2 + N^3 log S) per element, not worth a parallel region
+        fp0 = fp_enter()  # closed before the next prange: a team never starts flushed (see _fpenv)
         for b in range(nb):
             _scan_carry_job(A, idx, K, ck, per_chunk, n_chunks, b)
+        fp_exit(fp0)
     first = 1 if n_chunks > 1 else 0
     todo = n_chunks - first
     for job in prange(nb * todo):
         fp1 = fp_enter()
         _scan_output_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks, first, todo, job)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def simulate_scan(A, B, C, D, u, x0, idx, keep_checkpoints=False, K=None, per_chunk=None):
@@ -524,12 +522,10 @@ def _backward_serial(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu,
 
 @jit(parallel=True)
 def _backward_parallel(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0):
-    fp0 = fp_enter()
     for b in prange(idx.shape[0]):
         fp1 = fp_enter()
         _backward_job(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0, b)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def simulate_backward(A, B, C, D, u, idx, K, ck, gy, g_final):
@@ -633,12 +629,10 @@ def _diag_row(A, B, C, D, u, x0, scale, y, x_final, r):
 
 @jit(parallel=True)
 def _diag_recurrent_parallel(A, B, C, D, u, x0, scale, y, x_final):
-    fp0 = fp_enter()
     for r in prange(A.shape[0]):
         fp1 = fp_enter()
         _diag_row(A, B, C, D, u, x0, scale, y, x_final, r)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit
@@ -686,12 +680,10 @@ def _diag_final_row(A, B, u, x0, x_final, r):
 
 @jit(parallel=True)
 def _diag_final_parallel(A, B, u, x0, x_final):
-    fp0 = fp_enter()
     for r in prange(A.shape[0]):
         fp1 = fp_enter()
         _diag_final_row(A, B, u, x0, x_final, r)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit
@@ -732,12 +724,10 @@ def _diag_kernel_row(A, W, scale, K, r):
 
 @jit(parallel=True)
 def _diag_kernel_parallel(A, W, scale, K):
-    fp0 = fp_enter()
     for r in prange(A.shape[0]):
         fp1 = fp_enter()
         _diag_kernel_row(A, W, scale, K, r)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit
@@ -825,12 +815,10 @@ def _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD,
 
 @jit(parallel=True)
 def _diag_backward_parallel(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0):
-    fp0 = fp_enter()
     for r in prange(A.shape[0]):
         fp1 = fp_enter()
         _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0, r)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit

@@ -365,7 +365,6 @@ def _fwd_channels(fa, astep, arow, fb, h0, fo, L, desc, nitem, itemsize, stagger
 
     The slot bookkeeping arrays are allocated once per range, outside the hot loop.
     """
-    fp0 = fp_enter()
     C = h0.shape[0]
     for it in prange(nitem):
         fp1 = fp_enter()
@@ -376,7 +375,6 @@ def _fwd_channels(fa, astep, arow, fb, h0, fo, L, desc, nitem, itemsize, stagger
         _fwd_slots(fa, astep, arow, fb, h0, fo, L, it * C // nitem, (it + 1) * C // nitem, desc, itemsize, stagger,
                    cs, qs, left, xs)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit
@@ -537,7 +535,6 @@ def _fwd_tail(a, astep, arow, b, out, c, s, n, m, desc, x):
 
 @jit(parallel=True)
 def _fwd_chunked(a, astep, arow, b, h0, out, desc, nchunk, window, itemsize, one, zero):
-    fp0 = fp_enter()
     C, L = out.shape
     carry = h0.copy()
     nitem = C * nchunk
@@ -584,7 +581,6 @@ def _fwd_chunked(a, astep, arow, b, h0, out, desc, nchunk, window, itemsize, one
             _fwd_tail(a, astep, arow, b, out, c2, s2, n2, m, desc, x2)
             _fwd_tail(a, astep, arow, b, out, c3, s3, n3, m, desc, x3)
             fp_exit(fp1)
-    fp_exit(fp0)
     return carry
 
 
@@ -938,7 +934,6 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
 
 @jit(parallel=True)
 def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero, with_ga):
-    fp0 = fp_enter()
     C = g.shape[0]
     for it in prange(nitem):
         fp1 = fp_enter()
@@ -950,7 +945,6 @@ def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nit
         _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, it * C // nitem, (it + 1) * C // nitem, desc,
                    stagger, zero, cs, qs, left, ks, ss, with_ga)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit
@@ -1128,7 +1122,6 @@ def _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c, s, n, m, desc, L, zero, k, ac
 @jit(parallel=True)
 def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchunk, window, itemsize, one, zero,
                  with_ga):
-    fp0 = fp_enter()
     C, L = g.shape
     carry = gfinal.copy()
     for c in range(C):
@@ -1185,7 +1178,6 @@ def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchu
             gsum[c] = acc
     for c in range(C):
         gh0[c] = carry[c]
-    fp_exit(fp0)
 
 
 # --------------------------------------------------------------------------- drivers

@@ -311,7 +311,6 @@ def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     out = np.empty((nb, nd, L), u.dtype)
     last = np.empty((nb, nd, N), A.dtype)
     ckpt = np.empty((nb, nd, nck if save else 0, N), A.dtype)
-    fp0 = fp_enter()  # after the output allocations (see _fpenv: no MemoryError inside a bracket)
     for i in prange(nb * nd):
         fp1 = fp_enter()
         b = i // nd
@@ -376,7 +375,6 @@ def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
                 out[b, d, t] = o
         last[b, d, :] = x
         fp_exit(fp1)
-    fp_exit(fp0)
     return out, last, ckpt
 
 
@@ -455,7 +453,6 @@ def _bwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     dz = np.zeros((nb, nd, L) if has_z else (1, 1, 1), u.dtype)
     dh0 = np.empty((nb, nd, N), A.dtype)
 
-    fp0 = fp_enter()  # after the output allocations (see _fpenv: no MemoryError inside a bracket)
     for task in prange(nb * ng * nsub):
         fp1 = fp_enter()
         b = task // (ng * nsub)
@@ -645,5 +642,4 @@ def _bwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
         dC = np.zeros((1, nd, 1, N), A.dtype)
         for b in range(nb):
             dC[0, :, 0, :] += dCf[b]
-    fp_exit(fp0)
     return du, ddelta, dA, dB, dC, dD, dz, dbias, dh0

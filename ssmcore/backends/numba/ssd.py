@@ -294,13 +294,11 @@ PARALLEL_MIN_WORK = 1 << 21  # batch * heads * L * P * N below this: one thread
 
 @jit(parallel=True, fastmath=_FM)
 def _forward_parallel(x, dt, A, B, C, D, h0, reset, Q, zero, y, states):  # pragma: no cover - compiled
-    fp0 = fp_enter()
     nb, H = x.shape[0], x.shape[2]
     for item in prange(nb * H):
         fp1 = fp_enter()
         _forward_one(item // H, item % H, x, dt, A, B, C, D, h0, reset, Q, zero, y, states)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit(fastmath=_FM)
@@ -315,14 +313,12 @@ def _forward_serial(x, dt, A, B, C, D, h0, reset, Q, zero, y, states):  # pragma
 @jit(parallel=True, fastmath=_FM)
 def _backward_parallel(x, dt, A, B, C, D, reset, states, gy, gfinal, Q, zero,
                        gx, gdt, gA_bh, gB_h, gC_h, gD_bh, gh0):  # pragma: no cover - compiled
-    fp0 = fp_enter()
     nb, H = x.shape[0], x.shape[2]
     for item in prange(nb * H):
         fp1 = fp_enter()
         _backward_one(item // H, item % H, x, dt, A, B, C, D, reset, states, gy, gfinal, Q, zero,
                       gx, gdt, gA_bh, gB_h, gC_h, gD_bh, gh0)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 @jit(fastmath=_FM)

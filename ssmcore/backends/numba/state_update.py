@@ -133,12 +133,10 @@ def _serial(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y
 
 @jit(parallel=True, fastmath=_FM)
 def _parallel(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac):
-    fp0 = fp_enter()
     for task in prange(x.shape[0] * x.shape[1]):
         fp1 = fp_enter()
         _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task)
         fp_exit(fp1)
-    fp_exit(fp0)
 
 
 def _c(a: Any) -> Any:
