@@ -36,6 +36,10 @@ it matters, has its own bracket closed before the next loop.
 
 Other architectures: both intrinsics compile to nothing (no flushing).
 
+Numba's cache does not see changes to this file from the kernels that use it (it
+checks each kernel's own source file): after editing the code generation here,
+clear the caches (``__pycache__/*.nbi|*.nbc`` or ``NUMBA_CACHE_DIR``).
+
 The switch: flushing is on unless ``SSMCORE_FLUSH_SUBNORMALS=0`` (read when this
 module is imported), and :func:`set_flush_subnormals` / :func:`flush_subnormals`
 change it at run time. The setting lives in a C global (``_ssmcore_fpenv_mask``)
@@ -106,11 +110,28 @@ def _env_default() -> bool:
     return value not in ("0", "false", "no", "off")
 
 
-# The C global the kernels read (int64: the bits to set; 0 = flushing off). Kept
-# alive for the life of the process; registered before any kernel is compiled or
-# loaded from the cache, because the kernel modules import this module first.
-_MASK = ctypes.c_int64(FLUSH_BITS if _env_default() else 0)
-llvm.add_symbol(MASK_SYMBOL, ctypes.addressof(_MASK))
+def _mask_storage() -> ctypes.c_int64:
+    """The C global the kernels read (int64: the bits to set; 0 = flushing off).
+
+    Registered with LLVM before any kernel is compiled or loaded from the cache (the
+    kernel modules import this module first). Allocated once per process and never
+    freed, and found again by name if this module is imported a second time
+    (``importlib.reload``, a test that clears ``sys.modules``): kernels compiled
+    earlier keep reading the address they were linked against.
+    """
+    addr = llvm.address_of_symbol(MASK_SYMBOL)
+    if not addr:
+        malloc = ctypes.pythonapi.PyMem_RawMalloc
+        malloc.restype, malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+        addr = malloc(8)
+        if not addr:
+            raise MemoryError("ssmcore: cannot allocate the subnormal-flushing switch")
+        llvm.add_symbol(MASK_SYMBOL, addr)
+    return ctypes.c_int64.from_address(addr)
+
+
+_MASK = _mask_storage()
+_MASK.value = FLUSH_BITS if _env_default() else 0
 
 
 def set_flush_subnormals(enabled: bool) -> bool:
@@ -151,7 +172,7 @@ def _mask_value(builder):
     if gv is None:
         gv = ir.GlobalVariable(module, _I64, MASK_SYMBOL)  # external declaration
         gv.linkage = "external"
-    return builder.load(gv)
+    return builder.and_(builder.load(gv), ir.Constant(_I64, FLUSH_BITS))  # never any other bit
 
 
 def _read_register(builder):
