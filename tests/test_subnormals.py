@@ -340,3 +340,72 @@ def test_nan_inf_through_lti(rng):
         y_off = ssmcore.lti_simulate(A, B, C, D, u)
     np.testing.assert_array_equal(y, y_off)
     assert np.isposinf(y[0, 0, 5]) and np.isnan(y[0, 0, 10:]).all()
+
+
+# ----------------------------------------------------------------------------- mechanism details
+
+
+def test_many_brackets_in_one_kernel_use_constant_stack():
+    """The register slots live in the entry block: 5M brackets in a loop do not grow the stack."""
+
+    @numba.njit(cache=False)
+    def loop(n):
+        s = 0
+        for _ in range(n):
+            old = _fpenv.fp_enter()
+            s += old & 1
+            _fpenv.fp_exit(old)
+        return s
+
+    loop(5_000_000)
+    assert _thread_bits() == 0
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 17, 1000])
+def test_fp_blocks_partition_covers_every_item_once(n):
+    @numba.njit(parallel=True, cache=False)
+    def count(n):
+        hits = np.zeros(n, np.int64)
+        nblk = _fpenv.fp_blocks(n)
+        for k in numba.prange(nblk):
+            for i in range(k * n // nblk, (k + 1) * n // nblk):
+                hits[i] += 1
+        return hits
+
+    assert np.all(count(n) == 1)
+
+
+def test_blocked_lfilter_backward_matches_serial(rng, monkeypatch):
+    from ssmcore.backends.numba import lfilter as nb_lfilter
+
+    b, a = np.array([1.0, 0.4, 0.2]), np.array([1.0, -0.5, 0.1])
+    x = rng.standard_normal((37, 300))
+    g = rng.standard_normal((37, 300))
+    results = []
+    for threshold in (1 << 62, 0):
+        monkeypatch.setattr(nb_lfilter, "PARALLEL_MIN_WORK", threshold)
+        y, pullback = ssmcore.vjp("lfilter", b, a, x)
+        results.append((y, *pullback(g)))
+    for par, seq in zip(*results):
+        np.testing.assert_array_equal(par, seq)
+
+
+def test_blocked_parallel_kernels_stay_cacheable():
+    """fp_blocks must not make a kernel uncacheable (numba.get_num_threads() in jitted code does)."""
+    code = (
+        "import numpy as np, ssmcore\n"
+        "from ssmcore.backends.numba import discretization as D, lfilter as L, state_update as S\n"
+        "L.PARALLEL_MIN_WORK = 0; D.PARALLEL_MIN_WORK = 0; S._PARALLEL_MIN = 1\n"
+        "x = np.random.rand(8, 64)\n"
+        "y, pb = ssmcore.vjp('lfilter', np.array([1.0, 0.5]), np.array([1.0, -0.5]), x); pb(y)\n"
+        "A = -np.random.rand(8, 4) + 1j; out, pb = ssmcore.vjp('discretize_diag', A, np.ones((8, 4)), np.full(8, .1))\n"
+        "pb(tuple(np.ones_like(o) for o in out))\n"
+        "f = np.float32; r = np.random.rand\n"
+        "ssmcore.selective_state_update(r(2, 8, 4).astype(f), r(2, 8).astype(f), r(2, 8).astype(f),"
+        " -r(8, 4).astype(f), r(2, 4).astype(f), r(2, 4).astype(f))\n"
+        "ks = [L._fwd_parallel, L._bwd_parallel, D._diag_fwd_par, D._diag_bwd_par, S._parallel]\n"
+        "print(sum(bool(k.dispatcher.stats.cache_hits) for k in ks), len(ks))\n"
+    )
+    _run_fresh(code)  # compiles (and saves) whatever is not cached yet
+    hits, total = _run_fresh(code)
+    assert hits == total

@@ -26,7 +26,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
-from ssmcore.backends.numba._fpenv import fp_enter, fp_exit
+from ssmcore.backends.numba._fpenv import fp_blocks, fp_enter, fp_exit
 from ssmcore.backends.numba._jit import FASTMATH, jit
 from ssmcore.reference.discretization import FOH, GBT, IMPULSE, PHI3_TAYLOR, PHI_SERIES_RADIUS, ZOH_EULER
 
@@ -142,9 +142,12 @@ def _diag_fwd_seq(A, dt, B, method, alpha, Ad, Bd):
 
 @jit(parallel=True)
 def _diag_fwd_par(A, dt, B, method, alpha, Ad, Bd):
-    for r in prange(A.shape[0]):
+    n = A.shape[0]
+    nblk = fp_blocks(n)  # blocks of rows: one fp bracket per block, not per (short) row
+    for k in prange(nblk):
         fp1 = fp_enter()
-        _diag_fwd_row(A, dt, B, method, alpha, Ad, Bd, r)
+        for r in range(k * n // nblk, (k + 1) * n // nblk):
+            _diag_fwd_row(A, dt, B, method, alpha, Ad, Bd, r)
         fp_exit(fp1)
 
 
@@ -158,9 +161,12 @@ def _diag_bwd_seq(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB):
 
 @jit(parallel=True)
 def _diag_bwd_par(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB):
-    for r in prange(A.shape[0]):
+    n = A.shape[0]
+    nblk = fp_blocks(n)  # blocks of rows: one fp bracket per block, not per (short) row
+    for k in prange(nblk):
         fp1 = fp_enter()
-        _diag_bwd_row(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB, r)
+        for r in range(k * n // nblk, (k + 1) * n // nblk):
+            _diag_bwd_row(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB, r)
         fp_exit(fp1)
 
 

@@ -19,7 +19,7 @@ from numba import prange, types
 from numba.extending import overload
 
 from ...reference.state_update import write_mask
-from ._fpenv import fp_enter, fp_exit
+from ._fpenv import fp_blocks, fp_enter, fp_exit
 from ._jit import FASTMATH, jit
 from .selective_scan import _FM, fast_exp, fast_sigmoid, fast_softplus
 
@@ -133,9 +133,12 @@ def _serial(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y
 
 @jit(parallel=True, fastmath=_FM)
 def _parallel(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac):
-    for task in prange(x.shape[0] * x.shape[1]):
+    n = x.shape[0] * x.shape[1]
+    nblk = fp_blocks(n)  # blocks of tasks: one fp bracket per block, not per (tiny) task
+    for k in prange(nblk):
         fp1 = fp_enter()
-        _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task)
+        for task in range(k * n // nblk, (k + 1) * n // nblk):
+            _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task)
         fp_exit(fp1)
 
 
