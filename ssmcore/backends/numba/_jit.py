@@ -30,6 +30,13 @@
   Where only ``workqueue`` loads (some macOS/Windows set-ups), ssmcore serialises its
   parallel kernels across Python threads (one warning) instead of letting the
   process abort.
+* Subnormals flushed inside the kernels, nowhere else: kernels bracket their work
+  (serial entry points, and each ``prange`` body) with ``fp_enter``/``fp_exit``
+  from :mod:`._fpenv`, which set FTZ/DAZ (arm64: FZ) on the running thread and
+  restore it; never hold a bracket across a ``prange``. The on/off switch
+  (``SSMCORE_FLUSH_SUBNORMALS``) is a C global read at run time, so it is not
+  frozen into the cache. Numba itself has no such option (its fastmath flags
+  are LLVM's; none flushes subnormals).
 * Read-only installs: where neither the package directory nor Numba's user
   cache directory (``NUMBA_CACHE_DIR``, else ``~/.cache/numba``) is writable
   (Docker as non-root, Nix, locked clusters), ssmcore's kernels are cached in a

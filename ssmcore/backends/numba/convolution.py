@@ -21,6 +21,7 @@ from numba import prange
 
 from ssmcore.reference.convolution import _empty_conv, _empty_conv_bwd
 
+from ._fpenv import fp_enter, fp_exit
 from ._jit import jit
 
 __all__ = [
@@ -86,6 +87,7 @@ def _vandermonde_fwd(ar, ai, tr, ti, xr, xi, wr, wi, out):
     C, H, N = wr.shape
     L = out.shape[2]
     for h in prange(H):
+        fp1 = fp_enter()
         tab = np.empty((N, 2 * _T))
         zr = np.empty(N)
         zi = np.empty(N)
@@ -127,6 +129,7 @@ def _vandermonde_fwd(ar, ai, tr, ti, xr, xi, wr, wi, out):
                 z_r = zr[n]
                 zr[n] = z_r * tr[h, n] - zi[n] * ti[h, n]
                 zi[n] = z_r * ti[h, n] + zi[n] * tr[h, n]
+        fp_exit(fp1)
     return out
 
 
@@ -164,6 +167,7 @@ def _vandermonde_bwd(ar, ai, wr, wi, G, wbr, wbi, abr, abi):
     C, H, N = wr.shape
     L = G.shape[2]
     for h in prange(H):
+        fp1 = fp_enter()
         sr = np.empty(N)
         si = np.empty(N)
         qr = np.empty(N)
@@ -197,6 +201,7 @@ def _vandermonde_bwd(ar, ai, wr, wi, G, wbr, wbi, abr, abi):
                 w_i = wi[c, h, n]
                 abr[h, n] += w_r * qr[n] - w_i * qi[n]
                 abi[h, n] += w_r * qi[n] + w_i * qr[n]
+        fp_exit(fp1)
 
 
 def vandermonde_kernel_bwd(log_ad: np.ndarray, W: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -239,6 +244,7 @@ def _cauchy_fwd(nr, ni, mr, mi, amr, ami, apr, api, out):
     F = amr.shape[0]
     nblk = (F + _FB - 1) // _FB
     for idx in prange(H * nblk):
+        fp1 = fp_enter()
         h = idx // nblk
         k0 = (idx % nblk) * _FB
         kn = min(_FB, F - k0)
@@ -278,6 +284,7 @@ def _cauchy_fwd(nr, ni, mr, mi, amr, ami, apr, api, out):
         for m in range(M):
             for k in range(kn):
                 out[h, m, k0 + k] = complex(accr[m, k], acci[m, k])
+        fp_exit(fp1)
 
 
 def cauchy_sums(num: np.ndarray, mu: np.ndarray, one_minus_w: np.ndarray, one_plus_w: np.ndarray) -> np.ndarray:
@@ -312,6 +319,7 @@ def _cauchy_bwd(nr, ni, mr, mi, amr, ami, apr, api, sb, gnr, gni, gmr, gmi):
     H, M, N = nr.shape
     F = amr.shape[0]
     for h in prange(H):
+        fp1 = fp_enter()
         xr = np.zeros((M, N))
         xi = np.zeros((M, N))
         yr = np.zeros((M, N))
@@ -360,6 +368,7 @@ def _cauchy_bwd(nr, ni, mr, mi, amr, ami, apr, api, sb, gnr, gni, gmr, gmi):
                 x_i = ni[h, m, i]
                 gmr[h, i] += x_r * yr[m, i] - x_i * yi[m, i]
                 gmi[h, i] += x_r * yi[m, i] + x_i * yr[m, i]
+        fp_exit(fp1)
 
 
 def cauchy_sums_bwd(
@@ -390,6 +399,7 @@ def _dense_fwd(At, B, C, out):
     S, N = B.shape
     L = out.shape[1]
     for s in prange(S):
+        fp1 = fp_enter()
         x = B[s].copy()
         y = np.empty_like(x)
         for l in range(L):
@@ -404,6 +414,7 @@ def _dense_fwd(At, B, C, out):
                 for i in range(N):
                     y[i] += At[s, j, i] * xj
             x, y = y, x
+        fp_exit(fp1)
     return out
 
 
@@ -431,6 +442,7 @@ def _dense_bwd(A, At, B, C, G, seg, A_bar, B_bar, C_bar):
     L = G.shape[1]
     nseg = (L + seg - 1) // seg
     for s in prange(S):
+        fp1 = fp_enter()
         ck = np.empty((nseg, N), dtype=B.dtype)
         X = np.empty((seg, N), dtype=B.dtype)
         x = B[s].copy()
@@ -483,6 +495,7 @@ def _dense_bwd(A, At, B, C, G, seg, A_bar, B_bar, C_bar):
                 lam, nl = nl, lam
         for i in range(N):
             B_bar[s, i] = lam[i]
+        fp_exit(fp1)
 
 
 def dense_kernel_bwd(A: np.ndarray, B: np.ndarray, C: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, ...]:

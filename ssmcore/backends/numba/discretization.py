@@ -26,6 +26,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from ssmcore.backends.numba._fpenv import fp_blocks, fp_enter, fp_exit
 from ssmcore.backends.numba._jit import FASTMATH, jit
 from ssmcore.reference.discretization import FOH, GBT, IMPULSE, PHI3_TAYLOR, PHI_SERIES_RADIUS, ZOH_EULER
 
@@ -133,26 +134,40 @@ PARALLEL_MIN_WORK = 1 << 18  # ~1-10 ms of single-thread work
 
 @jit
 def _diag_fwd_seq(A, dt, B, method, alpha, Ad, Bd):
+    fp0 = fp_enter()
     for r in range(A.shape[0]):
         _diag_fwd_row(A, dt, B, method, alpha, Ad, Bd, r)
+    fp_exit(fp0)
 
 
 @jit(parallel=True)
 def _diag_fwd_par(A, dt, B, method, alpha, Ad, Bd):
-    for r in prange(A.shape[0]):
-        _diag_fwd_row(A, dt, B, method, alpha, Ad, Bd, r)
+    n = A.shape[0]
+    nblk = fp_blocks(n)  # blocks of rows: one fp bracket per block, not per (short) row
+    for k in prange(nblk):
+        fp1 = fp_enter()
+        for r in range(k * n // nblk, (k + 1) * n // nblk):
+            _diag_fwd_row(A, dt, B, method, alpha, Ad, Bd, r)
+        fp_exit(fp1)
 
 
 @jit
 def _diag_bwd_seq(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB):
+    fp0 = fp_enter()
     for r in range(A.shape[0]):
         _diag_bwd_row(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB, r)
+    fp_exit(fp0)
 
 
 @jit(parallel=True)
 def _diag_bwd_par(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB):
-    for r in prange(A.shape[0]):
-        _diag_bwd_row(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB, r)
+    n = A.shape[0]
+    nblk = fp_blocks(n)  # blocks of rows: one fp bracket per block, not per (short) row
+    for k in prange(nblk):
+        fp1 = fp_enter()
+        for r in range(k * n // nblk, (k + 1) * n // nblk):
+            _diag_bwd_row(A, dt, B, method, alpha, gAd, gBd, zero, gA, gdt, gB, r)
+        fp_exit(fp1)
 
 
 def _parallel(work: int) -> bool:
@@ -348,9 +363,11 @@ def _expm_one(A, out, w):
 
 @jit
 def _expm_seq(Z, out):
+    fp0 = fp_enter()
     w = np.empty((8, Z.shape[1], Z.shape[1]), dtype=out.dtype)
     for k in range(Z.shape[0]):
         _expm_one(Z[k], out[k], w)
+    fp_exit(fp0)
 
 
 @jit(parallel=True)
@@ -358,9 +375,11 @@ def _expm_par(Z, out, nchunks):
     K, n = Z.shape[0], Z.shape[1]
     per = (K + nchunks - 1) // nchunks
     for c in prange(nchunks):
+        fp1 = fp_enter()
         w = np.empty((8, n, n), dtype=out.dtype)  # one workspace per chunk, not per matrix
         for k in range(c * per, min(K, (c + 1) * per)):
             _expm_one(Z[k], out[k], w)
+        fp_exit(fp1)
 
 
 def expm(Z: np.ndarray) -> np.ndarray:

@@ -33,6 +33,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ._fpenv import fp_blocks, fp_enter, fp_exit
 from ._jit import jit
 
 __all__ = ["PARALLEL_MIN_WORK", "lfilter_bwd", "lfilter_fwd"]
@@ -207,16 +208,22 @@ def _fwd_item(b, brow, a, arow, x, zf, y, i, paired):
 
 @jit(fastmath=False)
 def _fwd_serial(b, brow, a, arow, x, zf, y, paired):
+    fp0 = fp_enter()
     n = (x.shape[0] + 1) // 2 if paired else x.shape[0]
     for i in range(n):
         _fwd_item(b, brow, a, arow, x, zf, y, i, paired)
+    fp_exit(fp0)
 
 
 @jit(parallel=True, fastmath=False)
 def _fwd_parallel(b, brow, a, arow, x, zf, y, paired):
     n = (x.shape[0] + 1) // 2 if paired else x.shape[0]
-    for i in prange(n):
-        _fwd_item(b, brow, a, arow, x, zf, y, i, paired)
+    nblk = fp_blocks(n)  # blocks of channels: one fp bracket per block, not per (short) channel
+    for k in prange(nblk):
+        fp1 = fp_enter()
+        for i in range(k * n // nblk, (k + 1) * n // nblk):
+            _fwd_item(b, brow, a, arow, x, zf, y, i, paired)
+        fp_exit(fp1)
 
 
 def _parallel(C: int, L: int, K: int) -> bool:
@@ -270,14 +277,21 @@ def _adjoint_channel(b, a, x, y, gy, w, gx, gb, ga, need_coeffs):
 
 @jit(fastmath=False)
 def _bwd_serial(b, brow, a, arow, x, y, gy, w, gx, gb, ga, need_coeffs):
+    fp0 = fp_enter()
     for c in range(x.shape[0]):
         _adjoint_channel(b[brow[c]], a[arow[c]], x[c], y[c], gy[c], w[c], gx[c], gb[c], ga[c], need_coeffs)
+    fp_exit(fp0)
 
 
 @jit(parallel=True, fastmath=False)
 def _bwd_parallel(b, brow, a, arow, x, y, gy, w, gx, gb, ga, need_coeffs):
-    for c in prange(x.shape[0]):
-        _adjoint_channel(b[brow[c]], a[arow[c]], x[c], y[c], gy[c], w[c], gx[c], gb[c], ga[c], need_coeffs)
+    n = x.shape[0]
+    nblk = fp_blocks(n)  # blocks of channels: one fp bracket per block, not per (short) channel
+    for k in prange(nblk):
+        fp1 = fp_enter()
+        for c in range(k * n // nblk, (k + 1) * n // nblk):
+            _adjoint_channel(b[brow[c]], a[arow[c]], x[c], y[c], gy[c], w[c], gx[c], gb[c], ga[c], need_coeffs)
+        fp_exit(fp1)
 
 
 def lfilter_bwd(

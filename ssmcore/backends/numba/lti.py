@@ -36,6 +36,7 @@ from numba.core import types
 from numba.extending import overload
 
 from ...reference.lti import _checkpoint_interval, _scan_plan
+from ._fpenv import fp_enter, fp_exit
 from ._jit import jit
 
 __all__ = [
@@ -214,14 +215,18 @@ def _recurrent_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, b):
 
 @jit
 def _recurrent_serial(A, B, C, D, u, x0, idx, K, y, x_final, ck):
+    fp0 = fp_enter()
     for b in range(idx.shape[0]):
         _recurrent_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, b)
+    fp_exit(fp0)
 
 
 @jit(parallel=True)
 def _recurrent_parallel(A, B, C, D, u, x0, idx, K, y, x_final, ck):
     for b in prange(idx.shape[0]):
+        fp1 = fp_enter()
         _recurrent_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, b)
+        fp_exit(fp1)
 
 
 def _recurrent_into(A, B, C, D, u, x0, idx, K, y, x_final, ck):
@@ -346,6 +351,7 @@ def _scan_output_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chu
 
 @jit
 def _scan_serial(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks):
+    fp0 = fp_enter()
     nb = idx.shape[0]
     inner = n_chunks - 1
     for job in range(nb * inner):
@@ -357,6 +363,7 @@ def _scan_serial(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks)
     todo = n_chunks - first
     for job in range(nb * todo):
         _scan_output_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks, first, todo, job)
+    fp_exit(fp0)
 
 
 @jit(parallel=True)
@@ -364,15 +371,21 @@ def _scan_parallel(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunk
     nb = idx.shape[0]
     inner = n_chunks - 1
     for job in prange(nb * inner):
+        fp1 = fp_enter()
         _scan_local_job(A, B, C, D, u, x0, idx, K, y, ck, per_chunk, inner, job)
+        fp_exit(fp1)
     if n_chunks > 2:
         # serial: O(n_chunks N^2 + N^3 log S) per element, not worth a parallel region
+        fp0 = fp_enter()  # closed before the next prange: a team never starts flushed (see _fpenv)
         for b in range(nb):
             _scan_carry_job(A, idx, K, ck, per_chunk, n_chunks, b)
+        fp_exit(fp0)
     first = 1 if n_chunks > 1 else 0
     todo = n_chunks - first
     for job in prange(nb * todo):
+        fp1 = fp_enter()
         _scan_output_job(A, B, C, D, u, x0, idx, K, y, x_final, ck, per_chunk, n_chunks, first, todo, job)
+        fp_exit(fp1)
 
 
 def simulate_scan(A, B, C, D, u, x0, idx, keep_checkpoints=False, K=None, per_chunk=None):
@@ -501,14 +514,18 @@ def _backward_job(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx
 
 @jit
 def _backward_serial(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0):
+    fp0 = fp_enter()
     for b in range(idx.shape[0]):
         _backward_job(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0, b)
+    fp_exit(fp0)
 
 
 @jit(parallel=True)
 def _backward_parallel(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0):
     for b in prange(idx.shape[0]):
+        fp1 = fp_enter()
         _backward_job(A, B, C, D, u, idx, K, ck, gy, g_final, gA, gB, gC, gD, gu, gx0, b)
+        fp_exit(fp1)
 
 
 def simulate_backward(A, B, C, D, u, idx, K, ck, gy, g_final):
@@ -548,6 +565,7 @@ def _control_readout(x, u, C, D, y):
     A plain loop rather than ``x @ C.T``: the product is tall and skinny, and a
     threaded BLAS call on it was ~20x slower than this on a loaded machine.
     """
+    fp0 = fp_enter()
     n = x.shape[1]
     m_in = u.shape[1]
     p_out = C.shape[0]
@@ -560,6 +578,7 @@ def _control_readout(x, u, C, D, y):
             for m in range(m_in):
                 acc += D[p, m] * u[k, m]
             y[k, p] = acc
+    fp_exit(fp0)
 
 
 
@@ -611,13 +630,17 @@ def _diag_row(A, B, C, D, u, x0, scale, y, x_final, r):
 @jit(parallel=True)
 def _diag_recurrent_parallel(A, B, C, D, u, x0, scale, y, x_final):
     for r in prange(A.shape[0]):
+        fp1 = fp_enter()
         _diag_row(A, B, C, D, u, x0, scale, y, x_final, r)
+        fp_exit(fp1)
 
 
 @jit
 def _diag_recurrent_serial(A, B, C, D, u, x0, scale, y, x_final):
+    fp0 = fp_enter()
     for r in range(A.shape[0]):
         _diag_row(A, B, C, D, u, x0, scale, y, x_final, r)
+    fp_exit(fp0)
 
 
 def _real(dt: np.dtype) -> np.dtype:
@@ -658,13 +681,17 @@ def _diag_final_row(A, B, u, x0, x_final, r):
 @jit(parallel=True)
 def _diag_final_parallel(A, B, u, x0, x_final):
     for r in prange(A.shape[0]):
+        fp1 = fp_enter()
         _diag_final_row(A, B, u, x0, x_final, r)
+        fp_exit(fp1)
 
 
 @jit
 def _diag_final_serial(A, B, u, x0, x_final):
+    fp0 = fp_enter()
     for r in range(A.shape[0]):
         _diag_final_row(A, B, u, x0, x_final, r)
+    fp_exit(fp0)
 
 
 def diag_final_state(A, B, u, x0):
@@ -698,13 +725,17 @@ def _diag_kernel_row(A, W, scale, K, r):
 @jit(parallel=True)
 def _diag_kernel_parallel(A, W, scale, K):
     for r in prange(A.shape[0]):
+        fp1 = fp_enter()
         _diag_kernel_row(A, W, scale, K, r)
+        fp_exit(fp1)
 
 
 @jit
 def _diag_kernel_serial(A, W, scale, K):
+    fp0 = fp_enter()
     for r in range(A.shape[0]):
         _diag_kernel_row(A, W, scale, K, r)
+    fp_exit(fp0)
 
 
 def diag_kernel(A, W, scale, L, real_output):
@@ -785,13 +816,17 @@ def _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD,
 @jit(parallel=True)
 def _diag_backward_parallel(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0):
     for r in prange(A.shape[0]):
+        fp1 = fp_enter()
         _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0, r)
+        fp_exit(fp1)
 
 
 @jit
 def _diag_backward_serial(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0):
+    fp0 = fp_enter()
     for r in range(A.shape[0]):
         _diag_backward_row(A, B, C, D, u, x0, scale, K, gy, g_final, gA, gB, gC, gD, gu, gx0, r)
+    fp_exit(fp0)
 
 
 def diag_backward(A, B, C, D, u, x0, scale, gy, g_final):

@@ -77,6 +77,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ._fpenv import fp_enter, fp_exit
 from ._jit import jit as _project_jit
 
 
@@ -180,8 +181,10 @@ def _fwd_pair_of_channels(a, astep, arow, b, h0, out, g, desc):
 
 @jit
 def _fwd_serial(a, astep, arow, b, h0, out, desc):
+    fp0 = fp_enter()
     for g in range((out.shape[0] + 1) // 2):
         _fwd_pair_of_channels(a, astep, arow, b, h0, out, g, desc)
+    fp_exit(fp0)
 
 
 # ---- channel path: four staggered slots per thread (see the module docstring)
@@ -364,12 +367,14 @@ def _fwd_channels(fa, astep, arow, fb, h0, fo, L, desc, nitem, itemsize, stagger
     """
     C = h0.shape[0]
     for it in prange(nitem):
+        fp1 = fp_enter()
         cs = np.empty(NSLOT, np.int64)
         qs = np.empty(NSLOT, np.int64)
         left = np.empty(NSLOT, np.int64)
         xs = np.empty(NSLOT, fo.dtype)
         _fwd_slots(fa, astep, arow, fb, h0, fo, L, it * C // nitem, (it + 1) * C // nitem, desc, itemsize, stagger,
                    cs, qs, left, xs)
+        fp_exit(fp1)
 
 
 @jit
@@ -545,6 +550,7 @@ def _fwd_chunked(a, astep, arow, b, h0, out, desc, nchunk, window, itemsize, one
         cl = _chunk_len(wl, nchunk, itemsize)
         # pass 1: summaries of every chunk, four neighbouring chunks per thread at a time
         for q in prange(nquad):
+            fp1 = fp_enter()
             c0, s0, n0, c1, s1, n1, c2, s2, n2, c3, s3, n3, m = _quad_spans(q, nitem, nchunk, w0, wl, cl, desc)
             p0, x0, p1, x1, p2, x2, p3, x3 = _fwd_summary4(
                 a[arow[c0]], astep, b[c0],
@@ -556,10 +562,12 @@ def _fwd_chunked(a, astep, arow, b, h0, out, desc, nchunk, window, itemsize, one
             P[i0 + 1], S[i0 + 1] = _fwd_summary_tail(a, astep, arow, b, c1, s1, n1, m, desc, one, zero, p1, x1)
             P[i0 + 2], S[i0 + 2] = _fwd_summary_tail(a, astep, arow, b, c2, s2, n2, m, desc, one, zero, p2, x2)
             P[i0 + 3], S[i0 + 3] = _fwd_summary_tail(a, astep, arow, b, c3, s3, n3, m, desc, one, zero, p3, x3)
+            fp_exit(fp1)
         # combine: true start state of every chunk, in scan order (no division by products)
         _combine_carries(P, S, carry, start, nchunk)
         # pass 2: rescan every chunk from its true start, writing the output
         for q in prange(nquad):
+            fp1 = fp_enter()
             c0, s0, n0, c1, s1, n1, c2, s2, n2, c3, s3, n3, m = _quad_spans(q, nitem, nchunk, w0, wl, cl, desc)
             i0 = 4 * q
             x0, x1, x2, x3 = _fwd4(
@@ -572,6 +580,7 @@ def _fwd_chunked(a, astep, arow, b, h0, out, desc, nchunk, window, itemsize, one
             _fwd_tail(a, astep, arow, b, out, c1, s1, n1, m, desc, x1)
             _fwd_tail(a, astep, arow, b, out, c2, s2, n2, m, desc, x2)
             _fwd_tail(a, astep, arow, b, out, c3, s3, n3, m, desc, x3)
+            fp_exit(fp1)
     return carry
 
 
@@ -709,8 +718,10 @@ def _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, p
 
 @jit
 def _bwd_serial(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, zero, with_ga):
+    fp0 = fp_enter()
     for pair in range((g.shape[0] + 1) // 2):
         _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, pair, desc, zero, with_ga)
+    fp_exit(fp0)
 
 
 # ---- channel path: two staggered slots per thread (see the module docstring)
@@ -925,6 +936,7 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
 def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nitem, stagger, zero, with_ga):
     C = g.shape[0]
     for it in prange(nitem):
+        fp1 = fp_enter()
         cs = np.empty(NSLOT_BWD, np.int64)
         qs = np.empty(NSLOT_BWD, np.int64)
         left = np.empty(NSLOT_BWD, np.int64)
@@ -932,6 +944,7 @@ def _bwd_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nit
         ss = np.empty(NSLOT_BWD, g.dtype)
         _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, it * C // nitem, (it + 1) * C // nitem, desc,
                    stagger, zero, cs, qs, left, ks, ss, with_ga)
+        fp_exit(fp1)
 
 
 @jit
@@ -1126,6 +1139,7 @@ def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchu
         wl = min(window, L - w0)
         cl = _chunk_len(wl, nchunk, itemsize)
         for q in prange(nquad):
+            fp1 = fp_enter()
             c0, s0, n0, c1, s1, n1, c2, s2, n2, c3, s3, n3, m = _quad_spans(q, nitem, nchunk, w0, wl, cl, desc)
             p0, x0, p1, x1, p2, x2, p3, x3 = _bwd_summary4(
                 a[arow[c0]], astep, gh[c0],
@@ -1137,8 +1151,10 @@ def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchu
             P[i0 + 1], S[i0 + 1] = _bwd_summary_tail(a, astep, arow, gh, c1, s1, n1, m, desc, one, zero, p1, x1)
             P[i0 + 2], S[i0 + 2] = _bwd_summary_tail(a, astep, arow, gh, c2, s2, n2, m, desc, one, zero, p2, x2)
             P[i0 + 3], S[i0 + 3] = _bwd_summary_tail(a, astep, arow, gh, c3, s3, n3, m, desc, one, zero, p3, x3)
+            fp_exit(fp1)
         _combine_carries(P, S, carry, start, nchunk)
         for q in prange(nquad):
+            fp1 = fp_enter()
             c0, s0, n0, c1, s1, n1, c2, s2, n2, c3, s3, n3, m = _quad_spans(q, nitem, nchunk, w0, wl, cl, desc)
             i0 = 4 * q
             k0, k1, k2, k3, e0, e1, e2, e3 = _bwd4(
@@ -1154,6 +1170,7 @@ def _bwd_chunked(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, desc, nchu
                                          with_ga)
             k3, part[i0 + 3] = _bwd_tail(a, astep, arow, h, h0, gh, g, ga, c3, s3, n3, m, desc, L, zero, k3, e3,
                                          with_ga)
+            fp_exit(fp1)
         for c in range(C):
             acc = gsum[c]
             for j in range(nchunk):  # padded duplicates (index >= nitem) are not summed

@@ -58,6 +58,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from ._fpenv import fp_enter, fp_exit
 from ._jit import FASTMATH, jit
 
 __all__ = ["fast_exp", "fast_sigmoid", "fast_softplus", "math_arrays", "selective_scan_bwd", "selective_scan_fwd"]
@@ -311,6 +312,7 @@ def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     last = np.empty((nb, nd, N), A.dtype)
     ckpt = np.empty((nb, nd, nck if save else 0, N), A.dtype)
     for i in prange(nb * nd):
+        fp1 = fp_enter()
         b = i // nd
         d = i - b * nd
         bb = b if b_var else 0
@@ -372,6 +374,7 @@ def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
                     o *= zb[s - s0]
                 out[b, d, t] = o
         last[b, d, :] = x
+        fp_exit(fp1)
     return out, last, ckpt
 
 
@@ -451,6 +454,7 @@ def _bwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     dh0 = np.empty((nb, nd, N), A.dtype)
 
     for task in prange(nb * ng * nsub):
+        fp1 = fp_enter()
         b = task // (ng * nsub)
         rest = task - b * ng * nsub
         g = rest // nsub
@@ -613,6 +617,7 @@ def _bwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
             dAp[b, d, :] = dAacc
             dDp[b, d] = dDacc
             dbp[b, d] = dbacc
+        fp_exit(fp1)
 
     dA = np.zeros((nd, N), A.dtype)
     dD = np.zeros(nd, u.dtype)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
+from ._fpenv import fp_enter, fp_exit
 from ._jit import FASTMATH, jit
 
 __all__ = ["ssd_backward", "ssd_forward"]
@@ -295,14 +296,18 @@ PARALLEL_MIN_WORK = 1 << 21  # batch * heads * L * P * N below this: one thread
 def _forward_parallel(x, dt, A, B, C, D, h0, reset, Q, zero, y, states):  # pragma: no cover - compiled
     nb, H = x.shape[0], x.shape[2]
     for item in prange(nb * H):
+        fp1 = fp_enter()
         _forward_one(item // H, item % H, x, dt, A, B, C, D, h0, reset, Q, zero, y, states)
+        fp_exit(fp1)
 
 
 @jit(fastmath=_FM)
 def _forward_serial(x, dt, A, B, C, D, h0, reset, Q, zero, y, states):  # pragma: no cover - compiled
+    fp0 = fp_enter()
     nb, H = x.shape[0], x.shape[2]
     for item in range(nb * H):
         _forward_one(item // H, item % H, x, dt, A, B, C, D, h0, reset, Q, zero, y, states)
+    fp_exit(fp0)
 
 
 @jit(parallel=True, fastmath=_FM)
@@ -310,17 +315,21 @@ def _backward_parallel(x, dt, A, B, C, D, reset, states, gy, gfinal, Q, zero,
                        gx, gdt, gA_bh, gB_h, gC_h, gD_bh, gh0):  # pragma: no cover - compiled
     nb, H = x.shape[0], x.shape[2]
     for item in prange(nb * H):
+        fp1 = fp_enter()
         _backward_one(item // H, item % H, x, dt, A, B, C, D, reset, states, gy, gfinal, Q, zero,
                       gx, gdt, gA_bh, gB_h, gC_h, gD_bh, gh0)
+        fp_exit(fp1)
 
 
 @jit(fastmath=_FM)
 def _backward_serial(x, dt, A, B, C, D, reset, states, gy, gfinal, Q, zero,
                      gx, gdt, gA_bh, gB_h, gC_h, gD_bh, gh0):  # pragma: no cover - compiled
+    fp0 = fp_enter()
     nb, H = x.shape[0], x.shape[2]
     for item in range(nb * H):
         _backward_one(item // H, item % H, x, dt, A, B, C, D, reset, states, gy, gfinal, Q, zero,
                       gx, gdt, gA_bh, gB_h, gC_h, gD_bh, gh0)
+    fp_exit(fp0)
 
 
 def _parallel(x, N):

@@ -19,6 +19,7 @@ from numba import prange, types
 from numba.extending import overload
 
 from ...reference.state_update import write_mask
+from ._fpenv import fp_blocks, fp_enter, fp_exit
 from ._jit import FASTMATH, jit
 from .selective_scan import _FM, fast_exp, fast_sigmoid, fast_softplus
 
@@ -124,14 +125,21 @@ def _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, 
 
 @jit(fastmath=_FM)
 def _serial(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac):
+    fp0 = fp_enter()
     for task in range(x.shape[0] * x.shape[1]):
         _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task)
+    fp_exit(fp0)
 
 
 @jit(parallel=True, fastmath=_FM)
 def _parallel(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac):
-    for task in prange(x.shape[0] * x.shape[1]):
-        _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task)
+    n = x.shape[0] * x.shape[1]
+    nblk = fp_blocks(n)  # blocks of tasks: one fp bracket per block, not per (tiny) task
+    for k in prange(nblk):
+        fp1 = fp_enter()
+        for task in range(k * n // nblk, (k + 1) * n // nblk):
+            _task(src, x, dt, A, B, C, D, z, bias, softplus, rows, write, out, same, y, zero, fac, task)
+        fp_exit(fp1)
 
 
 def _c(a: Any) -> Any:
