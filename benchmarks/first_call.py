@@ -25,7 +25,7 @@ target, and the cold column as an order of magnitude.
 
 Usage::
 
-    python benchmarks/first_call.py [--ops linear_scan selective_scan] [--repeat 3] [--no-cold]
+    python benchmarks/first_call.py [--ops linear_scan selective_scan] [--repeat 3] [--cold-ops OP ...]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 
 # Per op: setup code (NumPy only, runs before the clock) and the call, as source text.
 CASES = {
@@ -101,45 +102,39 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ops", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--repeat", type=int, default=3, help="warm processes per op and direction (median)")
-    p.add_argument("--no-cold", action="store_true", help="skip the (slow) empty-cache column")
+    p.add_argument("--cold-ops", nargs="*", default=None, choices=list(CASES),
+                   help="ops for the (slow) empty-cache column (default: all of --ops; none: skip it)")
     p.add_argument("--warm-dtypes", nargs="+", default=["float32"], help="dtypes passed to the warm-up")
+    p.add_argument("--cache", help="warm cache directory to use (and keep) instead of a temporary one")
     args = p.parse_args()
+    cold_ops = args.ops if args.cold_ops is None else args.cold_ops
 
-    rows: dict[tuple[str, str], dict] = {}
     with tempfile.TemporaryDirectory() as root:
-        warm_dir = os.path.join(root, "warm")
+        warm_dir = args.cache or os.path.join(root, "warm")
         env = dict(os.environ, NUMBA_CACHE_DIR=warm_dir)
         cmd = [sys.executable, "-m", "ssmcore", "warmup", "--quiet", "--ops", *args.ops, "--dtypes", *args.warm_dtypes]
-        import time
-
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=7200)
-        warm_time = time.perf_counter() - t0
+        print(f"warm-up: {' '.join(['python', *cmd[1:]])}: {time.perf_counter() - t0:.1f} s", flush=True)
         samples: dict[tuple[str, str], list[dict]] = {}
         for _ in range(args.repeat):  # interleaved over the ops
             for op in args.ops:
                 for d in ("fwd", "fwd+bwd"):
                     samples.setdefault((op, d), []).append(child(op, d != "fwd", warm_dir))
-        for key, s in samples.items():
-            rows[key] = {"warm": statistics.median(x["call"] for x in s),
-                         "warm_compiled": max(x["compiled"] for x in s),
-                         "import": statistics.median(x["import"] for x in s)}
-        if not args.no_cold:
-            for op in args.ops:
-                for d in ("fwd", "fwd+bwd"):
-                    with tempfile.TemporaryDirectory(dir=root) as cold:
-                        r = child(op, d != "fwd", cold)
-                    rows[(op, d)].update(cold=r["call"], cold_compiled=r["compiled"])
-
-    print(f"warm-up: {' '.join(cmd[1:])}: {warm_time:.1f} s")
-    print(f"first call in a fresh process, seconds (after import ssmcore, median "
-          f"{statistics.median(r['import'] for r in rows.values()):.2f} s, not included; lazy SciPy/Numba "
-          f"imports included); warm: median of {args.repeat}")
-    print(f"{'op':<24} {'':<8} {'cold':>8} {'compiled':>9} {'warm':>8} {'compiled':>9}")
-    for (op, d), r in rows.items():
-        cold = f"{r['cold']:8.2f} {r['cold_compiled']:9d}" if "cold" in r else f"{'-':>8} {'-':>9}"
-        flag = "" if r["warm"] <= 0.5 else "  > 0.5 s"
-        print(f"{op:<24} {d:<8} {cold} {r['warm']:8.3f} {r['warm_compiled']:9d}{flag}")
+        imports = [x["import"] for s in samples.values() for x in s]
+        print(f"first call in a fresh process, seconds: after `import ssmcore` "
+              f"(median {statistics.median(imports):.2f} s, not included), "
+              f"lazy SciPy/Numba imports included; warm: median of {args.repeat} processes; "
+              f"compiled: kernel signatures the process compiled", flush=True)
+        print(f"{'op':<24} {'':<8} {'warm':>8} {'compiled':>9} {'cold':>8} {'compiled':>9}", flush=True)
+        for (op, d), s in samples.items():
+            warm = statistics.median(x["call"] for x in s)
+            line = f"{op:<24} {d:<8} {warm:8.3f} {max(x['compiled'] for x in s):9d}"
+            if op in cold_ops:
+                with tempfile.TemporaryDirectory(dir=root) as cold:
+                    r = child(op, d != "fwd", cold)
+                line += f" {r['call']:8.2f} {r['compiled']:9d}"
+            print(line + ("" if warm <= 0.5 else "  (warm > 0.5 s)"), flush=True)
 
 
 if __name__ == "__main__":
