@@ -12,7 +12,10 @@ Two caches, side by side:
   number is the op's own compile time (one process each: a cold run cannot repeat);
 * ``warm``: one directory filled first by ``python -m ssmcore warmup`` (its time
   is reported), then every process loads from it; the median of ``--repeat``
-  processes, run interleaved over the ops.
+  processes, run interleaved over the ops. ``warm-numba`` is the same with Numba
+  imported and its CPU target initialised before the clock starts: Numba's own
+  start-up (~0.3-1 s, whatever the op) is then excluded, leaving ssmcore's share
+  (loading the cached kernels, SciPy where the op uses it, the call itself).
 
 Times are of the call alone, after ``import ssmcore`` (which imports NumPy only):
 they include the lazy imports of SciPy and Numba that the first call triggers,
@@ -75,6 +78,10 @@ CHILD = textwrap.dedent("""
     import numpy as np, ssmcore
     t1 = time.perf_counter()
     op, setup, kwargs, backward = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4] == "1"
+    if sys.argv[5] == "1":  # start Numba first (import, CPU target set-up): what is left is ssmcore's share
+        import numba
+        from numba.core.registry import cpu_target
+        cpu_target.target_context.refresh()
     exec(setup)
     t2 = time.perf_counter()
     if backward:
@@ -88,10 +95,11 @@ CHILD = textwrap.dedent("""
 """)
 
 
-def child(op: str, backward: bool, cache: str) -> dict:
+def child(op: str, backward: bool, cache: str, numba_started: bool = False) -> dict:
     setup, kwargs = CASES[op]
     env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-    res = subprocess.run([sys.executable, "-c", CHILD, op, setup, json.dumps(kwargs), "1" if backward else "0"],
+    res = subprocess.run([sys.executable, "-c", CHILD, op, setup, json.dumps(kwargs), "1" if backward else "0",
+                          "1" if numba_started else "0"],
                          capture_output=True, text=True, env=env, timeout=1800)
     if res.returncode:
         raise RuntimeError(f"{op}: {res.stderr[-2000:]}")
@@ -117,19 +125,24 @@ def main() -> None:
         subprocess.run(cmd, check=True, env=env, capture_output=True, text=True, timeout=7200)
         print(f"warm-up: {' '.join(['python', *cmd[1:]])}: {time.perf_counter() - t0:.1f} s", flush=True)
         samples: dict[tuple[str, str], list[dict]] = {}
+        started: dict[tuple[str, str], list[dict]] = {}  # the same, Numba started before the clock
         for _ in range(args.repeat):  # interleaved over the ops
             for op in args.ops:
                 for d in ("fwd", "fwd+bwd"):
                     samples.setdefault((op, d), []).append(child(op, d != "fwd", warm_dir))
+                    started.setdefault((op, d), []).append(child(op, d != "fwd", warm_dir, numba_started=True))
         imports = [x["import"] for s in samples.values() for x in s]
         print(f"first call in a fresh process, seconds: after `import ssmcore` "
               f"(median {statistics.median(imports):.2f} s, not included), "
               f"lazy SciPy/Numba imports included; warm: median of {args.repeat} processes; "
-              f"compiled: kernel signatures the process compiled", flush=True)
-        print(f"{'op':<24} {'':<8} {'warm':>8} {'compiled':>9} {'cold':>8} {'compiled':>9}", flush=True)
+              f"compiled: kernel signatures the process compiled; warm-numba: warm, with Numba imported and "
+              f"its CPU target set up before the clock (ssmcore's own share)", flush=True)
+        print(f"{'op':<24} {'':<8} {'warm':>8} {'compiled':>9} {'warm-numba':>11} {'cold':>8} {'compiled':>9}",
+              flush=True)
         for (op, d), s in samples.items():
             warm = statistics.median(x["call"] for x in s)
             line = f"{op:<24} {d:<8} {warm:8.3f} {max(x['compiled'] for x in s):9d}"
+            line += f" {statistics.median(x['call'] for x in started[(op, d)]):11.3f}"
             if op in cold_ops:
                 with tempfile.TemporaryDirectory(dir=root) as cold:
                     r = child(op, d != "fwd", cold)
