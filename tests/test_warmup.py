@@ -46,7 +46,7 @@ def test_scan_kernels_compile_one_signature_per_dtype():
     from ssmcore.backends.numba import scan
 
     C, L = 3, 50
-    a = np.full((C, L), 0.9, np.float32); b = np.ones((C, L), np.float32); arow = np.arange(C)
+    a, b, arow = np.full((C, L), 0.9, np.float32), np.ones((C, L), np.float32), np.arange(C)
     h0s = (np.zeros(C, np.float32), np.broadcast_to(np.float32(0), (C,)),  # writable and read-only
            np.broadcast_to(np.float32(0), (1,)))
     for path in ("serial", "channels", "chunked"):
