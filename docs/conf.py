@@ -127,6 +127,7 @@ API_SECTIONS = {
     "ssmcore._ssd": "State space duality (Mamba-2)",
     "ssmcore._lti": "LTI simulation",
     "ssmcore._convolution": "Convolution mode",
+    "ssmcore._warmup": "Compiling ahead (warm-up)",
 }
 
 

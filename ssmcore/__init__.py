@@ -58,6 +58,7 @@ from ._lti import dlsim, lti_simulate, lti_simulate_diag
 from ._scan import linear_scan
 from ._selective_scan import selective_scan, selective_state_update
 from ._ssd import ssd
+from ._warmup import warmup
 from .registry import get_op, list_ops, vjp
 
 __all__ = [
@@ -109,6 +110,8 @@ __all__ = [
     "ssm_kernel_dense",
     "ssm_kernel_diag",
     "ssm_kernel_dplr",
+    # compiling ahead
+    "warmup",
 ]
 
 # Lazy submodules: attribute name -> (top-level package it needs, extra that installs it).

@@ -139,41 +139,43 @@ def _task(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def warm_up(client: Any = None) -> dict[str, float]:
+def warm_up(client: Any = None, ops: Sequence[str] | None = None, dtypes: Sequence[str] | None = ("float32", "float64"),
+            *, backward: bool = True) -> dict[str, float]:
     """Load (or compile once) the Numba kernels on every worker before the real work.
 
     Numba's on-disk cache (``cache=True``) is shared by all processes on a host,
-    so only the first process to need a kernel compiles it; this runs a tiny
-    call of each op in float32 and float64 so that the first real tasks do not
-    all wait on the cache at once.
+    so only the first process to need a kernel compiles it; this runs
+    :func:`ssmcore.warmup` (tiny calls of each op, forward and backward, for every
+    kernel variant) on each worker so that the first real tasks do not all wait on
+    the cache at once. Workers whose host cache is already warm (an image built
+    with ``python -m ssmcore warmup``) only load the kernels.
 
     Parameters
     ----------
     client : distributed.Client, optional
         Run on every worker of this client (``client.run``); None runs here.
+    ops : sequence of str, optional
+        Ops to warm (None: every op, see :func:`ssmcore.warmup`).
+    dtypes : sequence of str, optional
+        Dtypes to warm; float32 and float64 by default, None for all of
+        :func:`ssmcore.warmup`'s.
+    backward : bool, default True
+        Also warm the pullbacks (:func:`ssmcore.dask.vjp`).
 
     Returns
     -------
     dict
         Seconds taken per worker address (``"local"`` without a client).
     """
+    kw = dict(ops=None if ops is None else list(ops), dtypes=None if dtypes is None else list(dtypes),
+              backward=backward)
     if client is None:
-        return {"local": _warm_up_here()}
-    return client.run(_warm_up_here)
+        return {"local": _warm_up_here(**kw)}
+    return client.run(_warm_up_here, **kw)
 
 
-def _warm_up_here() -> float:
-    import time
-
-    t0 = time.perf_counter()
-    for dt in (np.float32, np.float64):
-        a = np.full((2, 8), 0.5, dt)
-        _core.linear_scan(a, a, a[:, 0], return_final_state=True)
-        A = np.full((2, 2), 0.5, dt)
-        _core.lti_simulate_diag(A, A, A, None, a, A, return_final_state=True)
-        _core.lti_simulate(np.eye(2, dtype=dt) * 0.5, np.ones((2, 1), dt), np.ones((1, 2), dt), None,
-                           a[:1], return_final_state=True)
-    return time.perf_counter() - t0
+def _warm_up_here(**kw: Any) -> float:
+    return float(sum(_core.warmup(**kw).values()))
 
 
 # ---------------------------------------------------------------------------------

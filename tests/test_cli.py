@@ -53,3 +53,28 @@ def test_demo_without_matplotlib_says_how_to_install(tmp_path):
     assert 'pip install "ssmcore[demo]"' in res.stderr
     assert "RMS error" not in res.stdout  # nothing was computed first
     assert not (tmp_path / "x.png").exists()
+
+
+def test_warmup_fills_the_cache_and_prints_a_table(tmp_path):
+    # One cheap op and dtype keeps this fast; the full set runs in benchmarks/first_call.py.
+    import os
+
+    cache = tmp_path / "cache"
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache))
+    cmd = [sys.executable, "-m", "ssmcore", "warmup", "--ops", "discretize_diag", "--dtypes", "float64"]
+    res = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600, env=env)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].split()[0] == "discretize_diag" and lines[0].endswith(" s")
+    assert lines[1].startswith("total")
+    assert lines[-1].startswith(f"numba cache {cache}")
+    assert list(cache.rglob("*.nbi")), "nothing was written to the cache"
+    quiet = subprocess.run([*cmd, "--no-backward", "--quiet"], capture_output=True, text=True, cwd=tmp_path,
+                           timeout=600, env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.splitlines() == [lines[-1]]
+
+
+def test_warmup_rejects_an_unknown_op(tmp_path):
+    res = _run("warmup", "--ops", "frobnicate", cwd=tmp_path)
+    assert res.returncode != 0 and "invalid choice" in res.stderr

@@ -333,13 +333,27 @@ def test_numba_threads_rule(monkeypatch):
         sd.set_numba_threads(None)
 
 
+def test_warm_up_runs_ssmcore_warmup(monkeypatch):
+    calls = []
+    monkeypatch.setattr(ssmcore, "warmup", lambda **kw: calls.append(kw) or {"linear_scan": 0.25, "ssd": 0.5})
+    assert sd.warm_up(ops=("linear_scan",), backward=False) == {"local": 0.75}
+    assert calls == [dict(ops=["linear_scan"], dtypes=["float32", "float64"], backward=False)]
+    sd.warm_up(dtypes=None)
+    assert calls[-1] == dict(ops=None, dtypes=None, backward=True)
+
+
+def test_warm_up_locally_compiles():
+    warm = sd.warm_up(ops=["discretize_diag"], dtypes=["float64"], backward=False)
+    assert list(warm) == ["local"] and warm["local"] >= 0
+
+
 def test_local_cluster_processes(rng):
     distributed = pytest.importorskip("distributed")
     a = rng.uniform(0.5, 1.0, (4, 60))
     b = rng.standard_normal((4, 60))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        warm = sd.warm_up(client)
+        warm = sd.warm_up(client, ops=["linear_scan"])  # one op: a cold cache compiles on both workers
         assert len(warm) == 2
         threads = client.gather([client.submit(sd._threads_for_task, pure=False) for _ in range(4)])
         assert set(threads) == {1}  # the nanny's OMP_NUM_THREADS=1: no oversubscription

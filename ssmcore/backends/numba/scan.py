@@ -97,6 +97,8 @@ def jit(fn=None, *, parallel: bool = False):
 # every signed index it cannot prove non-negative (3 extra instructions per load,
 # and register spills with four chains); unsigned indices have none.
 _u = np.uint64
+# Constant ints passed to jitted helpers are written np.int64(k): Numba types a bare literal
+# as Literal[int](k) and compiles the helper once per value (cold-start compile time, no speed).
 
 __all__ = ["CHUNK_MIN_L", "SERIAL_MAX", "WINDOW_BYTES", "choose_path", "scan_bwd", "scan_fwd"]
 
@@ -176,7 +178,7 @@ def _fwd_pair_of_channels(a, astep, arow, b, h0, out, g, desc):
     C, L = out.shape
     c0 = 2 * g
     c1 = min(c0 + 1, C - 1)  # odd C: the last channel runs twice, writing equal values
-    _fwd2(a, astep, arow[c0], arow[c1], b, c0, c1, out, h0[c0], h0[c1], 0, 0, L, desc)
+    _fwd2(a, astep, arow[c0], arow[c1], b, c0, c1, out, h0[c0], h0[c1], np.int64(0), np.int64(0), L, desc)
 
 
 @jit
@@ -321,12 +323,12 @@ def _fwd_slots(fa, astep, arow, fb, h0, fo, L, lo, hi, desc, itemsize, stagger, 
         start = cs[k] * L + (L - 1 if desc else 0)
         if k == 0:
             start_0 = start
-        qs[k] = -_slot_delay(k, NSLOT, start, start_0, itemsize, desc) if stagger and left[k] > 0 else 0
+        qs[k] = -_slot_delay(k, np.int64(NSLOT), start, start_0, itemsize, desc) if stagger and left[k] > 0 else 0
         if left[k] > 0:
             xs[k] = h0[cs[k]]
     while True:
-        n = 0
-        first = -1
+        n = np.int64(0)
+        first = np.int64(-1)
         for k in range(NSLOT):
             if left[k] > 0:
                 q = qs[k]
@@ -337,10 +339,10 @@ def _fwd_slots(fa, astep, arow, fb, h0, fo, L, lo, hi, desc, itemsize, stagger, 
         if n == 0:
             return
         if first >= 0:
-            ia0, ib0, x0 = _slot_lane(0, first, cs, qs, left, xs, L, La, astep, arow, desc)
-            ia1, ib1, x1 = _slot_lane(1, first, cs, qs, left, xs, L, La, astep, arow, desc)
-            ia2, ib2, x2 = _slot_lane(2, first, cs, qs, left, xs, L, La, astep, arow, desc)
-            ia3, ib3, x3 = _slot_lane(3, first, cs, qs, left, xs, L, La, astep, arow, desc)
+            ia0, ib0, x0 = _slot_lane(np.int64(0), first, cs, qs, left, xs, L, La, astep, arow, desc)
+            ia1, ib1, x1 = _slot_lane(np.int64(1), first, cs, qs, left, xs, L, La, astep, arow, desc)
+            ia2, ib2, x2 = _slot_lane(np.int64(2), first, cs, qs, left, xs, L, La, astep, arow, desc)
+            ia3, ib3, x3 = _slot_lane(np.int64(3), first, cs, qs, left, xs, L, La, astep, arow, desc)
             if astep:
                 ys = _lanes4(fa, fb, fo, ia0, ia1, ia2, ia3, ib0, ib1, ib2, ib3, x0, x1, x2, x3, n, desc)
             else:
@@ -707,8 +709,8 @@ def _bwd_pair_of_channels(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, p
     c0 = 2 * pair
     c1 = min(c0 + 1, C - 1)
     k0, k1, s0, s1 = _bwd2(
-        a, astep, arow[c0], arow[c1], h, h0[c0], h0[c1], gh, c0, c1, g, ga, gfinal[c0], gfinal[c1], 0, 0, L, desc, L,
-        zero, with_ga,
+        a, astep, arow[c0], arow[c1], h, h0[c0], h0[c1], gh, c0, c1, g, ga, gfinal[c0], gfinal[c1], np.int64(0),
+        np.int64(0), L, desc, L, zero, with_ga,
     )
     gh0[c0] = k0
     gh0[c1] = k1
@@ -885,7 +887,7 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
         start = cs[k] * L + (L - 1 if desc else 0)
         if k == 0:
             start_0 = start
-        qs[k] = -_slot_delay(k, NSLOT_BWD, start, start_0, g.itemsize, desc) if stagger and left[k] > 0 else 0
+        qs[k] = -_slot_delay(k, np.int64(NSLOT_BWD), start, start_0, g.itemsize, desc) if stagger and left[k] > 0 else 0
         if left[k] > 0:
             ks[k] = gfinal[cs[k]]
             ss[k] = zero
@@ -894,7 +896,7 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
             while left[k] > 0 and qs[k] == L - 1:
                 c = cs[k]
                 kf, _, e, _ = _bwd2(a, astep, arow[c], arow[c], h, h0[c], h0[c], gh, c, c, g, ga, ks[k], ks[k],
-                                    tl, tl, 1, desc, L, zero, with_ga)
+                                    tl, tl, np.int64(1), desc, L, zero, with_ga)
                 gh0[c] = kf
                 gsum[c] = ss[k] + e
                 left[k] -= 1
@@ -903,8 +905,8 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
                 if left[k] > 0:
                     ks[k] = gfinal[cs[k]]
                     ss[k] = zero
-        n = 0
-        first = -1
+        n = np.int64(0)
+        first = np.int64(-1)
         for k in range(NSLOT_BWD):
             if left[k] > 0:
                 q = qs[k]
@@ -915,8 +917,8 @@ def _bwd_slots(a, astep, arow, h, h0, gh, gfinal, g, ga, gh0, gsum, lo, hi, desc
         if n == 0:
             return
         if first >= 0:
-            ia0, ig0, ib0, k0, s0 = _bwd_slot_lane(0, first, cs, qs, left, ks, ss, L, La, astep, arow, desc)
-            ia1, ig1, ib1, k1, s1 = _bwd_slot_lane(1, first, cs, qs, left, ks, ss, L, La, astep, arow, desc)
+            ia0, ig0, ib0, k0, s0 = _bwd_slot_lane(np.int64(0), first, cs, qs, left, ks, ss, L, La, astep, arow, desc)
+            ia1, ig1, ib1, k1, s1 = _bwd_slot_lane(np.int64(1), first, cs, qs, left, ks, ss, L, La, astep, arow, desc)
             if astep:
                 r = _bwd_lanes2(fa, fh, fgh, fg, fga, ia0, ia1, ib0, ib1, k0, k1, s0, s1, n, desc, with_ga)
             else:
@@ -1225,6 +1227,15 @@ def _units(dtype: np.dtype) -> tuple[np.generic, np.generic]:
     return dtype.type(1), dtype.type(0)
 
 
+def _writable(h0: np.ndarray) -> np.ndarray:
+    """``h0`` as a writable array (a copy of the C values only where it is read-only).
+
+    Numba types read-only arrays apart: a broadcast zero ``h0`` of one channel (contiguous, so
+    ``ascontiguousarray`` keeps the read-only view) would compile every kernel a second time.
+    """
+    return h0 if h0.flags.writeable else h0.copy()
+
+
 def _astep(a: np.ndarray) -> int:
     return 0 if a.shape[1] == 1 else 1
 
@@ -1246,6 +1257,7 @@ def scan_fwd(
     """
     # Layout is the launcher's business: the front door passes any strides (no-ops when contiguous).
     a, arow, b, h0 = (np.ascontiguousarray(x) for x in (a, arow, b, h0))
+    h0 = _writable(h0)
     C, L = b.shape
     out = np.empty((C, L), dtype=b.dtype) if out is None else out
     if C == 0 or L == 0:
@@ -1303,6 +1315,7 @@ def scan_bwd(
     nor writes ``ga`` (3 memory streams instead of 5).
     """
     a, arow, h0, gh, gfinal = (np.ascontiguousarray(x) for x in (a, arow, h0, gh, gfinal))
+    h0 = _writable(h0)
     if need_a:
         h = np.ascontiguousarray(h)
     C, L = gh.shape
