@@ -353,7 +353,8 @@ def test_local_cluster_processes(rng):
     b = rng.standard_normal((4, 60))
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   worker_dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        warm = sd.warm_up(client, ops=["linear_scan"])  # one op: a cold cache compiles on both workers
+        # one small op: a cold cache compiles on both workers at once
+        warm = sd.warm_up(client, ops=["discretize_diag"], dtypes=["float64"], backward=False)
         assert len(warm) == 2
         threads = client.gather([client.submit(sd._threads_for_task, pure=False) for _ in range(4)])
         assert set(threads) == {1}  # the nanny's OMP_NUM_THREADS=1: no oversubscription
