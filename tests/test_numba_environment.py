@@ -51,7 +51,8 @@ def test_workqueue_layer_never_aborts_with_concurrent_callers():
 _NO_LOCATOR = """
 import warnings
 from numba.core import caching
-for cls in (caching.UserProvidedCacheLocator, caching.InTreeCacheLocator, caching.UserWideCacheLocator):
+for name in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator"):
+    cls = getattr(caching, name, None) or getattr(caching, "_" + name)   # numba < 0.60: _-prefixed
     cls.from_function = classmethod(lambda cls, f, p: None)   # as on a read-only install without a home
 """
 

@@ -65,7 +65,12 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 _PACKAGE_DIR = str(Path(__file__).resolve().parents[2])  # .../ssmcore
 
 
-class _TempCacheLocator(caching.UserWideCacheLocator):
+def _numba_locator(name: str) -> type:
+    """A Numba cache-locator class: public since numba 0.60, ``_``-prefixed before (0.59)."""
+    return getattr(caching, name, None) or getattr(caching, "_" + name)
+
+
+class _TempCacheLocator(_numba_locator("UserWideCacheLocator")):
     """Last-resort cache locator for ssmcore's own kernels: a per-user temporary directory.
 
     Tried by Numba only after its own locators (next to the source, then the
