@@ -34,6 +34,7 @@ Usage::
 
     python benchmarks/compare_linear_scan.py            # shapes of the project goals
     python benchmarks/compare_linear_scan.py --quick    # small shapes, a smoke run
+    python benchmarks/compare_linear_scan.py --long     # only one long series (1, 2^22)
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from collections.abc import Callable
 import numpy as np
 
 FULL_SHAPES = [(1024, 4096), (16, 262144), (1, 4194304)]
+LONG_SHAPES = [(1, 4194304)]  # issue 15 item 2: one long series, decays a ~ U[0.9, 0.999]
 QUICK_SHAPES = [(64, 2048), (4, 32768), (1, 131072)]
 NUMPY_MAX_STEPS = 16384  # longer NumPy loops are timed on this prefix and scaled
 
@@ -168,6 +170,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small shapes, few repetitions")
     ap.add_argument("--reps", type=int, default=None, help="repetitions per candidate (median reported)")
+    ap.add_argument("--long", action="store_true", help="only the one long series (1, 2^22)")
     ap.add_argument("--no-jax", action="store_true", help="skip jax.lax.associative_scan")
     ap.add_argument("--threads", type=int, default=None, help="Numba threads (default: all)")
     ap.add_argument(
@@ -180,7 +183,7 @@ def main(argv=None):
     if args.threads:
         numba.set_num_threads(args.threads)
 
-    shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+    shapes = LONG_SHAPES if args.long else QUICK_SHAPES if args.quick else FULL_SHAPES
     reps = args.reps or (5 if args.quick else 11)
     rng = np.random.default_rng(0)
     print(f"numba threads: {numba.get_num_threads()}; {args.stat}s of {reps} interleaved repetitions")
@@ -199,7 +202,7 @@ def main(argv=None):
     )
     print(header)
     print("-" * len(header))
-    for dtype in (np.float32, np.complex64):
+    for dtype in (np.float32, np.float64, np.complex64):
         for shape in shapes:
             med, scaled = run_case(shape, dtype, reps, rng, with_jax=have_jax, stat=args.stat)
             ms = {k: v * 1e3 for k, v in med.items()}

@@ -77,6 +77,7 @@ import numba
 import numpy as np
 from numba import prange
 
+from ... import _outputs
 from ._fpenv import fp_enter, fp_exit
 from ._jit import jit as _project_jit
 
@@ -1259,7 +1260,8 @@ def scan_fwd(
     a, arow, b, h0 = (np.ascontiguousarray(x) for x in (a, arow, b, h0))
     h0 = _writable(h0)
     C, L = b.shape
-    out = np.empty((C, L), dtype=b.dtype) if out is None else out
+    # DRAM-sized outputs come from recycled blocks (ssmcore/_outputs.py: no page faults)
+    out = _outputs.empty((C, L), b.dtype) if out is None else out
     if C == 0 or L == 0:
         return out
     which = choose_path(C, L, path)
@@ -1320,14 +1322,14 @@ def scan_bwd(
         h = np.ascontiguousarray(h)
     C, L = gh.shape
     La = a.shape[1]
-    g = np.empty((C, L), dtype=gh.dtype)
+    g = _outputs.empty((C, L), gh.dtype)
     gh0 = gfinal.copy()
     if C == 0 or L == 0:
         return g, (np.zeros((C, La), dtype=gh.dtype) if need_a else None), gh0
     gsum = np.empty(C, dtype=gh.dtype)
     which = choose_path(C, L, path)
     # Without a's gradient the kernels never touch ga: give them an empty one.
-    ga = np.empty((C, La if need_a else 0), dtype=gh.dtype)
+    ga = _outputs.empty((C, La if need_a else 0), gh.dtype)
     astep = _astep(a)
     one, zero = _units(gh.dtype)
     desc = not reverse  # the adjoint runs against the forward's direction
