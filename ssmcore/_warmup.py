@@ -98,7 +98,9 @@ def _linear_scan(run: _Runner, dt: np.dtype) -> None:
 
 def _selective_scan(run: _Runner, dt: np.dtype) -> None:
     rdt = _real_of(dt)
-    for nb, D, L, N in ((1, 2, 8, 4), (2, 4, 300, 8)):  # one kernel (always prange); two sizes anyway
+    # (1, 32, ...): 32 channels of variable B/C take the float32 lane kernel (LANES in
+    # backends/numba/selective_scan.py); the others the general one
+    for nb, D, L, N in ((1, 2, 8, 4), (2, 4, 300, 8), (1, 32, 8, 4)):
         u, delta = _uniform((nb, D, L), rdt, -1.0, 1.0), _uniform((nb, D, L), rdt, 0.01, 0.1)
         A = -_uniform((D, N), dt)
         B, C = _uniform((nb, N, L), rdt), _uniform((nb, N, L), rdt)  # input-dependent B, C (Mamba)
