@@ -63,6 +63,7 @@ import numpy as np
 from numba import prange, types
 from numba.extending import overload
 
+from ... import _outputs
 from ._fpenv import fp_enter, fp_exit
 from ._jit import FASTMATH, jit
 
@@ -315,17 +316,27 @@ def uses_lanes(u_dtype, A_dtype, b_var, c_var, ratio_b, ratio_c) -> bool:
 
 
 def _forward(args, chunk, save):
-    """The forward kernel for canonical ``args`` (see :func:`_kernel_args`)."""
+    """(out, last state, checkpoints) of the forward kernel for canonical ``args`` (:func:`_kernel_args`).
+
+    The outputs are allocated here, not in the kernels: Numba's allocator gives no
+    huge-page advice and no reuse, and a DRAM-sized ``out`` comes from ssmcore's
+    recycled blocks (:mod:`ssmcore._outputs`).
+    """
     u, A, b_var, c_var, ratio_b, ratio_c = args[0], args[2], args[10], args[11], args[12], args[13]
-    if uses_lanes(u.dtype, A.dtype, b_var, c_var, ratio_b, ratio_c):
-        return _fwd_kernel_lanes(*args, chunk, save)
-    return _fwd_kernel(*args, chunk, save)
+    nb, nd, L = u.shape
+    N = A.shape[1]
+    out = _outputs.empty((nb, nd, L), u.dtype)
+    last = np.empty((nb, nd, N), A.dtype)
+    ckpt = np.empty((nb, nd, -(-L // chunk) if save else 0, N), A.dtype)
+    kernel = _fwd_kernel_lanes if uses_lanes(u.dtype, A.dtype, b_var, c_var, ratio_b, ratio_c) else _fwd_kernel
+    kernel(*args, chunk, save, out, last, ckpt)
+    return out, last, ckpt
 
 
 @jit(parallel=True, fastmath=_FM)
 def _fwd_kernel_lanes(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
                       b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
-                      softplus, reverse, chunk, save):
+                      softplus, reverse, chunk, save, out, last, ckpt):
     """:func:`_fwd_kernel` with the channel index in the SIMD lanes (see :func:`uses_lanes`).
 
     Why: with the state index n in the lanes, every step ends in a horizontal sum
@@ -343,9 +354,6 @@ def _fwd_kernel_lanes(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     nblk = nd // LANES
     nck = (L + chunk - 1) // chunk
     zr = np.zeros(1, u.dtype)[0]
-    out = np.empty((nb, nd, L), u.dtype)
-    last = np.empty((nb, nd, N), A.dtype)
-    ckpt = np.empty((nb, nd, nck if save else 0, N), A.dtype)
     for i in prange(nb * nblk):
         fp1 = fp_enter()
         b = i // nblk
@@ -423,14 +431,13 @@ def _fwd_kernel_lanes(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
             for n in range(N):
                 last[b, d0 + k, n] = xs[n, k]
         fp_exit(fp1)
-    return out, last, ckpt
 
 
 @jit(parallel=True, fastmath=_FM)
 def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
                 b_var, c_var, ratio_b, ratio_c, has_D, has_z, has_seq,
-                softplus, reverse, chunk, save):
-    """Forward scan -> (out, last state, checkpoints).
+                softplus, reverse, chunk, save, out, last, ckpt):
+    """Forward scan into ``out``, ``last`` and ``ckpt`` (allocated by :func:`_forward`).
 
     out (batch, D, L) rdt, last state (batch, D, N) sdt, checkpoints (batch, D, ceil(L/chunk), N)
     sdt: the state entering each chunk of ``chunk`` scan steps; empty when ``save`` is False).
@@ -441,9 +448,6 @@ def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
     zs = np.zeros(1, A.dtype)[0]  # typed zero: float32 + Python 0 would promote to float64
     yfac = readout_factor(zs, one)
     nck = (L + chunk - 1) // chunk
-    out = np.empty((nb, nd, L), u.dtype)
-    last = np.empty((nb, nd, N), A.dtype)
-    ckpt = np.empty((nb, nd, nck if save else 0, N), A.dtype)
     for i in prange(nb * nd):
         fp1 = fp_enter()
         b = i // nd
@@ -508,7 +512,6 @@ def _fwd_kernel(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
                 out[b, d, t] = o
         last[b, d, :] = x
         fp_exit(fp1)
-    return out, last, ckpt
 
 
 def selective_scan_bwd(u, delta, A, B, C, Dv, z, delta_bias, h0, seq_idx,
