@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,11 @@ ALIGN = 2 << 20
 _lock = threading.Lock()
 _free: OrderedDict[int, list[np.ndarray]] = OrderedDict()  # rounded size -> free blocks, LRU order
 _held = [0]  # bytes in _free (a list: mutated under _lock)
+# Blocks given back by finalizers and not yet filed into _free. A finalizer may run inside
+# the cyclic garbage collector while its thread holds _lock (any allocation can trigger a
+# collection), so it must never wait for the lock: it appends here (deque.append is atomic)
+# and files the queue only if the lock is free; every locked section files it before it ends.
+_returned: deque[tuple[int, np.ndarray]] = deque()
 
 
 class _Holder:
@@ -59,11 +64,14 @@ def _cap() -> int:
         raise ValueError(f"SSMCORE_OUTPUT_POOL_BYTES: expected an integer number of bytes, got {raw!r}") from None
 
 
-def _give_back(size: int, block: np.ndarray) -> None:
-    cap = _cap()
-    with _lock:
+def _file_returned() -> None:
+    """Move the returned blocks into the pool, within the cap (call with _lock held)."""
+    cap = None
+    while _returned:
+        size, block = _returned.popleft()
+        cap = _cap() if cap is None else cap
         if size > cap:
-            return  # dropped: the block's memory goes back to the system
+            continue  # dropped: the block's memory goes back to the system
         _free.setdefault(size, []).append(block)
         _free.move_to_end(size)
         _held[0] += size
@@ -75,8 +83,18 @@ def _give_back(size: int, block: np.ndarray) -> None:
                 del _free[old]
 
 
+def _give_back(size: int, block: np.ndarray) -> None:
+    _returned.append((size, block))
+    if _lock.acquire(blocking=False):  # else the holder files it before releasing the lock
+        try:
+            _file_returned()
+        finally:
+            _lock.release()
+
+
 def _take(size: int) -> np.ndarray | None:
     with _lock:
+        _file_returned()
         blocks = _free.get(size)
         if not blocks:
             return None
@@ -84,6 +102,7 @@ def _take(size: int) -> np.ndarray | None:
         if not blocks:
             del _free[size]
         _held[0] -= size
+        _file_returned()  # blocks a collection may have returned meanwhile
         return block
 
 
@@ -132,11 +151,13 @@ def empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
 def held_bytes() -> int:
     """Bytes of free blocks currently kept for reuse."""
     with _lock:
+        _file_returned()
         return _held[0]
 
 
 def release() -> None:
     """Free every kept block (arrays in use are not affected)."""
     with _lock:
+        _returned.clear()
         _free.clear()
         _held[0] = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import threading
 
 import numpy as np
 import pytest
@@ -72,6 +73,25 @@ def test_the_cap_bounds_the_kept_bytes_and_zero_turns_recycling_off(monkeypatch)
     del c
     gc.collect()
     assert _outputs.held_bytes() == 0
+
+
+def test_a_block_freed_while_the_pool_lock_is_held_does_not_deadlock():
+    # The cyclic garbage collector can run a finalizer at any allocation, also inside the
+    # pool's own locked sections: giving a block back must never wait for the lock.
+    x = _outputs.empty(BIG, np.float32)
+    done = []
+
+    def free_under_lock():
+        nonlocal x
+        with _outputs._lock:
+            del x  # the finalizer runs here, in this thread, with the lock held
+        done.append(True)
+
+    worker = threading.Thread(target=free_under_lock, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert done, "giving a block back while the pool's lock was held deadlocked"
+    assert _outputs.held_bytes() > 0  # filed by the next locked call
 
 
 def test_a_bad_cap_is_refused(monkeypatch):
