@@ -44,17 +44,6 @@ def _canonical(args, kw, softplus, reverse):
                             kw.get("seq_idx"), True, True, nd // Bc.shape[1], nd // Cc.shape[1], softplus, reverse)
 
 
-def _run(kernel, canon, chunk, save):
-    """(out, last, checkpoints) of one forward kernel, allocated as the launcher does."""
-    u, A = canon[0], canon[2]
-    nb, nd, L = u.shape
-    N = A.shape[1]
-    out, last = np.empty((nb, nd, L), u.dtype), np.empty((nb, nd, N), A.dtype)
-    ckpt = np.empty((nb, nd, -(-L // chunk) if save else 0, N), A.dtype)
-    kernel(*canon, chunk, save, out, last, ckpt)
-    return out, last, ckpt
-
-
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("options", [(), ("D", "z", "delta_bias", "h0")])
 @pytest.mark.parametrize("seq", [False, True])
@@ -66,8 +55,8 @@ def test_lane_kernel_equals_the_general_kernel(reverse, options, seq, G):
     canon = _canonical(args, kw, softplus=True, reverse=reverse)
     assert nss.uses_lanes(canon[0].dtype, canon[2].dtype, *canon[10:14])
     for save in (False, True):
-        o1, l1, c1 = _run(nss._fwd_kernel_lanes, canon, 64, save)
-        o2, l2, c2 = _run(nss._fwd_kernel, canon, 64, save)
+        o1, l1, c1 = nss._forward(canon, 64, save, kernel=nss._fwd_kernel_lanes)
+        o2, l2, c2 = nss._forward(canon, 64, save, kernel=nss._fwd_kernel)
         np.testing.assert_allclose(o1, o2, rtol=2e-5, atol=2e-5 * np.abs(o2).max())
         np.testing.assert_allclose(l1, l2, rtol=2e-5, atol=2e-5 * np.abs(l2).max())
         assert c1.shape == c2.shape

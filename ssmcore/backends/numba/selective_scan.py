@@ -315,12 +315,13 @@ def uses_lanes(u_dtype, A_dtype, b_var, c_var, ratio_b, ratio_c) -> bool:
             and int(ratio_b) % LANES == 0 and int(ratio_c) % LANES == 0)
 
 
-def _forward(args, chunk, save):
+def _forward(args, chunk, save, kernel=None):
     """(out, last state, checkpoints) of the forward kernel for canonical ``args`` (:func:`_kernel_args`).
 
     The outputs are allocated here, not in the kernels: Numba's allocator gives no
     huge-page advice and no reuse, and a DRAM-sized ``out`` comes from ssmcore's
-    recycled blocks (:mod:`ssmcore._outputs`).
+    recycled blocks (:mod:`ssmcore._outputs`). ``kernel`` forces one of the two kernels
+    (tests compare them); by default :func:`uses_lanes` picks.
     """
     u, A, b_var, c_var, ratio_b, ratio_c = args[0], args[2], args[10], args[11], args[12], args[13]
     nb, nd, L = u.shape
@@ -328,7 +329,8 @@ def _forward(args, chunk, save):
     out = _outputs.empty((nb, nd, L), u.dtype)
     last = np.empty((nb, nd, N), A.dtype)
     ckpt = np.empty((nb, nd, -(-L // chunk) if save else 0, N), A.dtype)
-    kernel = _fwd_kernel_lanes if uses_lanes(u.dtype, A.dtype, b_var, c_var, ratio_b, ratio_c) else _fwd_kernel
+    if kernel is None:
+        kernel = _fwd_kernel_lanes if uses_lanes(u.dtype, A.dtype, b_var, c_var, ratio_b, ratio_c) else _fwd_kernel
     kernel(*args, chunk, save, out, last, ckpt)
     return out, last, ckpt
 
